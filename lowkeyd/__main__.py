@@ -1,0 +1,5 @@
+import sys
+
+from lowkeyd.cli import main
+
+sys.exit(main())

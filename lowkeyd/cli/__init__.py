@@ -1,0 +1,46 @@
+"""The ``lowkeyd`` command line: one module per command group, wired here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from lowkeyd import __version__
+from lowkeyd.errors import LowkeydError
+
+# Each module registers its own sub-commands; importing them is cheap (no torch at import time).
+_COMMAND_MODULES = ("models",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="lowkeyd",
+        description="Cloak the faces in your photos before face-recognition scrapers see them.",
+    )
+    parser.add_argument("--version", action="version", version=f"lowkeyd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens in detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"lowkeyd.cli.{name}").add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except LowkeydError as exc:
+        print(f"lowkeyd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("lowkeyd: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,41 @@
+"""What every face recogniser in the attack ensemble looks like from outside."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Order of the five landmarks everywhere in lowkeyd (MTCNN's order, as seen in the
+# image): left eye, right eye, nose tip, left mouth corner, right mouth corner.
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+class FaceEmbedder(nn.Module):
+    """An aligned-face recogniser with input gradients.
+
+    ``forward`` takes a batch of aligned faces, shape ``(B, 3, H, W)`` with
+    ``(H, W) == input_size``, RGB, float in ``[0, 1]``; it applies the model's
+    own normalisation internally (so gradients flow to the ``[0, 1]`` pixels)
+    and returns L2-normalised embeddings of shape ``(B, embedding_dim)``.
+
+    ``template`` is where the five landmarks (order: :data:`LANDMARKS`) sit in
+    the model's input, in pixels ``(x, y)``, shape ``(5, 2)``; the attack warps
+    each face onto it. ``threshold`` is the cosine similarity at or above which
+    the model calls two faces the same person.
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    embedding_dim: int
+    threshold: float
+
+    def __init__(self, template: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("template", template.to(torch.float32).reshape(5, 2), persistent=False)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """The network's raw (not yet L2-normalised) embeddings of ``[0, 1]`` aligned faces."""
+        raise NotImplementedError
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.embed(faces), dim=-1)

@@ -1,0 +1,37 @@
+"""Where lowkeyd keeps its files (XDG on Linux, the platform's own elsewhere)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import PlatformDirs
+
+_DIRS = PlatformDirs("lowkeyd", appauthor=False)
+
+
+def cache_dir() -> Path:
+    """Verified weight files and converted models (``~/.cache/lowkeyd`` on Linux).
+
+    ``LOWKEYD_CACHE_DIR`` overrides it, so tests and containers can keep a private cache.
+    """
+    return Path(os.environ.get("LOWKEYD_CACHE_DIR") or _DIRS.user_cache_dir)
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("LOWKEYD_CONFIG_DIR") or _DIRS.user_config_dir)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("LOWKEYD_STATE_DIR") or _DIRS.user_state_dir)
+
+
+def runtime_dir() -> Path:
+    """Sockets and other per-login files; falls back to the state dir where there is no runtime dir."""
+    override = os.environ.get("LOWKEYD_RUNTIME_DIR")
+    if override:
+        return Path(override)
+    try:
+        return Path(_DIRS.user_runtime_dir)
+    except Exception:  # platformdirs raises on platforms without one
+        return state_dir()
