@@ -1,0 +1,112 @@
+"""``lowkeyd cloak``: protect photo files (or folders of them) into an output folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lowkeyd.cli.options import add_engine_options, parse_overrides
+from lowkeyd.errors import LowkeydError
+from lowkeyd.photo import is_photo_path
+
+STDIO = "-"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cloak",
+        help="cloak every face in photos",
+        description="Write a cloaked copy of each photo (same name, same format, metadata kept) into OUTDIR. "
+        "Folders are searched recursively and mirrored under OUTDIR. '-' reads a photo from stdin / writes it to stdout.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files or folders, or - for stdin")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder, or - for stdout")
+    add_engine_options(p)
+    p.add_argument("--keep-gps", action="store_true", help="keep GPS position in EXIF and XMP (removed by default)")
+    p.add_argument(
+        "--no-face", choices=("copy", "skip"), default="copy", help="photos without a face: copy sanitised, or skip"
+    )
+    p.set_defaults(func=run)
+
+
+def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs; folders mirrored below OUTDIR under their own name."""
+    jobs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_photo_path(p))
+            jobs.extend((p, outdir / path.resolve().name / p.relative_to(path)) for p in found)
+        elif path.exists():
+            jobs.append((path, outdir / path.name))
+        else:
+            raise LowkeydError(f"{item}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for src, dest in jobs:
+        if dest in seen:
+            raise LowkeydError(f"{src} and {seen[dest]} would both be written to {dest}")
+        seen[dest] = src
+    return jobs
+
+
+def _protector(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
+    from lowkeyd.engine.cloak import Cloaker
+    from lowkeyd.pipeline import PhotoProtector
+
+    cloaker = Cloaker(args.preset, args.device, **parse_overrides(args.overrides))
+    return PhotoProtector(cloaker, strip_gps=not args.keep_gps, no_face=args.no_face)
+
+
+def _stdio(args: argparse.Namespace) -> int:
+    if args.inputs != [STDIO] or args.output != STDIO:
+        raise LowkeydError("'-' works as the only INPUT together with -o - (stdin to stdout)")
+    data = sys.stdin.buffer.read()
+    result, outcome = _protector(args).protect_bytes(data)
+    print(f"lowkeyd: {outcome.message}", file=sys.stderr)
+    if result is None:
+        return 0
+    sys.stdout.buffer.write(result)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if STDIO in args.inputs or args.output == STDIO:
+        return _stdio(args)
+    outdir = Path(args.output)
+    jobs = _jobs(args.inputs, outdir)
+    if not jobs:
+        raise LowkeydError("no photos found in the inputs")
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("loading the face models..."):
+        protector = _protector(args)
+    faces = failed = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("cloaking", total=len(jobs))
+        for src, dest in jobs:
+            progress.update(task, description=f"cloaking {src.name}")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                outcome = protector.protect_file(src, dest)
+            except LowkeydError as exc:
+                failed += 1
+                progress.console.print(f"[red]✗[/] {exc}", highlight=False)
+            else:
+                faces += outcome.faces_cloaked
+                where = f" -> {outcome.written}" if outcome.written else ""
+                progress.console.print(f"[green]✓[/] {src}: {outcome.message} ({outcome.seconds:.1f} s){where}", highlight=False)
+            progress.advance(task)
+    seconds = time.perf_counter() - start
+    console.print(
+        f"{len(jobs)} photo{'s' * (len(jobs) != 1)}, {faces} face{'s' * (faces != 1)} cloaked, "
+        f"{failed} failed, {seconds:.1f} s",
+        highlight=False,
+    )
+    return 1 if failed else 0

@@ -1,0 +1,239 @@
+"""Cloak every face in a photo: detect, cut a working crop per face, attack, put back.
+
+The cost does not grow with megapixels: each face is attacked in a fixed-size
+crop in which the face is at most ``work_face_px`` across; the perturbation is
+upsampled to the face's real size and added to the full-resolution photo
+inside a feathered ellipse. Every pixel outside those ellipses is bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lowkeyd.engine.attack import LowKey
+from lowkeyd.engine.device import pick_device, set_cpu_threads
+from lowkeyd.engine.faces import Face, FaceDetector
+from lowkeyd.engine.presets import Preset, get_preset
+from lowkeyd.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+# MTCNN's own smallest face: anything smaller is not even seen, let alone reported.
+_DETECT_MIN_FACE = 20
+
+
+@dataclass
+class FaceReport:
+    box: tuple[float, float, float, float]
+    size: float
+    status: str  # "cloaked" or "too_small"
+    similarity: dict[str, float] = field(default_factory=dict)  # member -> cosine to the original face, after
+    thresholds: dict[str, float] = field(default_factory=dict)
+    lpips: float | None = None
+    steps: int = 0
+
+    @property
+    def protected_against(self) -> dict[str, bool]:
+        return {n: s < self.thresholds[n] for n, s in self.similarity.items()}
+
+
+@dataclass
+class CloakResult:
+    rgb: np.ndarray
+    faces: list[FaceReport]
+    seconds: float
+    preset: str
+
+    @property
+    def cloaked(self) -> int:
+        return sum(f.status == "cloaked" for f in self.faces)
+
+    @property
+    def too_small(self) -> int:
+        return sum(f.status == "too_small" for f in self.faces)
+
+
+@dataclass
+class _Crop:
+    """Where one face's working crop sits in its photo."""
+
+    image: int
+    face: Face
+    x0: int
+    y0: int
+    side: int  # in photo pixels
+    pixels: torch.Tensor  # (3, C, C) float [0, 1]
+    landmarks: torch.Tensor  # (5, 2) in crop pixels
+    mask: torch.Tensor  # (1, C, C)
+
+
+def _ellipse_mask(size: int, centre: tuple[float, float], axes: tuple[float, float], valid: tuple[float, ...]) -> torch.Tensor:
+    """1 inside the face ellipse, feathered to 0 (smoothstep) so no seam shows; 0 on padding."""
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    r = torch.sqrt(((xs - centre[0]) / axes[0]) ** 2 + ((ys - centre[1]) / axes[1]) ** 2)
+    t = ((1.15 - r) / 0.3).clamp(0, 1)
+    mask = t * t * (3 - 2 * t)
+    x_lo, y_lo, x_hi, y_hi = valid
+    mask[(xs < x_lo) | (xs > x_hi) | (ys < y_lo) | (ys > y_hi)] = 0
+    return mask[None]
+
+
+class Cloaker:
+    """Models loaded once, kept resident; ``cloak(rgb)`` per photo or ``cloak_batch`` for a burst.
+
+    ``preset`` is a name or a :class:`Preset`; ``overrides`` change single fields.
+    ``models`` names the ensemble (default: every available recogniser).
+    """
+
+    def __init__(
+        self,
+        preset: str | Preset = "default",
+        device: str | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        max_batch: int | None = None,
+        **overrides: object,
+    ) -> None:
+        from lowkeyd.engine.models.zoo import available_embedders, load_embedder
+        from lowkeyd.engine.perceptual import load_lpips
+
+        self.preset = get_preset(preset, **overrides) if isinstance(preset, str) else preset
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            set_cpu_threads()
+        self.detector = FaceDetector(self.device, min_face=min(_DETECT_MIN_FACE, self.preset.min_face_px))
+        self.models = [load_embedder(n, self.device) for n in (models or available_embedders())]
+        self.lpips = load_lpips(self.device, spatial=True)
+        self.attack = LowKey(self.models, self.lpips, self.preset)
+        # Grayscale photos are written back as grayscale: only a luma change survives that.
+        self._luma_attack = LowKey(self.models, self.lpips, self.preset.model_copy(update={"chroma_scale": 0.0}))
+        self.max_batch = max_batch or (16 if self.device.type == "cuda" else 4)
+
+    @property
+    def crop_size(self) -> int:
+        return LowKey.crop_size(self.preset)
+
+    def cloak(self, rgb: np.ndarray, *, luma_only: bool = False) -> CloakResult:
+        return self.cloak_batch([rgb], luma_only=luma_only)[0]
+
+    def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[CloakResult]:
+        """Cloak every face of every image; faces of all images share the model batches.
+
+        ``luma_only`` changes brightness alone (R, G and B equally), for photos that
+        will be stored as grayscale.
+        """
+        start = time.perf_counter()
+        for rgb in images:
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise EngineError(f"the engine takes (H, W, 3) uint8 RGB pixels, got {rgb.shape} {rgb.dtype}")
+        crops: list[_Crop] = []
+        reports: list[list[tuple[Face, FaceReport]]] = []
+        for i, rgb in enumerate(images):
+            found = []
+            for face in self.detector.detect(rgb):
+                status = "cloaked" if face.size >= self.preset.min_face_px else "too_small"
+                report = FaceReport(tuple(float(v) for v in face.box), face.size, status)
+                found.append((face, report))
+                if status == "cloaked":
+                    crops.append(self._cut(i, rgb, face))
+            reports.append(found)
+
+        outputs = [rgb.copy() for rgb in images]
+        results = self._run(crops, self._luma_attack if luma_only else self.attack)
+        by_face = {id(c.face): r for c, r in zip(crops, results)}
+        for crop, (adv, similarity, lp, steps) in zip(crops, results):
+            self._paste(outputs[crop.image], crop, adv)
+        seconds = time.perf_counter() - start
+        out = []
+        for i, found in enumerate(reports):
+            for face, report in found:
+                if id(face) in by_face:
+                    _, similarity, lp, steps = by_face[id(face)]
+                    report.similarity = similarity
+                    report.thresholds = {m.name: m.threshold for m in self.models}
+                    report.lpips, report.steps = lp, steps
+            out.append(CloakResult(outputs[i], [r for _, r in found], seconds / len(images), self.preset.name))
+        return out
+
+    # -- crops --------------------------------------------------------------------------
+
+    def _cut(self, index: int, rgb: np.ndarray, face: Face) -> _Crop:
+        size = self.crop_size
+        scale = min(1.0, self.preset.work_face_px / face.size)
+        side = int(math.ceil(size / scale))
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        h, w = rgb.shape[:2]
+        # Edge-replicate where the crop runs off the photo; the mask keeps the attack off those pixels.
+        ys = np.clip(np.arange(y0, y0 + side), 0, h - 1)
+        xs = np.clip(np.arange(x0, x0 + side), 0, w - 1)
+        region = torch.from_numpy(np.ascontiguousarray(rgb[ys][:, xs])).permute(2, 0, 1).float() / 255
+        k = size / side
+        if side != size:
+            region = F.interpolate(region[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+        def to_crop(x: np.ndarray | float, origin: int) -> np.ndarray | float:
+            return (x - origin + 0.5) * k - 0.5  # pixel centres, as F.interpolate(align_corners=False)
+
+        landmarks = np.stack([to_crop(face.landmarks[:, 0], x0), to_crop(face.landmarks[:, 1], y0)], 1)
+        bw, bh = (face.box[2] - face.box[0]) * k, (face.box[3] - face.box[1]) * k
+        valid = (to_crop(0, x0), to_crop(0, y0), to_crop(w - 1, x0), to_crop(h - 1, y0))
+        mask = _ellipse_mask(size, (to_crop(cx, x0), to_crop(cy, y0)), (0.62 * bw, 0.68 * bh), valid)
+        return _Crop(index, face, x0, y0, side, region, torch.from_numpy(landmarks).float(), mask)
+
+    def _paste(self, out: np.ndarray, crop: _Crop, adversarial: torch.Tensor) -> None:
+        """Add the crop's perturbation, upsampled to the face's real size, to the photo in place."""
+        delta = (adversarial - crop.pixels)[None]
+        if crop.side != delta.shape[-1]:
+            delta = F.interpolate(delta, size=(crop.side, crop.side), mode="bilinear", align_corners=False)
+        delta = delta[0].permute(1, 2, 0).numpy() * 255
+        h, w = out.shape[:2]
+        ya, yb = max(0, crop.y0), min(h, crop.y0 + crop.side)
+        xa, xb = max(0, crop.x0), min(w, crop.x0 + crop.side)
+        d = delta[ya - crop.y0 : yb - crop.y0, xa - crop.x0 : xb - crop.x0]
+        changed = d != 0  # bit-identical outside the mask, whatever rounding would do
+        patch = out[ya:yb, xa:xb].astype(np.float32)
+        patch = np.where(changed, np.clip(np.rint(patch + d), 0, 255), patch)
+        out[ya:yb, xa:xb] = patch.astype(np.uint8)
+
+    # -- batches ------------------------------------------------------------------------
+
+    def _run(self, crops: list[_Crop], attack: LowKey) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+        results = []
+        for start in range(0, len(crops), self.max_batch):
+            results.extend(self._run_batch(crops[start : start + self.max_batch], attack))
+        return results
+
+    def _run_batch(self, crops: list[_Crop], attack: LowKey) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+        try:
+            result = attack(
+                torch.stack([c.pixels for c in crops]).to(self.device),
+                torch.stack([c.landmarks for c in crops]).to(self.device),
+                torch.stack([c.mask for c in crops]).to(self.device),
+            )
+        except torch.OutOfMemoryError:
+            if len(crops) == 1:
+                raise EngineError("out of GPU memory even for a single face; try --device cpu") from None
+            log.warning("out of GPU memory with %d faces at once; splitting the batch", len(crops))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(crops) // 2
+            return self._run_batch(crops[:half], attack) + self._run_batch(crops[half:], attack)
+        adversarial = result.adversarial.float().cpu()
+        return [
+            (
+                adversarial[i],
+                {n: float(s[i]) for n, s in result.similarity.items()},
+                float(result.lpips[i]),
+                int(result.steps[i]),
+            )
+            for i in range(len(crops))
+        ]

@@ -1,0 +1,98 @@
+"""Named, documented attack settings.
+
+A preset is a complete set of attack parameters; any field can be overridden
+(``get_preset("default", steps=10)``, or ``attack:`` in the daemon's config).
+
+* ``paper`` - LowKey as published (Cherepanova et al., ICLR 2021): 50 signed
+  gradient steps of 0.0025, LPIPS weight 0.05 against a feature term averaged
+  over embedding dimensions (the paper's scaling), 7x7 Gaussian with sigma 3,
+  flipped copies, no early stop. The reference the others are measured against.
+* ``default`` - what the daemon runs: gradient-proportional (L2) steps, a
+  stronger LPIPS weight with models weighted equally, a texture mask and damped
+  chroma so the change hides in texture rather than showing as colour blotches
+  on smooth skin, expectation over small misalignments and rescaling (what a
+  photo site does), early stop once every ensemble member is well past its
+  threshold, bf16 on GPUs.
+* ``strong`` - more steps and a larger margin, for photos that matter most.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lowkeyd.errors import EngineError
+
+
+class Preset(BaseModel):
+    """Every knob of the attack. Units: pixel values in ``[0, 1]``, sizes in pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "custom"
+    steps: int = Field(30, ge=0, le=1000, description="maximum number of gradient steps")
+    step_size: float = Field(0.0025, gt=0, le=0.1, description="per-step change: L-inf for 'sign', RMS for 'l2'")
+    step_rule: Literal["sign", "l2"] = Field("l2", description="signed gradient (paper) or gradient / RMS(gradient)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="heavy-ball momentum on the normalised step")
+    lpips_weight: float = Field(0.5, ge=0, description="c in LowKey's objective")
+    feature_scale: Literal["per_dim", "per_model"] = Field(
+        "per_model",
+        description="'per_dim' averages squared embedding differences over dimensions (the paper's "
+        "scaling, which gives a 512-d model a quarter of a 128-d one's weight); 'per_model' "
+        "scales each model's squared distance of unit embeddings to [0, 1]",
+    )
+    blur_kernel: int = Field(7, ge=0, description="Gaussian smoothing term's kernel size; 0 turns the term off")
+    blur_sigma: float = Field(3.0, gt=0)
+    flip: bool = Field(True, description="also feed each model the horizontally flipped face")
+    chroma_scale: float = Field(1.0, ge=0, le=1, description="chroma change allowed relative to luma (1 = plain RGB)")
+    flat_weight: float = Field(
+        1.0, ge=0, le=1, description="perturbation weight on flat areas (skin) relative to textured ones; 1 = no mask"
+    )
+    jitter_px: float = Field(0.0, ge=0, description="random misalignment (px at model input) averaged over")
+    rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
+    work_face_px: int = Field(192, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
+    target_margin: float | None = Field(
+        None, description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps"
+    )
+    min_steps: int = Field(0, ge=0, description="never stop a face before this many steps")
+    init_noise: float = Field(1 / 255, ge=0, description="uniform random start; at x' = x most terms have zero gradient")
+    precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="'auto': bf16 on CUDA, fp32 elsewhere")
+    min_face_px: int = Field(32, ge=8, description="faces smaller than this (box side, px) are left alone and reported")
+    seed: int | None = Field(0, description="random seed for the start and the expectation; None = random")
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        steps=50,
+        step_size=0.0025,
+        step_rule="sign",
+        lpips_weight=0.05,
+        feature_scale="per_dim",
+        blur_kernel=7,
+        blur_sigma=3.0,
+        flip=True,
+        work_face_px=1024,
+        precision="fp32",
+    ),
+    "default": Preset(name="default"),
+    "strong": Preset(name="strong"),
+}
+
+
+def get_preset(name: str = "default", **overrides: object) -> Preset:
+    """The named preset with ``overrides`` applied; unknown names or fields raise :class:`EngineError`."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise EngineError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+    if not overrides:
+        return base
+    try:
+        changes = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        return Preset.model_validate({**base.model_dump(), **overrides, "name": f"{name}({changes})"})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise EngineError(f"attack setting {field!r}: {first['msg']}") from None

@@ -1,0 +1,155 @@
+"""The cloaking engine on real photos with real models.
+
+The attack tests run a short preset (a few steps) on a 2-core CPU: they check
+behaviour (protection rises, the change stays small and local), not the
+targets of the full presets, which ``lowkeyd bench`` measures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import load_rgb
+from lowkeyd.engine.attack import gaussian_blur, texture_weight
+from lowkeyd.engine.presets import PRESETS, Preset, get_preset
+from lowkeyd.errors import EngineError
+
+# Enough steps to matter, few enough for CI: early stopping is off so the count is exact.
+SHORT = {"steps": 8, "step_size": 0.002, "target_margin": None}
+
+
+# -- presets ------------------------------------------------------------------------------
+
+
+def test_paper_preset_is_the_published_setting():
+    paper = PRESETS["paper"]
+    assert (paper.steps, paper.step_size, paper.step_rule, paper.lpips_weight) == (50, 0.0025, "sign", 0.05)
+    assert (paper.blur_kernel, paper.blur_sigma, paper.flip, paper.feature_scale) == (7, 3.0, True, "per_dim")
+    assert paper.target_margin is None  # no early stop: the reference runs every step
+
+
+def test_overrides_round_trip_through_a_yaml_config():
+    preset = get_preset("default", steps=12, chroma_scale=0.25)
+    text = yaml.safe_dump({"attack": preset.model_dump()})
+    again = Preset.model_validate(yaml.safe_load(text)["attack"])
+    assert again == preset and again.steps == 12 and again.chroma_scale == 0.25
+    assert get_preset("default", steps=12).name == "default(steps=12)"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"steps": -1}, "'steps'"), ({"stepz": 3}, "'stepz'"), ({"step_rule": "adam"}, "'step_rule'")],
+)
+def test_bad_override_names_the_setting(overrides, message):
+    with pytest.raises(EngineError, match=message):
+        get_preset("default", **overrides)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(EngineError, match="paper, default, strong"):
+        get_preset("fastest")
+
+
+# -- pieces of the objective -----------------------------------------------------------------
+
+
+def test_gaussian_blur_keeps_flat_images_and_smooths_noise():
+    flat = torch.full((1, 3, 32, 32), 0.4)
+    assert torch.allclose(gaussian_blur(flat, 7, 3.0), flat, atol=1e-6)
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert gaussian_blur(noise, 7, 3.0).std() < 0.5 * noise.std()
+
+
+def test_texture_weight_spares_flat_skin_not_edges():
+    image = torch.full((1, 3, 64, 64), 0.6)
+    image[..., :, 32:] = torch.rand(1, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    weight = texture_weight(image, flat_weight=0.2)
+    assert weight[..., 10:50, 4:20].max() <= 0.2001  # flat half: the floor
+    assert weight[..., 10:50, 44:60].min() > 0.9  # textured half: (almost) full weight
+
+
+# -- the attack on real photos ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cloaker():
+    from lowkeyd.engine.cloak import Cloaker
+
+    return Cloaker("default", "cpu", **SHORT)
+
+
+@pytest.fixture(scope="module")
+def evaluator(cloaker):
+    from lowkeyd.engine.evaluate import Evaluator
+
+    return Evaluator.sharing(cloaker)
+
+
+@pytest.mark.slow
+def test_cloaking_obama_moves_him_away_from_his_other_photos(cloaker, evaluator):
+    original = load_rgb("obama.jpg")
+    result = cloaker.cloak(original)
+    assert (result.cloaked, result.too_small) == (1, 0)
+    face = result.faces[0]
+    assert face.steps == SHORT["steps"]
+    # Every ensemble member now sees a less similar face than the untouched original (cosine 1).
+    assert all(s < 0.9 for s in face.similarity.values()), face.similarity
+
+    check = evaluator.compare(original, result.rgb).faces[0]
+    assert check.found and check.dlib_distance > 0.3  # the independent verifier sees a change too
+    assert check.lpips < 0.1
+    # Cross-photo: the cloaked photo is further from obama2 than the clean one was.
+    clean = evaluator.verifier_distance(original, load_rgb("obama2.jpg"))
+    cloaked = evaluator.verifier_distance(result.rgb, load_rgb("obama2.jpg"))
+    assert cloaked > clean + 0.1, (clean, cloaked)
+
+
+@pytest.mark.slow
+def test_every_face_of_a_two_person_photo_changes_and_nothing_else(cloaker):
+    left = load_rgb("astronaut.png")
+    right = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).fromarray(load_rgb("obama.jpg")).resize((410, 512))
+    )
+    photo = np.concatenate([left, right], axis=1)
+    result = cloaker.cloak(photo)
+    assert result.cloaked == 2
+    changed = np.any(result.rgb != photo, axis=2)
+    for face in result.faces:
+        x1, y1, x2, y2 = (int(v) for v in face.box)
+        assert changed[y1:y2, x1:x2].mean() > 0.3, face.box  # the face itself is perturbed
+    # Outside the faces' blend regions the photo is bit-identical.
+    outside = np.ones_like(changed)
+    for face in result.faces:
+        x1, y1, x2, y2 = face.box
+        pad = 0.6 * face.size
+        outside[max(0, int(y1 - pad)) : int(y2 + pad), max(0, int(x1 - pad)) : int(x2 + pad)] = False
+    assert not changed[outside].any()
+    assert changed.mean() < 0.5
+
+
+def test_a_photo_without_faces_passes_through_unchanged(cloaker):
+    rng = np.random.default_rng(3)
+    landscape = (rng.random((300, 500, 3)) * 60 + np.linspace(80, 200, 500)[None, :, None]).astype(np.uint8)
+    result = cloaker.cloak(landscape)
+    assert result.faces == [] and result.cloaked == 0
+    assert np.array_equal(result.rgb, landscape)
+
+
+def test_too_small_faces_are_left_alone_and_reported():
+    from lowkeyd.engine.cloak import Cloaker
+
+    # A preset whose smallest face to cloak is larger than the astronaut's (~110 px).
+    tiny_limit = Cloaker("default", "cpu", models=["sface"], min_face_px=200, steps=0)
+    original = load_rgb("astronaut.png")
+    result = tiny_limit.cloak(original)
+    assert (result.cloaked, result.too_small) == (0, 1)
+    assert result.faces[0].status == "too_small"
+    assert np.array_equal(result.rgb, original)
+
+
+def test_engine_refuses_what_is_not_rgb_pixels(cloaker):
+    with pytest.raises(EngineError, match="uint8 RGB"):
+        cloaker.cloak(np.zeros((10, 10), np.uint8))
