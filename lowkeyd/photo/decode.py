@@ -1,0 +1,299 @@
+"""Reading a photo safely: size limits, format by content, orientation, colour modes, metadata.
+
+Every way a file can be unreadable or unsuitable ends in a :class:`PhotoError` with a
+one-line reason; nothing else escapes :func:`read_photo`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pillow_heif
+from PIL import Image
+
+from lowkeyd.errors import PhotoError
+from lowkeyd.photo import containers
+from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
+from lowkeyd.photo.model import Photo, SourceEncoding
+from lowkeyd.photo.orientation import TO_UPRIGHT
+from lowkeyd.photo.xmp import Xmp
+
+pillow_heif.register_heif_opener()
+
+# 120 MP admits the 108 MP sensors of current phones with room to spare; Pillow's own hard
+# limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP) still applies above that.
+DEFAULT_MAX_PIXELS = 120_000_000
+# No photo comes near this; it stops a huge file from being read into memory.
+MAX_FILE_BYTES = 1 << 30
+
+# Pillow's JPEG opener returns format "MPO" for a JPEG that carries MPF secondary images (depth
+# maps, gain maps). HEIF is tried before AVIF: both plugins accept the generic "mif1" brand.
+_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+# What Pillow and its plugins raise on malformed data, beyond their own UnidentifiedImageError.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    RuntimeError,
+    struct.error,
+)
+# Colour modes, as Pillow decodes them, lowkeyd can cloak: mode -> (grayscale, has alpha).
+_MODES = {
+    "RGB": (False, False),
+    "RGBA": (False, True),
+    "L": (True, False),
+    "LA": (True, True),
+    "1": (True, False),
+    "P": (False, False),
+    "PA": (False, True),
+}
+# Secondary HEIF items pillow-heif reports; lowkeyd writes the primary image only.
+_HEIF_EXTRAS = {"thumbnails": "thumbnails", "depth_images": "depth maps", "aux": "auxiliary images (mattes, gain maps)"}
+_PNG_COPIED = {b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI", b"pHYs", b"tIME", b"tEXt", b"zTXt", b"iTXt"}
+
+
+def read_photo(source: Path | str | bytes, *, max_pixels: int | None = None) -> Photo:
+    """Decode a photo file (or its bytes) into upright 8-bit pixels plus what writing it back needs.
+
+    A path must carry an extension of the format its content has (content is sniffed; a PNG
+    named .jpg is refused rather than published under a misleading name). ``max_pixels``
+    (default :data:`DEFAULT_MAX_PIXELS`) refuses decompression bombs and huge images before
+    any pixel is decoded.
+    """
+    path, data, source_stat = _read_source(source)
+    name = str(path) if path else "<input>"
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with warnings.catch_warnings():
+        # Over Image.MAX_IMAGE_PIXELS Pillow only warns: lowkeyd's own limit decides. Pillow's
+        # other warnings are about damaged metadata, which is repaired or dropped and reported.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        try:
+            image = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise PhotoError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+        except _DECODE_ERRORS as exc:
+            kind = "a GIF, which lowkeyd does not cloak" if data[:4] == b"GIF8" else "not a readable image"
+            raise PhotoError(f"{name}: {kind} (lowkeyd reads {SUPPORTED_LIST})") from exc
+        with image:
+            return _decode(image, data, path, name, source_stat, limit)
+
+
+def _read_source(source: Path | str | bytes) -> tuple[Path | None, bytes, os.stat_result | None]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise PhotoError("<input>: empty (0 bytes)")
+        return None, data, None
+    path = Path(source)
+    try:
+        source_stat = path.stat()
+        if stat.S_ISDIR(source_stat.st_mode):
+            raise PhotoError(f"{path}: is a folder, not a photo")
+        if not stat.S_ISREG(source_stat.st_mode):
+            raise PhotoError(f"{path}: not a regular file")
+        if source_stat.st_size == 0:
+            raise PhotoError(f"{path}: empty file (0 bytes)")
+        if source_stat.st_size > MAX_FILE_BYTES:
+            raise PhotoError(f"{path}: {source_stat.st_size >> 20} MiB is too large for a photo")
+        return path, path.read_bytes(), source_stat
+    except OSError as exc:
+        raise PhotoError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _decode(
+    image: Image.Image, data: bytes, path: Path | None, name: str, source_stat: os.stat_result | None, limit: int
+) -> Photo:
+    fmt = "JPEG" if image.format == "MPO" else str(image.format)
+    label = LABELS[fmt]
+    if path is not None and path.suffix.lower() not in EXTENSIONS[fmt]:
+        shown = f"named {path.suffix}" if path.suffix else "without an extension"
+        raise PhotoError(f"{name}: a {label} image {shown}; rename it to {EXTENSIONS[fmt][0]} first")
+    width, height = image.size
+    if width * height > limit:
+        raise PhotoError(
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels,"
+            f" over the limit of {limit / 1e6:g} (a decompression bomb or not a photo)"
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        what = f"holds {frames} images (a burst or collection)" if fmt == "HEIF" else f"is animated ({frames} frames)"
+        raise PhotoError(f"{name}: the {label} {what}; lowkeyd cloaks still photos only")
+    dropped: list[str] = []
+    has_video, encoding = _inspect_container(fmt, image, data, name, dropped)
+    if image.mode not in _MODES:
+        raise PhotoError(f"{name}: {_mode_reason(image.mode)}; lowkeyd cloaks 8-bit RGB and grayscale photos")
+    orientation = _orientation(image)
+    try:
+        image.load()
+        grayscale, has_alpha = _MODES[image.mode]
+        if image.mode == "P":
+            has_alpha = "transparency" in image.info
+            dropped.append("the colour palette (written as full colour)")
+        upright = image.convert(("L" if grayscale else "RGB") + ("A" if has_alpha else ""))
+        if (transpose := TO_UPRIGHT.get(orientation)) is not None:  # FLIP_LEFT_RIGHT is 0
+            upright = upright.transpose(transpose)
+        rgb = np.array(upright.convert("RGB"))
+        alpha = np.array(upright.getchannel("A")) if has_alpha else None
+    except _DECODE_ERRORS as exc:
+        raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
+
+    exif = _read_exif(image.info.get("exif"), dropped)
+    xmp, marker, video_in_xmp = _read_xmp(image.info.get("xmp"), dropped)
+    has_video = has_video or video_in_xmp
+    if has_video:
+        dropped.append("the attached motion video")
+    return Photo(
+        rgb=rgb,
+        alpha=alpha,
+        format=fmt,
+        source_path=path,
+        grayscale=grayscale,
+        # Without a writable EXIF block there is no tag to keep, so the output is written upright.
+        orientation=orientation if exif is not None else 1,
+        exif=exif,
+        icc_profile=image.info.get("icc_profile") or None,
+        xmp=xmp,
+        encoding=encoding,
+        cloak_marker=marker,
+        has_motion_video=has_video,
+        dropped=tuple(dropped),
+        source_stat=source_stat,
+    )
+
+
+def _mode_reason(mode: str) -> str:
+    if mode in ("CMYK", "YCCK"):
+        return "CMYK colour is for print files"
+    if mode.startswith(("I", "F")):
+        return f"{mode} samples are 16-bit or wider"
+    return f"colour mode {mode} is not supported"
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation viewers apply; HEIF's own rotation is already applied by libheif."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if value in TO_UPRIGHT or value == 1 else 1
+
+
+def _inspect_container(
+    fmt: str, image: Image.Image, data: bytes, name: str, dropped: list[str]
+) -> tuple[bool, SourceEncoding]:
+    """Look at the file's structure for what Pillow does not report; returns (has video, encoding)."""
+    if fmt == "JPEG":
+        return _inspect_jpeg(image, data, dropped)
+    if fmt == "PNG":
+        return False, _inspect_png(data, name, dropped)
+    if fmt == "WEBP":
+        try:
+            lossless = b"VP8L" in containers.riff_chunks(data)
+        except ValueError:
+            lossless = False
+        return False, SourceEncoding(lossless=lossless)
+    if fmt == "HEIF":
+        if image.info.get("bit_depth", 8) > 8:
+            raise PhotoError(f"{name}: {image.info['bit_depth']}-bit HEIF; lowkeyd writes 8 bits per channel only")
+        extras = [label for key, label in _HEIF_EXTRAS.items() if image.info.get(key)]
+        if extras:
+            dropped.append("the HEIF " + " and ".join(extras))
+        try:
+            has_video = b"mpvd" in containers.bmff_boxes(data)  # Samsung's motion photo box
+        except ValueError:
+            has_video = False
+        return has_video, SourceEncoding(nclx_profile=image.info.get("nclx_profile"))
+    return False, SourceEncoding()
+
+
+def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[bool, SourceEncoding]:
+    qtables = getattr(image, "quantization", None) or {}
+    encoding = SourceEncoding(
+        jpeg_qtables=tuple(tuple(qtables[k]) for k in sorted(qtables)) or None,
+        progressive=bool(image.info.get("progressive") or image.info.get("progression")),
+        dpi=image.info.get("dpi"),
+        comment=image.info.get("comment"),
+    )
+    if image.format == "MPO":
+        count = image.n_frames - 1
+        dropped.append(f"{count} MPF secondary image(s) (depth map, HDR gain map or second view)")
+    try:
+        layout = containers.jpeg_layout(data)
+    except ValueError:
+        return False, encoding  # Pillow decoded it; the layout only feeds the report below
+    if any(True for _ in layout.app(13)):
+        dropped.append("the Photoshop/IPTC block (APP13; it can hold a thumbnail of the original)")
+    if any(p.startswith(b"http://ns.adobe.com/xmp/extension/") for p in layout.app(1)):
+        dropped.append("extended XMP")
+    if any(True for _ in layout.app(11)):
+        dropped.append("JUMBF/C2PA content credentials (APP11; they vouch for the original pixels)")
+    if any(p.startswith(b"JFXX") for p in layout.app(0)):
+        dropped.append("the JFIF thumbnail")
+    trailer = data[layout.end :]
+    has_video = b"ftyp" in trailer or b"MotionPhoto_Data" in trailer
+    if trailer.strip(b"\x00") and image.format != "MPO" and not has_video:
+        dropped.append(f"{len(trailer)} bytes after the end of the image")
+    return has_video, encoding
+
+
+def _inspect_png(data: bytes, name: str, dropped: list[str]) -> SourceEncoding:
+    try:
+        chunks = containers.png_chunks(data)
+    except ValueError:
+        chunks = []  # Pillow decoded it; without a chunk list only the extra chunks are lost
+    if chunks and chunks[0][0] == b"IHDR" and len(chunks[0][1]) > 8 and chunks[0][1][8] == 16:
+        raise PhotoError(f"{name}: 16-bit PNG; lowkeyd writes 8 bits per channel and would lose precision")
+    copied = []
+    for kind, payload in chunks:
+        keyword = payload.split(b"\0", 1)[0]
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and keyword.startswith(b"Raw profile type"):
+            dropped.append(f"the PNG {keyword.decode('latin-1')} chunk")
+        elif kind == b"iTXt" and keyword == b"XML:com.adobe.xmp":
+            continue  # rewritten from the cleaned XMP
+        elif kind in _PNG_COPIED:
+            copied.append((kind, payload))
+        elif kind == b"caBX":
+            dropped.append("C2PA content credentials (they vouch for the original pixels)")
+    return SourceEncoding(lossless=True, png_chunks=tuple(copied))
+
+
+def _read_exif(raw: bytes | None, dropped: list[str]) -> ExifData | None:
+    if not raw:
+        return None
+    try:
+        exif = ExifData.parse(raw)
+    except ValueError:
+        dropped.append("the EXIF block (unreadable)")
+        return None
+    dropped.extend(exif.notes)
+    return exif
+
+
+def _read_xmp(raw: bytes | str | None, dropped: list[str]) -> tuple[Xmp | None, dict[str, str] | None, bool]:
+    """(cleaned XMP, lowkeyd's marker, whether it announced a motion video)."""
+    if not raw:
+        return None, None, False
+    try:
+        xmp = Xmp.parse(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    except ValueError:
+        dropped.append("the XMP packet (not well-formed)")
+        return None, None, False
+    people = xmp.remove_people()
+    media = xmp.remove_embedded_media()
+    if people or media:
+        dropped.append("XMP " + ", ".join(people + media))
+    video = any(label.endswith((":MotionPhoto", ":MicroVideo")) for label in media)
+    return xmp, xmp.marker, video

@@ -1,0 +1,59 @@
+"""The decoded photo handed between :mod:`lowkeyd.photo.decode` and :mod:`lowkeyd.photo.encode`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.xmp import Xmp
+
+
+@dataclass(frozen=True)
+class SourceEncoding:
+    """How the source was encoded, as far as the output should follow it."""
+
+    jpeg_qtables: tuple[tuple[int, ...], ...] | None = None  # the source's quantisation tables
+    progressive: bool = False  # JPEG: progressive scan order
+    lossless: bool = False  # WebP: the source was VP8L; PNG is always lossless
+    dpi: tuple[float, float] | None = None  # JPEG: JFIF density
+    comment: bytes | None = None  # JPEG: COM segment
+    png_chunks: tuple[tuple[bytes, bytes], ...] = ()  # PNG ancillary chunks copied verbatim
+    nclx_profile: dict | None = None  # HEIF: colour description when given as NCLX, not ICC
+
+
+@dataclass(frozen=True, eq=False)
+class Photo:
+    """A photo ready to cloak: upright 8-bit pixels plus everything needed to write it back.
+
+    ``rgb`` and ``alpha`` are upright (the EXIF orientation is already applied) and in the
+    source's own colour space (see ``icc_profile``); treat them as read-only.
+    """
+
+    rgb: np.ndarray  # (H, W, 3) uint8, upright
+    alpha: np.ndarray | None  # (H, W) uint8, upright; None when the source has no alpha
+    format: str  # Pillow's name: "JPEG", "PNG", "WEBP", "HEIF" or "AVIF"
+    source_path: Path | None  # None when read from bytes
+    grayscale: bool  # written back as grayscale; the cloak's colour part is then lost
+    orientation: int  # EXIF orientation of the stored pixels (1-8); the output keeps it
+    exif: ExifData | None
+    icc_profile: bytes | None
+    xmp: Xmp | None  # already without face regions, person names and embedded-media pointers
+    encoding: SourceEncoding
+    cloak_marker: dict[str, str] | None  # lowkeyd's marker fields when lowkeyd wrote this file
+    has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
+    dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
+    source_stat: os.stat_result | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the upright image."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    @property
+    def name(self) -> str:
+        """A name to show in messages."""
+        return self.source_path.name if self.source_path else "<input>"
