@@ -1,0 +1,197 @@
+"""``lowkeyd run``, ``status``, ``check-config`` and ``install-service``: the daemon's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lowkeyd.daemon.config import DaemonConfig, default_config_path, load_config
+from lowkeyd.errors import LowkeydError
+
+# A heartbeat older than this many seconds means the daemon that wrote it is gone or hung.
+_STALE_HEARTBEAT = 30.0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    config_help = f"config file (default: {default_config_path()})"
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (what the service runs)")
+    run.add_argument("--config", type=Path, help=config_help)
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate the config file and say what it sets up")
+    check.add_argument("--config", type=Path, help=config_help)
+    check.set_defaults(func=_check_config)
+
+    status = sub.add_parser("status", help="what the daemon is doing and has done: queue, counts, recent errors")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+
+    install = sub.add_parser(
+        "install-service", help="install the daemon as a systemd user service (launchd agent on macOS)"
+    )
+    install.add_argument("--config", type=Path, help=f"{config_help}; checked first")
+    install.add_argument("--print", dest="print_only", action="store_true", help="print the unit, write nothing")
+    install.add_argument("--enable", action="store_true", help="also enable and start it now")
+    install.set_defaults(func=_install_service)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lowkeyd.daemon.logs import setup_daemon_logging
+    from lowkeyd.daemon.service import Daemon
+
+    setup_daemon_logging(args.verbose)
+    return Daemon(load_config(args.config)).run()
+
+
+def _describe(config: DaemonConfig) -> list[str]:
+    lines = []
+    for source in config.sources:
+        how = [
+            "recursive" if source.recursive else "top folder only",
+            f"polled every {source.poll_interval:g} s" if source.polling else "watched",
+        ]
+        if source.include:
+            how.append("include " + " ".join(source.include))
+        if source.exclude:
+            how.append("exclude " + " ".join(source.exclude))
+        lines.append(f"source {source.name}: {source.path} ({', '.join(how)}) -> {config.outbox / source.name}")
+    attack = "".join(f", {k}={v}" for k, v in config.attack.items())
+    lines.append(f"preset {config.preset}{attack} on {config.device or 'the best device available'}")
+    lines.append(
+        f"photos without faces: {config.no_face}; GPS {'stripped' if config.strip_gps else 'kept'}; "
+        f"notifications {'on' if config.notifications.enabled else 'off'}"
+    )
+    return lines
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config or default_config_path()
+    config = load_config(path)
+    print(f"{path}: OK")
+    for line in _describe(config):
+        print(f"  {line}")
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_report() -> dict[str, Any]:
+    """What ``lowkeyd status`` shows, from the state database (read-only)."""
+    from lowkeyd.daemon.state import StateDB, default_state_path
+
+    path = default_state_path()
+    if not path.exists():
+        raise LowkeydError(f"no state at {path}: the daemon has not run yet (start it with `lowkeyd run`)")
+    state = StateDB(path, readonly=True)
+    try:
+        info = state.daemon_info()
+        running = (
+            info is not None and _pid_alive(info.pid) and time.time() - info.heartbeat < _STALE_HEARTBEAT
+        )
+        return {
+            "running": running,
+            "daemon": None
+            if info is None
+            else {
+                "pid": info.pid,
+                "started": info.started,
+                "heartbeat": info.heartbeat,
+                "settling": info.waiting,
+                "status": info.message,
+            },
+            "counts": state.counts(),
+            "faces_cloaked": state.faces_cloaked(),
+            "recent_errors": [
+                {
+                    "source": r.source,
+                    "path": r.rel_path,
+                    "status": r.status.value,
+                    "attempts": r.attempts,
+                    "error": r.error,
+                    "next_attempt": r.next_attempt,
+                }
+                for r in state.recent_errors()
+            ],
+        }
+    finally:
+        state.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _status(args: argparse.Namespace) -> int:
+    report = status_report()
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    daemon = report["daemon"]
+    if report["running"]:
+        up = _duration(time.time() - daemon["started"])
+        print(f"lowkeyd is running (pid {daemon['pid']}, up {up}): {daemon['status']}")
+    else:
+        print("lowkeyd is not running")
+    counts = report["counts"]
+    outcomes = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("done:")}
+    detail = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(outcomes.items()))
+    print(f"photos done: {counts.get('done', 0)}" + (f" ({detail})" if detail else ""))
+    print(f"faces cloaked: {report['faces_cloaked']}")
+    for status in ("queued", "processing", "retry", "failed"):
+        if counts.get(status):
+            print(f"{status}: {counts[status]}")
+    if report["recent_errors"]:
+        print("recent errors:")
+        for e in report["recent_errors"]:
+            when = "gave up" if e["status"] == "failed" else f"retry in {_duration(max(0, e['next_attempt'] - time.time()))}"
+            print(f"  {e['source']}/{e['path']} ({e['attempts']} attempt(s), {when}): {e['error']}")
+    return 0
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    from lowkeyd.daemon.install import install_service
+
+    config_path = (args.config or default_config_path()).expanduser().resolve()
+    load_config(config_path)  # a service that cannot start is no use: refuse a bad config now
+    argv = [sys.executable, "-m", "lowkeyd", "run"]
+    if args.config:
+        argv += ["--config", str(config_path)]
+    plan = install_service(argv, write=not args.print_only)
+    if args.print_only:
+        sys.stdout.write(plan.content)
+        return 0
+    print(f"wrote {plan.path}")
+    if not args.enable:
+        print("start it now and at every login with:")
+        for command in plan.commands:
+            print("  " + shlex.join(command))
+        return 0
+    for command in plan.commands:
+        print("$ " + shlex.join(command))
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            raise LowkeydError(f"`{shlex.join(command)}` failed (exit {done.returncode})")
+    return 0

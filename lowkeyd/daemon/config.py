@@ -1,0 +1,258 @@
+"""The daemon's configuration file: what to watch, where to publish, how to cloak.
+
+Loaded from ``config.yaml`` in the config dir (or ``--config``) and validated
+with pydantic (unknown keys refused), so a typo is a one-line
+:class:`~lowkeyd.errors.ConfigError` naming the key rather than a setting
+silently ignored. Relative paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from lowkeyd.engine.presets import get_preset
+from lowkeyd.errors import ConfigError, LowkeydError
+from lowkeyd.paths import config_dir
+
+CONFIG_NAME = "config.yaml"
+
+# torch device strings the engine can be asked for; whether the device exists is the engine's question.
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def default_config_path() -> Path:
+    return config_dir() / CONFIG_NAME
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _expand(value: Any, info: ValidationInfo) -> Any:
+    """``~`` expanded, relative paths taken from the config file's folder, the result absolute."""
+    if not isinstance(value, (str, Path)):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        path = Path(base) / path
+    return path.resolve()
+
+
+def _problem(kind: str, message: str) -> PydanticCustomError:
+    # A custom error keeps the message as written (no "Value error, " prefix in what the user reads).
+    return PydanticCustomError(kind, message)
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or inside it (both absolute and resolved)."""
+    return path == folder or folder in path.parents
+
+
+class SourceConfig(_Section):
+    """One watched folder: a camera roll, a phone's upload folder, a sync client's folder."""
+
+    path: Path
+    # The sub-folder of the outbox this source is mirrored into; defaults to the folder's own name.
+    name: str = ""
+    recursive: bool = True
+    # Globs on the path relative to the source; a glob without "/" matches the file name.
+    # No include globs means every photo.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    # inotify/FSEvents see nothing on network and FUSE mounts: poll those instead.
+    polling: bool = False
+    poll_interval: float = Field(default=10.0, gt=0)
+
+    _expand_path = field_validator("path", mode="before")(_expand)
+
+    @field_validator("path")
+    @classmethod
+    def _must_be_folder(cls, path: Path) -> Path:
+        if not path.exists():
+            raise _problem("missing_source", f"folder does not exist: {path}")
+        if not path.is_dir():
+            raise _problem("not_a_folder", f"not a folder: {path}")
+        return path
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if name and (name in (".", "..") or "/" in name or "\\" in name or name.startswith(".")):
+            raise _problem("bad_name", f"must be a plain, visible folder name, not {name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _default_name(self) -> SourceConfig:
+        if not self.name:
+            object.__setattr__(self, "name", self.path.name)
+        return self
+
+
+class WatchConfig(_Section):
+    # A file is taken once its size and mtime have not changed for this long (and it decodes).
+    settle_seconds: float = Field(default=2.0, ge=0)
+    # Full rescans catch what a watcher missed (an overflowed inotify queue loses events); 0 turns them off.
+    rescan_interval: float = Field(default=900.0, ge=0)
+
+
+class WorkConfig(_Section):
+    # Photos waiting for the models; when full, new photos wait on disk until there is room.
+    queue_size: int = Field(default=32, ge=1)
+    # Photos handed to the engine together when a burst arrives.
+    batch_size: int = Field(default=8, ge=1)
+    # torch CPU threads; unset leaves torch's own choice.
+    threads: int | None = Field(default=None, ge=1)
+    # Added to the process's nice value so the desktop stays responsive (0 leaves it as is).
+    nice: int = Field(default=10, ge=0, le=19)
+    # Linux: run only on CPU time nothing else wants (SCHED_IDLE).
+    idle_priority: bool = True
+    # On stop, how long to let the photos being cloaked finish (seconds); unfinished ones are redone on
+    # the next start. Under systemd's TimeoutStopSec (30 s), or the stop ends in a SIGKILL.
+    stop_grace: float = Field(default=5.0, ge=0, le=25)
+
+
+class RetryConfig(_Section):
+    # After this many failed attempts a photo is marked failed and reported, never published.
+    max_attempts: int = Field(default=3, ge=1)
+    # Wait before the second attempt; it doubles for each one after.
+    backoff_seconds: float = Field(default=60.0, ge=0)
+
+
+class NotificationConfig(_Section):
+    enabled: bool = True
+    # Error notifications are grouped and shown at most this often (seconds).
+    error_interval: float = Field(default=600.0, ge=0)
+
+
+class DaemonConfig(_Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    outbox: Path
+    preset: str = "default"
+    device: str | None = None
+    # Preset fields to override, e.g. {steps: 30}.
+    attack: dict[str, Any] = Field(default_factory=dict)
+    # A photo without a face: publish its sanitised copy, or leave it out of the outbox.
+    no_face: Literal["copy", "skip"] = "copy"
+    strip_gps: bool = True
+    notifications: NotificationConfig = NotificationConfig()
+    work: WorkConfig = WorkConfig()
+    watch: WatchConfig = WatchConfig()
+    retry: RetryConfig = RetryConfig()
+
+    _expand_outbox = field_validator("outbox", mode="before")(_expand)
+
+    @field_validator("outbox")
+    @classmethod
+    def _outbox_is_folder(cls, outbox: Path) -> Path:
+        if outbox.exists() and not outbox.is_dir():
+            raise _problem("not_a_folder", f"not a folder: {outbox}")
+        return outbox
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str | None) -> str | None:
+        if device is not None and not _DEVICE.fullmatch(device):
+            raise _problem("bad_device", f"expected cpu, cuda, cuda:N or mps, not {device!r}")
+        return device
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        try:
+            get_preset(preset)
+        except LowkeydError as exc:
+            raise _problem("bad_preset", str(exc)) from None
+        return preset
+
+    @field_validator("attack")
+    @classmethod
+    def _attack_applies(cls, attack: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "preset" in info.data:  # else the preset's own error says enough
+            try:
+                get_preset(info.data["preset"], **attack)
+            except LowkeydError as exc:
+                raise _problem("bad_attack", str(exc)) from None
+        return attack
+
+    @model_validator(mode="after")
+    def _folders_apart(self) -> DaemonConfig:
+        names: dict[str, Path] = {}
+        for i, source in enumerate(self.sources):
+            # Each of these would have the daemon cloak its own output, or the same photo twice.
+            if is_within(self.outbox, source.path):
+                raise _problem("outbox_in_source", f"outbox {self.outbox} is inside sources[{i}] {source.path}")
+            if is_within(source.path, self.outbox):
+                raise _problem("source_in_outbox", f"sources[{i}] {source.path} is inside the outbox {self.outbox}")
+            for j, other in enumerate(self.sources[:i]):
+                if is_within(source.path, other.path) or is_within(other.path, source.path):
+                    raise _problem("sources_overlap", f"sources[{j}] and sources[{i}] overlap: {other.path}, {source.path}")
+            if source.name in names:
+                raise _problem(
+                    "duplicate_name",
+                    f"sources {names[source.name]} and {source.path} would share the outbox folder "
+                    f"{source.name!r}: give one a different name",
+                )
+            names[source.name] = source.path
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: Any) -> str:
+    where = _location(error["loc"])
+    message = {
+        "extra_forbidden": "unknown key",
+        "missing": "required key missing",
+    }.get(error["type"], error["msg"])
+    return f"{where}: {message}" if where else message
+
+
+def parse_config(data: Any, *, base_dir: Path, origin: str) -> DaemonConfig:
+    """Validate already-parsed YAML; ``origin`` names the file in error messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of settings at the top level")
+    try:
+        return DaemonConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def load_config(path: Path | None = None) -> DaemonConfig:
+    """The config at ``path`` (default: ``config.yaml`` in the config dir), validated."""
+    path = (path or default_config_path()).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {path}: copy config.example.yaml there, or pass --config"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, base_dir=path.resolve().parent, origin=str(path))

@@ -1,0 +1,116 @@
+"""Desktop notifications, grouped per burst of photos, errors apart and rate-limited.
+
+One notification per photo would be noise when a phone syncs 200 photos at
+once: the counts are gathered until the queue runs dry (or a burst has gone
+on for a while) and shown as one ("Cloaked 12 photos, 15 faces"). Failures
+are gathered separately and shown at most every ``error_interval`` seconds.
+Everything is logged too; where there is no notification service (headless,
+no D-Bus session) the log is all there is, and the daemon carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# A long burst still reports progress this often (seconds).
+BURST_REPORT_INTERVAL = 300.0
+
+
+def desktop_available() -> bool:
+    """Linux desktops notify over the D-Bus session bus; without one (headless, a system service) there is none."""
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DBUS_SESSION_BUS_ADDRESS"))
+
+
+@dataclass
+class _Tally:
+    photos: int = 0
+    faces: int = 0
+    without_faces: int = 0
+    since: float = 0.0
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    first: str = ""
+    last_shown: float = field(default=-float("inf"))
+
+
+class Notifier:
+    def __init__(self, *, enabled: bool, error_interval: float) -> None:
+        self._desktop = enabled and desktop_available()
+        self._error_interval = error_interval
+        self._lock = threading.Lock()
+        self._tally = _Tally()
+        self._failures = _Failures()
+
+    def photo_done(self, status: str, faces_cloaked: int) -> None:
+        with self._lock:
+            if not (self._tally.photos or self._tally.without_faces):
+                self._tally.since = time.monotonic()
+            if status == "cloaked":
+                self._tally.photos += 1
+                self._tally.faces += faces_cloaked
+            else:
+                self._tally.without_faces += 1
+
+    def photo_failed(self, name: str, message: str) -> None:
+        with self._lock:
+            if not self._failures.count:
+                self._failures.first = f"{name}: {message}"
+            self._failures.count += 1
+
+    def flush(self, *, idle: bool, now: float | None = None) -> list[str]:
+        """Show what is due: the burst once the queue is ``idle``, failures when the rate limit allows.
+
+        Returns the messages shown (also logged).
+        """
+        now = time.monotonic() if now is None else now
+        due: list[tuple[int, str, str]] = []  # (log level, title, message)
+        with self._lock:
+            tally, failures = self._tally, self._failures
+            if (tally.photos or tally.without_faces) and (idle or now - tally.since >= BURST_REPORT_INTERVAL):
+                due.append((logging.INFO, "lowkeyd", self._burst_message(tally)))
+                self._tally = _Tally()
+            if failures.count and now - failures.last_shown >= self._error_interval:
+                photos = "1 photo" if failures.count == 1 else f"{failures.count} photos"
+                message = f"Could not cloak {photos}, not published ({failures.first})"
+                due.append((logging.WARNING, "lowkeyd: photos not published", message))
+                self._failures = _Failures(last_shown=now)
+        for level, title, message in due:
+            log.log(level, "%s", message)
+            self._show(title, message)
+        return [message for _, _, message in due]
+
+    @staticmethod
+    def _burst_message(tally: _Tally) -> str:
+        parts = []
+        if tally.photos:
+            photos = "1 photo" if tally.photos == 1 else f"{tally.photos} photos"
+            faces = "1 face" if tally.faces == 1 else f"{tally.faces} faces"
+            parts.append(f"Cloaked {photos}, {faces}")
+        if tally.without_faces:
+            parts.append(f"{tally.without_faces} without faces")
+        return "; ".join(parts)
+
+    def _show(self, title: str, message: str) -> None:
+        if not self._desktop:
+            return
+        try:
+            from plyer import notification
+
+            with warnings.catch_warnings():
+                # plyer warns about each backend it cannot use before settling on one.
+                warnings.simplefilter("ignore")
+                notification.notify(title=title, message=message, app_name="lowkeyd", timeout=10)
+        except Exception as exc:  # noqa: BLE001 - any backend failure: notifications are a nicety, the log has them
+            log.warning("desktop notifications unavailable (%s: %s); logging only", type(exc).__name__, exc)
+            self._desktop = False

@@ -1,0 +1,387 @@
+"""The daemon's run loop: watch, decide, queue, publish, report.
+
+Threads: the watchers and a scanner feed :class:`~lowkeyd.daemon.watch.Settling`;
+the main thread takes settled paths, decides from the state database what
+each needs (nothing, a copy of an earlier result, or cloaking) and queues
+the work; the worker thread cloaks into staging, and on completion the file
+is published to the outbox and recorded. SIGTERM/SIGINT stop it cleanly: no
+half-written file is ever in the outbox, and unfinished work is redone on the
+next start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from lowkeyd.daemon import systemd
+from lowkeyd.daemon.config import DaemonConfig
+from lowkeyd.daemon.notify import Notifier
+from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.state import (
+    FINISHED,
+    SETTLED,
+    FileKey,
+    FileRecord,
+    StateDB,
+    Status,
+    content_hash,
+)
+from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
+from lowkeyd.daemon.worker import Job, QueueFull, Worker, lower_priority
+from lowkeyd.errors import LowkeydError
+from lowkeyd.paths import state_dir
+
+if TYPE_CHECKING:
+    from lowkeyd.pipeline import Outcome, PhotoProtector
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.25
+HEARTBEAT_SECONDS = 2.0
+
+
+class AlreadyRunning(LowkeydError):
+    """Another daemon holds this state directory."""
+
+
+@contextmanager
+def single_instance(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s daemon lock: two daemons on one state database would cloak every photo twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "daemon.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise AlreadyRunning(f"another lowkeyd is already running on {folder} (pid {holder})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+@dataclass
+class FileJob(Job["PhotoProtector", "Outcome"]):
+    """Cloak one source file into a staging path (publishing is the caller's, once it is complete).
+
+    A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
+    faces of several photos share the engine's batches.
+    """
+
+    src: Path
+    staged: Path
+    on_start: Callable[[], None] | None = None
+
+    def run(self, resource: PhotoProtector) -> Outcome:
+        result = self.run_batch(resource, [self])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @classmethod
+    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        for job in jobs:
+            if job.on_start is not None:
+                job.on_start()
+        return list(resource.protect_files([(job.src, job.staged) for job in jobs]))
+
+
+@dataclass
+class _Pending:
+    """A watched file handed to the worker, with what finishing it needs."""
+
+    source: str
+    rel_path: str
+    key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
+    dest: Path
+    job: FileJob
+
+
+def load_protector(config: DaemonConfig) -> PhotoProtector:
+    """The models, loaded once for the daemon's lifetime."""
+    from lowkeyd.engine.cloak import Cloaker
+    from lowkeyd.engine.device import set_cpu_threads
+    from lowkeyd.pipeline import PhotoProtector
+
+    cloaker = Cloaker(config.preset, config.device, **config.attack)
+    if config.work.threads is not None and cloaker.device.type == "cpu":
+        set_cpu_threads(config.work.threads)
+    log.info("models loaded on %s (preset %s)", cloaker.device, cloaker.preset.name)
+    return PhotoProtector(cloaker, strip_gps=config.strip_gps, no_face=config.no_face)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.worker: Worker[PhotoProtector] = Worker(
+            lambda: load_protector(config), queue_size=config.work.queue_size, batch_size=config.work.batch_size
+        )
+        self.settling = Settling(config.watch.settle_seconds)
+        self.notifier = Notifier(
+            enabled=config.notifications.enabled, error_interval=config.notifications.error_interval
+        )
+        self._stop = threading.Event()
+        # Held while a result is published and recorded. Shutdown sets _stopping under it: from then
+        # on a job that finishes late publishes nothing and leaves the database alone.
+        self._publishing = threading.Lock()
+        self._stopping = False
+        self._roots = {source.name: source.path for source in config.sources}
+        self._in_flight: dict[tuple[str, str], _Pending] = {}
+        self._started = time.time()
+        self.state: StateDB
+        self.outbox: Outbox
+
+    # ---- lifecycle
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        work = self.config.work
+        lower_priority(work.nice, idle=work.idle_priority)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+        with single_instance(state_dir()):
+            self.state = StateDB()
+            try:
+                code = self._run()
+            finally:
+                self.state.close()
+        if self.worker.alive:
+            # A batch abandoned at shutdown is still inside torch, which aborts the process if the
+            # interpreter is torn down under it. Everything is recorded and closed: leave at once.
+            logging.shutdown()
+            os._exit(code)
+        return code
+
+    def _run(self) -> int:
+        self.outbox = Outbox(self.config.outbox)
+        if left := self.outbox.clear_staging():
+            log.info("removed %d unfinished file(s) an earlier run left in staging", left)
+        for record in self.state.interrupted():
+            self._record_failure(record.source, record.rel_path, "interrupted: lowkeyd stopped while cloaking it")
+        systemd.notify("STATUS=loading models")
+        self.worker.start()
+        if self._stop.is_set():
+            return 0
+        watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()])
+        watcher.start()
+        threading.Thread(target=self._scan_loop, name="lowkeyd-scan", daemon=True).start()
+        systemd.notify("READY=1", f"STATUS={self._status_line()}")
+        log.info("ready: %d source(s), outbox %s", len(self.config.sources), self.config.outbox)
+        try:
+            self._loop()
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping")
+            watcher.stop()
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        watchdog = systemd.watchdog_interval()
+        last_ping = last_beat = 0.0
+        while not self._stop.wait(TICK_SECONDS):
+            # Only as many as the queue has room for: the rest keep waiting (and are not decoded again yet).
+            for source, path in self.settling.take(limit=self.worker.room()):
+                self._consider(source, path)
+            for record in self.state.due_retries():
+                if record.source in self._roots and self.worker.room():
+                    self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+            self.notifier.flush(idle=self.worker.busy == 0 and len(self.settling) == 0)
+            now = time.monotonic()
+            if watchdog and now - last_ping >= watchdog:
+                systemd.notify("WATCHDOG=1")
+                last_ping = now
+            if now - last_beat >= HEARTBEAT_SECONDS:
+                line = self._status_line()
+                self.state.heartbeat(waiting=len(self.settling), message=line, started=self._started)
+                systemd.notify(f"STATUS={line}")
+                last_beat = now
+
+    def _shutdown(self) -> None:
+        self.worker.stop(timeout=self.config.work.stop_grace)
+        with self._publishing:
+            self._stopping = True
+            if self._in_flight:
+                log.info("%d photo(s) left unfinished, to be done on the next start", len(self._in_flight))
+            for pending in self._in_flight.values():
+                self.outbox.discard(pending.job.staged)
+                self.state.release(pending.source, pending.rel_path)
+            self._in_flight.clear()
+        self.state.clear_daemon()
+
+    def _status_line(self) -> str:
+        counts = self.state.counts()
+        parts = [f"{counts.get(Status.DONE.value, 0)} done"]
+        if busy := self.worker.busy:
+            parts.append(f"{busy} in the queue")
+        if waiting := len(self.settling):
+            parts.append(f"{waiting} settling")
+        if failed := counts.get(Status.FAILED.value, 0):
+            parts.append(f"{failed} failed")
+        return ", ".join(parts)
+
+    def _scan_loop(self) -> None:
+        interval = self.config.watch.rescan_interval
+        while not self._stop.is_set():
+            found = 0
+            for source in self.config.sources:
+                for path in scan(source, skip=[state_dir()]):
+                    if self._stop.is_set():
+                        return
+                    rel_path = path.relative_to(source.path).as_posix()
+                    try:
+                        if self.state.is_settled(source.name, rel_path, FileKey.of(path)):
+                            continue
+                    except FileNotFoundError:
+                        continue
+                    self.settling.add(source.name, path)
+                    found += 1
+            log.info("scan found %d photo(s) to look at", found)
+            if not interval or self._stop.wait(interval):
+                return
+
+    # ---- deciding
+
+    def _consider(self, source: str, path: Path, *, retry: bool = False) -> None:
+        rel = PurePosixPath(path.relative_to(self._roots[source]).as_posix())
+        rel_path = str(rel)
+        if (source, rel_path) in self._in_flight:
+            return  # a change while it is being cloaked is caught when it finishes
+        try:
+            key = FileKey.of(path)
+            record = self.state.get(source, rel_path)
+            # A due retry is taken; any other look at a file waiting for its retry is not.
+            if record and record.key == key and record.status in (FINISHED if retry else SETTLED):
+                return
+            sha256 = content_hash(path)
+        except FileNotFoundError:
+            self.state.forget(source, rel_path)
+            return
+        dest = self.outbox.destination(source, rel)
+        earlier = self.state.finished_with_hash(sha256)
+        if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
+            return
+        self.state.mark_queued(source, rel_path, key, sha256)
+        job = FileJob(path, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+        pending = _Pending(source, rel_path, key, dest, job)
+        # In flight before it is submitted: a job finishing at once must find itself there to leave.
+        self._in_flight[(source, rel_path)] = pending
+        try:
+            future = self.worker.submit(job)
+        except QueueFull:  # only the API fills the queue behind our back; the retry or the next event brings it back
+            del self._in_flight[(source, rel_path)]
+            self.outbox.discard(job.staged)
+            self.state.release(source, rel_path)
+            return
+        future.add_done_callback(lambda f: self._finish(pending, f))
+
+    def _reuse(self, earlier: FileRecord, source: str, rel_path: str, key: FileKey, sha256: str, dest: Path) -> bool:
+        """Finish this file with an earlier result for the same content; False when there is none to reuse."""
+        output = None if earlier.output is None else Path(earlier.output)
+        if output is not None and not output.exists():
+            return False  # the published copy was deleted: cloak again
+        same_file = (earlier.source, earlier.rel_path) == (source, rel_path)
+        if output is not None and not same_file:
+            output = self.outbox.publish_copy(output, dest.with_suffix(output.suffix))
+        self.state.mark_done(
+            source,
+            rel_path,
+            outcome=earlier.outcome or "",
+            faces=earlier.faces or 0,
+            faces_too_small=earlier.faces_too_small or 0,
+            seconds=0.0,
+            output=output,
+            key=key,
+            sha256=sha256,
+            # always the file that was actually cloaked, not a duplicate of it
+            duplicate_of=earlier.duplicate_of or (None if same_file else f"{earlier.source}/{earlier.rel_path}"),
+        )
+        if not same_file:
+            log.info("%s/%s: same photo as %s/%s, its result reused", source, rel_path, earlier.source, earlier.rel_path)
+        return True
+
+    # ---- finishing (in the worker thread)
+
+    def _finish(self, pending: _Pending, future: Future[Outcome]) -> None:
+        with self._publishing:
+            if self._stopping:
+                return
+            try:
+                outcome = self._publish(pending, future)
+            finally:
+                # Only now: until the result is recorded, _consider must see the file as in flight.
+                self._in_flight.pop((pending.source, pending.rel_path), None)
+        if outcome is not None:
+            self.notifier.photo_done(outcome.status, outcome.faces_cloaked)
+            log.info("%s/%s: %s", pending.source, pending.rel_path, outcome.message)
+
+    def _publish(self, pending: _Pending, future: Future[Outcome]) -> Outcome | None:
+        """Publish and record a finished job; None when there is nothing to publish (failed, cancelled, stale)."""
+        source, rel_path, job = pending.source, pending.rel_path, pending.job
+        if future.cancelled():
+            self.outbox.discard(job.staged)
+            self.state.release(source, rel_path)
+            return None
+        error = future.exception()
+        if error is not None:
+            self.outbox.discard(job.staged)
+            if not isinstance(error, LowkeydError):
+                log.error("%s/%s: unexpected error", source, rel_path, exc_info=error)
+            self._record_failure(source, rel_path, str(error) or type(error).__name__)
+            return None
+        try:
+            unchanged = FileKey.of(job.src) == pending.key
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:
+            # Written to while it was read: what was cloaked may be half a photo. Start over.
+            self.outbox.discard(job.staged)
+            self.state.release(source, rel_path)
+            self.settling.add(source, job.src)
+            log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
+            return None
+        outcome = future.result()
+        written = None
+        if outcome.written is not None:
+            written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
+        else:
+            self.outbox.discard(job.staged)
+        self.state.mark_done(
+            source,
+            rel_path,
+            outcome=outcome.status,
+            faces=outcome.faces_cloaked,
+            faces_too_small=outcome.faces_too_small,
+            seconds=outcome.seconds,
+            output=written,
+        )
+        return outcome
+
+    def _record_failure(self, source: str, rel_path: str, error: str) -> None:
+        retry = self.config.retry
+        record = self.state.mark_failure(
+            source, rel_path, error, max_attempts=retry.max_attempts, backoff_seconds=retry.backoff_seconds
+        )
+        if record.status is Status.FAILED:
+            log.error("%s/%s failed %d time(s), giving up: %s", source, rel_path, record.attempts, error)
+            self.notifier.photo_failed(f"{source}/{rel_path}", error)
+        else:
+            log.warning("%s/%s: %s (attempt %d, retrying)", source, rel_path, error, record.attempts)

@@ -1,0 +1,338 @@
+"""What the daemon has done with each source file, kept in SQLite so a restart picks up where it stopped.
+
+A file is known by its source, its path in that source, and its size, mtime
+and inode: if those are unchanged since it was finished, it is not touched
+again. Its content hash recognises the same photo under another name (a
+rename, a duplicate), whose finished output is reused instead of cloaking it
+again. Failures are retried with doubling waits; after the last attempt the
+file is marked failed, which is reported and never published.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowkeyd.errors import LowkeydError
+from lowkeyd.paths import state_dir
+
+STATE_NAME = "state.sqlite3"
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    source TEXT NOT NULL,
+    rel_path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    outcome TEXT,
+    faces INTEGER,
+    faces_too_small INTEGER,
+    seconds REAL,
+    output TEXT,
+    duplicate_of TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    next_attempt REAL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (source, rel_path)
+);
+CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256, status);
+CREATE INDEX IF NOT EXISTS files_by_status ON files (status, next_attempt);
+CREATE TABLE IF NOT EXISTS daemon (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    waiting INTEGER NOT NULL DEFAULT 0,
+    message TEXT
+);
+"""
+
+
+def default_state_path() -> Path:
+    return state_dir() / STATE_NAME
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"  # handed to the worker, not started
+    PROCESSING = "processing"  # the worker is on it (left so by a crash: counted as a failed attempt)
+    RETRY = "retry"  # failed, tried again at next_attempt
+    DONE = "done"  # finished: see outcome
+    FAILED = "failed"  # gave up after the last attempt; never published
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = (Status.DONE, Status.FAILED)
+# Nothing to do for the file as it is: finished, or waiting for its next retry.
+SETTLED = (*FINISHED, Status.RETRY)
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What says a file is unchanged, short of reading it."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileKey:
+        st = path.stat()
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def content_hash(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    source: str
+    rel_path: str
+    key: FileKey
+    sha256: str
+    status: Status
+    outcome: str | None
+    faces: int | None
+    faces_too_small: int | None
+    seconds: float | None
+    output: str | None
+    duplicate_of: str | None
+    attempts: int
+    error: str | None
+    next_attempt: float | None
+    updated: float
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> FileRecord:
+        values = dict(row)
+        key = FileKey(values.pop("size"), values.pop("mtime_ns"), values.pop("inode"))
+        return cls(key=key, **{**values, "status": Status(values["status"])})
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    pid: int
+    started: float
+    heartbeat: float
+    waiting: int
+    message: str | None
+
+
+class StateError(LowkeydError):
+    """The state database cannot be opened or is not lowkeyd's."""
+
+
+class StateDB:
+    """The state database; safe to share between the daemon's threads."""
+
+    def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
+        self.path = path or default_state_path()
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+                # WAL lets `lowkeyd status` read while the daemon writes.
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise StateError(f"{self.path} was written by a newer lowkeyd (schema {version})")
+        with self._db:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        with self._lock, self._db:
+            return self._db.execute(sql, params).rowcount
+
+    # ---- reading
+
+    def get(self, source: str, rel_path: str) -> FileRecord | None:
+        rows = self._query("SELECT * FROM files WHERE source = ? AND rel_path = ?", (source, rel_path))
+        return FileRecord._from_row(rows[0]) if rows else None
+
+    def is_settled(self, source: str, rel_path: str, key: FileKey) -> bool:
+        """Nothing to do for this file as it is now: finished, or waiting for its next retry."""
+        record = self.get(source, rel_path)
+        return record is not None and record.key == key and record.status in SETTLED
+
+    def finished_with_hash(self, sha256: str) -> FileRecord | None:
+        """The most recent successfully finished file with this content, if any."""
+        rows = self._query(
+            "SELECT * FROM files WHERE sha256 = ? AND status = ? ORDER BY updated DESC LIMIT 1",
+            (sha256, Status.DONE.value),
+        )
+        return FileRecord._from_row(rows[0]) if rows else None
+
+    def due_retries(self, now: float | None = None) -> list[FileRecord]:
+        rows = self._query(
+            "SELECT * FROM files WHERE status = ? AND next_attempt <= ? ORDER BY next_attempt",
+            (Status.RETRY.value, time.time() if now is None else now),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Files per status, and finished files per outcome (as ``done:<outcome>``)."""
+        out: dict[str, int] = {}
+        for status, outcome, n in self._query("SELECT status, outcome, COUNT(*) FROM files GROUP BY status, outcome"):
+            out[status] = out.get(status, 0) + n
+            if status == Status.DONE.value and outcome:
+                out[f"done:{outcome}"] = n
+        return out
+
+    def faces_cloaked(self) -> int:
+        rows = self._query(
+            "SELECT COALESCE(SUM(faces), 0) FROM files WHERE status = ? AND duplicate_of IS NULL", (Status.DONE.value,)
+        )
+        return int(rows[0][0])
+
+    def recent_errors(self, limit: int = 10) -> list[FileRecord]:
+        rows = self._query(
+            "SELECT * FROM files WHERE error IS NOT NULL AND status IN (?, ?) ORDER BY updated DESC LIMIT ?",
+            (Status.FAILED.value, Status.RETRY.value, limit),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def daemon_info(self) -> DaemonInfo | None:
+        rows = self._query("SELECT pid, started, heartbeat, waiting, message FROM daemon WHERE id = 1")
+        return DaemonInfo(*rows[0]) if rows else None
+
+    # ---- writing
+
+    def mark_queued(self, source: str, rel_path: str, key: FileKey, sha256: str) -> None:
+        """A file about to be handed to the worker; a changed file starts its attempts afresh."""
+        previous = self.get(source, rel_path)
+        attempts = previous.attempts if previous and previous.key == key and previous.sha256 == sha256 else 0
+        self._write(
+            """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, attempts, updated)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (source, rel_path, key.size, key.mtime_ns, key.inode, sha256, Status.QUEUED.value, attempts, time.time()),
+        )
+
+    def mark_processing(self, source: str, rel_path: str) -> None:
+        self._set_status(source, rel_path, Status.PROCESSING)
+
+    def release(self, source: str, rel_path: str) -> None:
+        """A job dropped unstarted or abandoned by a clean shutdown: back to queued, no attempt counted."""
+        self._set_status(source, rel_path, Status.QUEUED)
+
+    def _set_status(self, source: str, rel_path: str, status: Status) -> None:
+        self._write(
+            "UPDATE files SET status = ?, updated = ? WHERE source = ? AND rel_path = ?",
+            (status.value, time.time(), source, rel_path),
+        )
+
+    def mark_done(
+        self,
+        source: str,
+        rel_path: str,
+        *,
+        outcome: str,
+        faces: int,
+        faces_too_small: int,
+        seconds: float,
+        output: Path | None,
+        key: FileKey | None = None,
+        sha256: str | None = None,
+        duplicate_of: str | None = None,
+    ) -> None:
+        """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate)."""
+        with self._lock, self._db:
+            if key is not None and sha256 is not None:
+                self._db.execute(
+                    """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, updated)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (source, rel_path, key.size, key.mtime_ns, key.inode, sha256, Status.DONE.value, time.time()),
+                )
+            self._db.execute(
+                """UPDATE files SET status = ?, outcome = ?, faces = ?, faces_too_small = ?, seconds = ?,
+                   output = ?, duplicate_of = ?, error = NULL, next_attempt = NULL, updated = ?
+                   WHERE source = ? AND rel_path = ?""",
+                (
+                    Status.DONE.value,
+                    outcome,
+                    faces,
+                    faces_too_small,
+                    seconds,
+                    None if output is None else str(output),
+                    duplicate_of,
+                    time.time(),
+                    source,
+                    rel_path,
+                ),
+            )
+
+    def mark_failure(
+        self, source: str, rel_path: str, error: str, *, max_attempts: int, backoff_seconds: float
+    ) -> FileRecord:
+        """One more failed attempt: scheduled for a retry, or failed for good after the last one."""
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT attempts FROM files WHERE source = ? AND rel_path = ?", (source, rel_path)
+            ).fetchone()
+            attempts = (row[0] if row else 0) + 1
+            now = time.time()
+            if attempts >= max_attempts:
+                status, next_attempt = Status.FAILED, None
+            else:
+                status, next_attempt = Status.RETRY, now + backoff_seconds * 2 ** (attempts - 1)
+            self._db.execute(
+                """UPDATE files SET status = ?, attempts = ?, error = ?, next_attempt = ?, outcome = NULL,
+                   output = NULL, updated = ? WHERE source = ? AND rel_path = ?""",
+                (status.value, attempts, error, next_attempt, now, source, rel_path),
+            )
+        record = self.get(source, rel_path)
+        assert record is not None
+        return record
+
+    def interrupted(self) -> list[FileRecord]:
+        """Files left in processing: the daemon died under them."""
+        rows = self._query("SELECT * FROM files WHERE status = ?", (Status.PROCESSING.value,))
+        return [FileRecord._from_row(r) for r in rows]
+
+    def forget(self, source: str, rel_path: str) -> None:
+        """A file that disappeared before it was finished."""
+        self._write(
+            "DELETE FROM files WHERE source = ? AND rel_path = ? AND status NOT IN (?, ?)",
+            (source, rel_path, Status.DONE.value, Status.FAILED.value),
+        )
+
+    def heartbeat(self, *, waiting: int, message: str, started: float) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO daemon (id, pid, started, heartbeat, waiting, message) VALUES (1, ?, ?, ?, ?, ?)",
+            (os.getpid(), started, time.time(), waiting, message),
+        )
+
+    def clear_daemon(self) -> None:
+        self._write("DELETE FROM daemon WHERE id = 1")

@@ -1,0 +1,142 @@
+"""The daemon's config file: defaults, paths, and a precise error for every kind of mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lowkeyd.cli import main
+from lowkeyd.daemon.config import DaemonConfig, load_config
+from lowkeyd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Path:
+    (tmp_path / "camera").mkdir()
+    (tmp_path / "phone" / "DCIM").mkdir(parents=True)
+    return tmp_path
+
+
+def test_minimal_config_gets_defaults_and_absolute_paths(folders: Path) -> None:
+    config = load_config(write_config(folders, "sources: [{path: camera}]\noutbox: out\n"))
+    assert config.sources[0].path == folders / "camera"
+    assert config.sources[0].name == "camera"
+    assert config.sources[0].recursive and not config.sources[0].polling
+    assert config.outbox == folders / "out"
+    assert config.preset == "default" and config.attack == {}
+    assert config.no_face == "copy" and config.strip_gps
+    assert config.retry.max_attempts >= 1 and config.work.queue_size >= 1
+
+
+def test_home_is_expanded(folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(folders))
+    config = load_config(write_config(folders / "phone", "sources: [{path: ~/camera}]\noutbox: ~/out\n"))
+    assert config.sources[0].path == folders / "camera"
+    assert config.outbox == folders / "out"
+
+
+def test_example_config_is_valid(folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(folders))
+    (folders / "Pictures" / "Camera").mkdir(parents=True)
+    config = load_config(REPO / "config.example.yaml")
+    assert config.sources[0].name == "camera"
+    assert config.outbox == folders / "Pictures" / "Cloaked"
+    # every key the example shows is a real setting with its documented default
+    assert config.model_dump(exclude={"sources", "outbox"}) == DaemonConfig(
+        sources=config.sources, outbox=config.outbox
+    ).model_dump(exclude={"sources", "outbox"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sources: [{path: camera}]\noutbox: out\nnotifcations: {enabled: false}\n", "notifcations: unknown key"),
+        ("sources: [{path: camera, recursiv: true}]\noutbox: out\n", "sources[0].recursiv: unknown key"),
+        ("sources: [{path: camera}]\n", "outbox: required key missing"),
+        ("sources: [{path: nowhere}]\noutbox: out\n", "sources[0].path: folder does not exist"),
+        ("sources: []\noutbox: out\n", "sources: List should have at least 1 item"),
+        ("sources: [{path: camera}]\noutbox: out\nno_face: blur\n", "no_face: Input should be 'copy' or 'skip'"),
+        ("sources: [{path: camera}]\noutbox: out\nwork: {queue_size: 0}\n", "work.queue_size: Input should be greater"),
+        ("sources: [{path: camera}]\noutbox: out\npreset: fast\n", "preset: unknown preset 'fast'"),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {stepz: 3}\n", "attack: attack setting 'stepz'"),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {steps: -1}\n", "attack: attack setting 'steps'"),
+        ("sources: [{path: camera}]\noutbox: out\ndevice: gpu\n", "device: expected cpu, cuda, cuda:N or mps"),
+        ("sources: [{path: camera}]\noutbox: camera/cloaked\n", "is inside sources[0]"),
+        ("sources: [{path: phone/DCIM}]\noutbox: phone\n", "is inside the outbox"),
+        ("sources: [{path: phone}, {path: phone/DCIM}]\noutbox: out\n", "sources[0] and sources[1] overlap"),
+        ("sources: [{path: camera}, {path: phone, name: camera}]\noutbox: out\n", "share the outbox folder 'camera'"),
+        ("sources: [{path: camera, name: ../up}]\noutbox: out\n", "sources[0].name: must be a plain"),
+        ("sources: [{path: camera}\noutbox: out\n", "not valid YAML at line 2"),
+        ("- camera\n", "expected a mapping of settings"),
+    ],
+)
+def test_mistakes_name_the_key(folders: Path, text: str, expected: str) -> None:
+    path = write_config(folders, text)
+    with pytest.raises(ConfigError, match=None) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert expected in message
+    assert str(path) in message and "\n" not in message
+    assert caught.value.exit_code == 78
+
+
+def test_outbox_that_is_a_file_is_refused(folders: Path) -> None:
+    (folders / "out").write_text("not a folder")
+    with pytest.raises(ConfigError, match="outbox: not a folder"):
+        load_config(write_config(folders, "sources: [{path: camera}]\noutbox: out\n"))
+
+
+def test_missing_config_file_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOWKEYD_CONFIG_DIR", str(tmp_path / "conf"))
+    with pytest.raises(ConfigError, match=f"no config file at {tmp_path / 'conf' / 'config.yaml'}"):
+        load_config()
+
+
+def test_attack_overrides_reach_the_preset(folders: Path) -> None:
+    from lowkeyd.engine.presets import get_preset
+
+    config = load_config(write_config(folders, "sources: [{path: camera}]\noutbox: out\nattack: {steps: 3}\n"))
+    assert get_preset(config.preset, **config.attack).steps == 3
+
+
+def test_check_config_command(folders: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_config(folders, "sources: [{path: camera, exclude: ['*.png']}]\noutbox: out\nno_face: skip\n")
+    assert main(["check-config", "--config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert f"{good}: OK" in out
+    assert f"source camera: {folders / 'camera'}" in out and "exclude *.png" in out
+    assert "photos without faces: skip" in out
+    assert not (folders / "out").exists(), "checking a config must not create anything"
+
+    bad = write_config(folders, yaml.safe_dump({"sources": [{"path": "camera"}], "outbox": "out", "colour": 1}))
+    assert main(["check-config", "--config", str(bad)]) == 78
+    assert "colour: unknown key" in capsys.readouterr().err
+
+
+def test_bad_config_exits_78_from_a_real_process(folders: Path) -> None:
+    bad = write_config(folders, "sources: [{path: camera}]\noutbox: out\nwork: {batch_size: many}\n")
+    for command in ("check-config", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "lowkeyd", command, "--config", str(bad)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "LOWKEYD_STATE_DIR": str(folders / "state")},
+        )
+        assert done.returncode == 78, done.stderr
+        assert "work.batch_size: Input should be a valid integer" in done.stderr
+        assert "Traceback" not in done.stderr
