@@ -153,3 +153,50 @@ def test_too_small_faces_are_left_alone_and_reported():
 def test_engine_refuses_what_is_not_rgb_pixels(cloaker):
     with pytest.raises(EngineError, match="uint8 RGB"):
         cloaker.cloak(np.zeros((10, 10), np.uint8))
+
+
+def test_luma_only_cloak_changes_r_g_and_b_alike():
+    """Grayscale photos are stored as grayscale: the cloak must survive that conversion."""
+    from lowkeyd.engine.cloak import Cloaker
+
+    gray = np.repeat(np.asarray(load_rgb("astronaut.png").mean(axis=2), np.uint8)[..., None], 3, axis=2)
+    result = Cloaker("default", "cpu", models=["sface"], steps=2, target_margin=None).cloak(gray, luma_only=True)
+    delta = result.rgb.astype(int) - gray
+    assert np.abs(delta).sum() > 0
+    assert np.array_equal(delta[..., 0], delta[..., 1]) and np.array_equal(delta[..., 1], delta[..., 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sface", "facenet_casia"])
+def test_bf16_gradients_agree_with_fp32(name):
+    """'auto' precision uses bf16 on GPUs: its input gradients must point where fp32's do."""
+    from conftest import aligned_face
+    from lowkeyd.engine.models.zoo import load_embedder
+
+    model = load_embedder(name)
+    face = aligned_face("obama.jpg", model.template, model.input_size)
+    target = model(aligned_face("obama2.jpg", model.template, model.input_size)).detach()
+
+    def gradient(dtype: torch.dtype | None) -> torch.Tensor:
+        x = face.clone().requires_grad_()
+        if dtype is None:
+            emb = model(x)
+        else:
+            with torch.autocast("cpu", dtype=dtype):
+                emb = model(x).float()
+        (emb - target).pow(2).sum().backward()
+        return x.grad.flatten()
+
+    agreement = torch.nn.functional.cosine_similarity(gradient(None), gradient(torch.bfloat16), dim=0)
+    print(f"{name}: bf16 vs fp32 input-gradient cosine {agreement:.3f}")
+    assert agreement > 0.9
+
+
+def test_expectation_over_jitter_and_rescale_runs_and_stays_local(cloaker):
+    from lowkeyd.engine.cloak import Cloaker
+
+    jittery = Cloaker("default", "cpu", models=["sface"], steps=2, jitter_px=1.5, rescale_min=0.6, target_margin=None)
+    original = load_rgb("astronaut.png")
+    result = jittery.cloak(original)
+    assert result.cloaked == 1 and result.faces[0].steps == 2
+    assert np.any(result.rgb != original)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lowkeyd.cli.options import add_engine_options, parse_overrides
 from lowkeyd.errors import LowkeydError
 from lowkeyd.photo import is_photo_path
+
+if TYPE_CHECKING:
+    from lowkeyd.daemon.client import DaemonProtector
 
 STDIO = "-"
 
@@ -30,6 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-gps", action="store_true", help="keep GPS position in EXIF and XMP (removed by default)")
     p.add_argument(
         "--no-face", choices=("copy", "skip"), default="copy", help="photos without a face: copy sanitised, or skip"
+    )
+    p.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="load the models here even when a lowkeyd daemon runs (by default its loaded models do the work, "
+        "with its config's settings, unless an engine option above is given)",
     )
     p.set_defaults(func=run)
 
@@ -54,7 +64,24 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
+    """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
+    asked = args.preset != "default" or args.overrides or args.device or args.keep_gps or args.no_face != "copy"
+    if args.no_daemon or asked:
+        return None
+    from lowkeyd.daemon.client import DaemonProtector, find_daemon
+
+    client = find_daemon()
+    if client is None:
+        return None
+    print(f"lowkeyd: using the running daemon ({client.where})", file=sys.stderr)
+    return DaemonProtector(client)
+
+
 def _protector(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
+    daemon = _daemon(args)
+    if daemon is not None:
+        return daemon
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.pipeline import PhotoProtector
 

@@ -60,16 +60,18 @@ def texture_weight(x: torch.Tensor, flat_weight: float, window: int = 7, texture
 class AttackResult:
     adversarial: torch.Tensor  # (B, 3, H, W) in [0, 1]
     similarity: dict[str, torch.Tensor]  # model name -> (B,) cosine to the original, plain view, at the end
-    lpips: torch.Tensor  # (B,) inside each blend mask
+    lpips: torch.Tensor  # (B,) over each face region
     steps: torch.Tensor  # (B,) steps each face took
 
 
 class LowKey:
-    """``LowKey(models, lpips, preset)(crops, landmarks, masks) -> AttackResult``.
+    """``LowKey(models, lpips, preset)(crops, landmarks, masks, regions) -> AttackResult``.
 
     ``crops`` ``(B, 3, H, W)`` in ``[0, 1]``, ``landmarks`` ``(B, 5, 2)`` in crop
     pixels, ``masks`` ``(B, 1, H, W)`` in ``[0, 1]``: 0 where the crop must not
-    change. ``lpips`` must give a spatial map (``lpips.LPIPS(spatial=True)``).
+    change; ``regions`` ``(B, 4)`` integer ``x1, y1, x2, y2``: the face region
+    whose LPIPS is kept small (computed on that region alone, as
+    :mod:`lowkeyd.engine.evaluate` reports it).
     """
 
     def __init__(self, models: Sequence[FaceEmbedder], lpips: torch.nn.Module, preset: Preset) -> None:
@@ -90,19 +92,25 @@ class LowKey:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _views(self, xp: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The images whose embeddings are compared: x' and G(x'), each under a random rescale."""
+    def _views(self, xp: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
+        """The images whose embeddings are compared (x' and G(x'), under a random rescale), and the
+        factor that makes their summed distances an unbiased estimate of the objective's."""
         p = self.preset
-        views = [xp]
-        if p.blur_kernel:
+        use_plain = use_blur = True
+        if p.blur_kernel and p.sample_views and generator is not None:
+            use_plain = bool(torch.rand((), generator=generator, device=xp.device) < 0.5)
+            use_blur = not use_plain
+        views = [xp] if use_plain else []
+        if p.blur_kernel and use_blur:
             views.append(gaussian_blur(xp, p.blur_kernel, p.blur_sigma))
+        scale = (1 + bool(p.blur_kernel)) / len(views)
         out = torch.cat(views)
         if p.rescale_min < 1 and generator is not None:
             r = p.rescale_min + (1 - p.rescale_min) * torch.rand((), generator=generator, device=xp.device).item()
             size = [max(8, round(s * r)) for s in out.shape[-2:]]
             out = F.interpolate(out, size=size, mode="bilinear", antialias=True, align_corners=False)
             out = F.interpolate(out, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        return out, scale
 
     def _embeddings(
         self, images: torch.Tensor, landmarks: torch.Tensor, generator: torch.Generator | None
@@ -119,7 +127,8 @@ class LowKey:
             )
         out = {}
         for group in self._groups:
-            aligned = warp_faces(images, lm, group[0].template, group[0].input_size, jitter)
+            small, small_lm = self._prefilter(images, lm, group[0].template)
+            aligned = warp_faces(small, small_lm, group[0].template, group[0].input_size, jitter)
             if self.preset.flip:
                 aligned = torch.cat([aligned, aligned.flip(-1)])
             with self._autocast(images.device):
@@ -128,6 +137,28 @@ class LowKey:
                     out[model.name] = F.normalize(emb, dim=-1).view(1 + self.preset.flip, images.shape[0], -1)
         return out
 
+    def _prefilter(
+        self, images: torch.Tensor, landmarks: torch.Tensor, template: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Downscale (antialiased) to twice the model's face size before the bilinear warp.
+
+        Warping a 300 px face straight onto a 112 px input samples one pixel in
+        nine: the gradient, and so the perturbation, would sit on a sparse grid
+        of pixels, visible as noise and fragile under resizing. An area-style
+        downscale first spreads it over every pixel.
+        """
+        if not self.preset.prefilter:
+            return images, landmarks
+        eyes = (landmarks[:, 1] - landmarks[:, 0]).norm(dim=-1).max()
+        factor = float(2 * (template[1] - template[0]).norm() / eyes)
+        if factor >= 1:
+            return images, landmarks
+        size = [max(8, round(s * factor)) for s in images.shape[-2:]]
+        small = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        ky, kx = size[0] / images.shape[-2], size[1] / images.shape[-1]
+        scaled = (landmarks + 0.5) * landmarks.new_tensor([kx, ky]) - 0.5
+        return small, scaled
+
     def _feature_distance(self, emb: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """``(F, V*B, D)`` vs ``(F, B, D)`` -> ``(B,)``: squared distances, flips averaged, views summed."""
         batch = ref.shape[1]
@@ -135,12 +166,18 @@ class LowKey:
         d2 = d2 / (emb.shape[-1] if self.preset.feature_scale == "per_dim" else 4.0)
         return d2.mean(0).view(-1, batch).sum(0)
 
-    def _mask_mean(self, spatial: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return (spatial * masks).sum((1, 2, 3)) / masks.sum((1, 2, 3)).clamp_min(1e-6)
+    def _region_lpips(self, a: torch.Tensor, b: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` LPIPS of each face region alone; regions differ in size, so one face at a time."""
+        values = []
+        for i, (x1, y1, x2, y2) in enumerate(regions.tolist()):
+            values.append(self.lpips(a[i : i + 1, :, y1:y2, x1:x2] * 2 - 1, b[i : i + 1, :, y1:y2, x1:x2] * 2 - 1).mean())
+        return torch.stack(values)
 
     # -- the attack -----------------------------------------------------------------------
 
-    def __call__(self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor) -> AttackResult:
+    def __call__(
+        self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor
+    ) -> AttackResult:
         p = self.preset
         device = crops.device
         batch = crops.shape[0]
@@ -171,12 +208,13 @@ class LowKey:
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            x, lm, w, m = crops[idx], landmarks[idx], weight[idx], masks[idx]
+            x, lm, w = crops[idx], landmarks[idx], weight[idx]
             sub = param.detach()[idx].requires_grad_()
             xp = perturbed(sub, x, w)
-            emb = self._embeddings(self._views(xp, generator), lm, generator)
-            feature = sum(self._feature_distance(emb[n], reference[n][:, idx]) for n in emb) / len(emb)
-            perceptual = self._mask_mean(self.lpips(xp * 2 - 1, x * 2 - 1), m) if p.lpips_weight else 0
+            views, view_scale = self._views(xp, generator)
+            emb = self._embeddings(views, lm, generator)
+            feature = view_scale * sum(self._feature_distance(emb[n], reference[n][:, idx]) for n in emb) / len(emb)
+            perceptual = self._region_lpips(xp, x, regions[idx]) if p.lpips_weight else 0
             objective = feature - p.lpips_weight * perceptual
             (grad,) = torch.autograd.grad(objective.sum(), sub)
 
@@ -207,7 +245,7 @@ class LowKey:
             adversarial = perturbed(param.detach(), crops, weight)
             final = self._embeddings(adversarial, landmarks, None)
             similarity = {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
-            lp = self._mask_mean(self.lpips(adversarial * 2 - 1, crops * 2 - 1), masks)
+            lp = self._region_lpips(adversarial, crops, regions)
         return AttackResult(adversarial, similarity, lp, steps)
 
     @staticmethod

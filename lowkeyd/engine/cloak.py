@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lowkeyd.engine.attack import LowKey
 from lowkeyd.engine.device import pick_device, set_cpu_threads
+from lowkeyd.engine.evaluate import FACE_MARGIN
 from lowkeyd.engine.faces import Face, FaceDetector
 from lowkeyd.engine.presets import Preset, get_preset
 from lowkeyd.errors import EngineError
@@ -72,7 +73,8 @@ class _Crop:
     side: int  # in photo pixels
     pixels: torch.Tensor  # (3, C, C) float [0, 1]
     landmarks: torch.Tensor  # (5, 2) in crop pixels
-    mask: torch.Tensor  # (1, C, C)
+    mask: torch.Tensor  # (1, C, C) where the perturbation may go
+    region: torch.Tensor  # (4,) x1, y1, x2, y2: the face region, where its visibility is measured
 
 
 def _ellipse_mask(size: int, centre: tuple[float, float], axes: tuple[float, float], valid: tuple[float, ...]) -> torch.Tensor:
@@ -175,10 +177,10 @@ class Cloaker:
         # Edge-replicate where the crop runs off the photo; the mask keeps the attack off those pixels.
         ys = np.clip(np.arange(y0, y0 + side), 0, h - 1)
         xs = np.clip(np.arange(x0, x0 + side), 0, w - 1)
-        region = torch.from_numpy(np.ascontiguousarray(rgb[ys][:, xs])).permute(2, 0, 1).float() / 255
+        pixels = torch.from_numpy(np.ascontiguousarray(rgb[ys][:, xs])).permute(2, 0, 1).float() / 255
         k = size / side
         if side != size:
-            region = F.interpolate(region[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
         def to_crop(x: np.ndarray | float, origin: int) -> np.ndarray | float:
             return (x - origin + 0.5) * k - 0.5  # pixel centres, as F.interpolate(align_corners=False)
@@ -187,7 +189,18 @@ class Cloaker:
         bw, bh = (face.box[2] - face.box[0]) * k, (face.box[3] - face.box[1]) * k
         valid = (to_crop(0, x0), to_crop(0, y0), to_crop(w - 1, x0), to_crop(h - 1, y0))
         mask = _ellipse_mask(size, (to_crop(cx, x0), to_crop(cy, y0)), (0.62 * bw, 0.68 * bh), valid)
-        return _Crop(index, face, x0, y0, side, region, torch.from_numpy(landmarks).float(), mask)
+        # The face box with the margin evaluate.FACE_MARGIN gives it: optimise what is measured.
+        pad = FACE_MARGIN * face.size
+        x1, y1, x2, y2 = face.box
+        box = torch.tensor(
+            [
+                max(0, math.floor(to_crop(max(0, x1 - pad), x0))),
+                max(0, math.floor(to_crop(max(0, y1 - pad), y0))),
+                min(size, math.ceil(to_crop(min(w, x2 + pad), x0))),
+                min(size, math.ceil(to_crop(min(h, y2 + pad), y0))),
+            ]
+        )
+        return _Crop(index, face, x0, y0, side, pixels, torch.from_numpy(landmarks).float(), mask, box)
 
     def _paste(self, out: np.ndarray, crop: _Crop, adversarial: torch.Tensor) -> None:
         """Add the crop's perturbation, upsampled to the face's real size, to the photo in place."""
@@ -218,6 +231,7 @@ class Cloaker:
                 torch.stack([c.pixels for c in crops]).to(self.device),
                 torch.stack([c.landmarks for c in crops]).to(self.device),
                 torch.stack([c.mask for c in crops]).to(self.device),
+                torch.stack([c.region for c in crops]).to(self.device),
             )
         except torch.OutOfMemoryError:
             if len(crops) == 1:

@@ -22,6 +22,8 @@ from lowkeyd.engine.social import social_pipeline
 from lowkeyd.engine.verifier import DlibVerifier
 
 VERIFIER = "dlib"
+# The face region whose LPIPS is reported: the detector's box, grown by this fraction of its size.
+FACE_MARGIN = 0.1
 
 
 @dataclass
@@ -116,7 +118,7 @@ class Evaluator:
     @torch.no_grad()
     def _face_lpips(self, original: np.ndarray, cloaked: np.ndarray, face: Face) -> float:
         x1, y1, x2, y2 = face.box
-        pad = 0.1 * face.size
+        pad = FACE_MARGIN * face.size
         h, w = original.shape[:2]
         ya, yb = max(0, int(y1 - pad)), min(h, int(math.ceil(y2 + pad)))
         xa, xb = max(0, int(x1 - pad)), min(w, int(math.ceil(x2 + pad)))
