@@ -15,18 +15,11 @@ import uuid
 from pathlib import Path, PurePath
 
 from lowkeyd.paths import state_dir
+from lowkeyd.photo.atomic import fsync_directory
 
 # Used only when the state dir is on another file system than the outbox (a rename cannot cross them);
 # hidden, so the daemon's own watcher and most sync clients leave it alone.
 STAGING_NAME = ".lowkeyd-staging"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -53,7 +46,7 @@ class Outbox:
         """Atomically move a finished staged file to ``dest``, replacing what was there."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, dest)
-        _fsync_dir(dest.parent)
+        fsync_directory(dest.parent)
         shutil.rmtree(staged.parent, ignore_errors=True)
         return dest
 

@@ -40,10 +40,10 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
         if isinstance(exc, OSError):
             raise PhotoError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
         raise
-    _fsync_directory(dest.parent)
+    fsync_directory(dest.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable; platforms that cannot open a folder skip this."""
     if not hasattr(os, "O_DIRECTORY"):
         return
