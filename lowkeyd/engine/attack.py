@@ -92,9 +92,10 @@ class LowKey:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _views(self, xp: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, float]:
-        """The images whose embeddings are compared (x' and G(x'), under a random rescale), and the
-        factor that makes their summed distances an unbiased estimate of the objective's."""
+    def _views(self, xp: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, float, bool]:
+        """The images whose embeddings are compared (x' and G(x'), under a random rescale), the
+        factor that makes their summed distances an unbiased estimate of the objective's, and
+        whether the plain view (what is published) is among them."""
         p = self.preset
         use_plain = use_blur = True
         if p.blur_kernel and p.sample_views and generator is not None:
@@ -110,7 +111,7 @@ class LowKey:
             size = [max(8, round(s * r)) for s in out.shape[-2:]]
             out = F.interpolate(out, size=size, mode="bilinear", antialias=True, align_corners=False)
             out = F.interpolate(out, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        return out, scale
+        return out, scale, use_plain
 
     def _embeddings(
         self, images: torch.Tensor, landmarks: torch.Tensor, generator: torch.Generator | None
@@ -211,7 +212,7 @@ class LowKey:
             x, lm, w = crops[idx], landmarks[idx], weight[idx]
             sub = param.detach()[idx].requires_grad_()
             xp = perturbed(sub, x, w)
-            views, view_scale = self._views(xp, generator)
+            views, view_scale, has_plain = self._views(xp, generator)
             emb = self._embeddings(views, lm, generator)
             feature = view_scale * sum(self._feature_distance(emb[n], reference[n][:, idx]) for n in emb) / len(emb)
             perceptual = self._region_lpips(xp, x, regions[idx]) if p.lpips_weight else 0
@@ -219,9 +220,9 @@ class LowKey:
             (grad,) = torch.autograd.grad(objective.sum(), sub)
 
             with torch.no_grad():
-                if p.target_margin is not None and step >= p.min_steps:
-                    # Faces whose every member (and view) is already far enough are done;
-                    # they keep the perturbation that got them there.
+                if p.target_margin is not None and step >= p.min_steps and has_plain:
+                    # Faces whose every member (and view, the published one included) is already
+                    # far enough are done; they keep the perturbation that got them there.
                     done = torch.ones(idx.numel(), dtype=torch.bool, device=device)
                     for name, e in emb.items():
                         cos = (e * reference[name][:, idx].repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
