@@ -32,7 +32,8 @@ def test_lowkeyd_cloak_keeps_the_photo_and_loses_the_face(tmp_path: Path, keep_g
     source.parent.mkdir()
     fx.rich_jpeg(source)
     out_dir = tmp_path / "out"
-    command = [sys.executable, "-m", "lowkeyd", "cloak", str(source), "-o", str(out_dir)]
+    # --no-daemon: this test is about the photo layer in this process, not whatever daemon runs here
+    command = [sys.executable, "-m", "lowkeyd", "cloak", "--no-daemon", str(source), "-o", str(out_dir)]
     result = subprocess.run(command + (["--keep-gps"] if keep_gps else []), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     dest = out_dir / source.name

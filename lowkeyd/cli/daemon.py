@@ -69,6 +69,14 @@ def _describe(config: DaemonConfig) -> list[str]:
         f"photos without faces: {config.no_face}; GPS {'stripped' if config.strip_gps else 'kept'}; "
         f"notifications {'on' if config.notifications.enabled else 'off'}"
     )
+    api = config.api
+    if api.enabled:
+        tcp = f" and http://{api.tcp.host}:{api.tcp.port} (token)" if api.tcp else ""
+        lines.append(f"API on its socket in the runtime dir{tcp}; uploads up to {api.max_upload_mb:g} MB")
+        for root in api.job_roots:
+            lines.append(f"API job root {root.name}: {root.path} -> {config.outbox / root.name}")
+    if config.on_published:
+        lines.append(f"after each published photo: {shlex.join(config.on_published.command)}")
     return lines
 
 
@@ -93,6 +101,7 @@ def _pid_alive(pid: int) -> bool:
 
 def status_report() -> dict[str, Any]:
     """What ``lowkeyd status`` shows, from the state database (read-only)."""
+    from lowkeyd.daemon.hooks import hook_report
     from lowkeyd.daemon.state import StateDB, default_state_path
 
     path = default_state_path()
@@ -128,6 +137,7 @@ def status_report() -> dict[str, Any]:
                 }
                 for r in state.recent_errors()
             ],
+            "hooks": hook_report(),
         }
     finally:
         state.close()
@@ -168,6 +178,13 @@ def _status(args: argparse.Namespace) -> int:
         for e in report["recent_errors"]:
             when = "gave up" if e["status"] == "failed" else f"retry in {_duration(max(0, e['next_attempt'] - time.time()))}"
             print(f"  {e['source']}/{e['path']} ({e['attempts']} attempt(s), {when}): {e['error']}")
+    hooks = report["hooks"]
+    if hooks is not None:
+        counts = hooks["counts"]
+        pending = f", {counts['pending']} pending" if counts["pending"] else ""
+        print(f"publish hook: {counts['ok']} ok, {counts['failed']} failed{pending}")
+        for failure in hooks["recent_failures"]:
+            print(f"  {failure['output']}: {failure['error']}")
     return 0
 
 

@@ -8,7 +8,9 @@ silently ignored. Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,20 +65,12 @@ def is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-class SourceConfig(_Section):
-    """One watched folder: a camera roll, a phone's upload folder, a sync client's folder."""
+class _Folder(_Section):
+    """A folder of photos, published to a sub-folder of the outbox named after it."""
 
     path: Path
-    # The sub-folder of the outbox this source is mirrored into; defaults to the folder's own name.
+    # The sub-folder of the outbox it is mirrored into; defaults to the folder's own name.
     name: str = ""
-    recursive: bool = True
-    # Globs on the path relative to the source; a glob without "/" matches the file name.
-    # No include globs means every photo.
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    # inotify/FSEvents see nothing on network and FUSE mounts: poll those instead.
-    polling: bool = False
-    poll_interval: float = Field(default=10.0, gt=0)
 
     _expand_path = field_validator("path", mode="before")(_expand)
 
@@ -97,10 +91,23 @@ class SourceConfig(_Section):
         return name
 
     @model_validator(mode="after")
-    def _default_name(self) -> SourceConfig:
+    def _default_name(self) -> _Folder:
         if not self.name:
             object.__setattr__(self, "name", self.path.name)
         return self
+
+
+class SourceConfig(_Folder):
+    """One watched folder: a camera roll, a phone's upload folder, a sync client's folder."""
+
+    recursive: bool = True
+    # Globs on the path relative to the source; a glob without "/" matches the file name.
+    # No include globs means every photo.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    # inotify/FSEvents see nothing on network and FUSE mounts: poll those instead.
+    polling: bool = False
+    poll_interval: float = Field(default=10.0, gt=0)
 
 
 class WatchConfig(_Section):
@@ -139,6 +146,77 @@ class NotificationConfig(_Section):
     error_interval: float = Field(default=600.0, ge=0)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TcpConfig(_Section):
+    """The API on a TCP port too: for a container's port, or a GPU box other machines send photos to."""
+
+    # Bind an address other machines can reach (0.0.0.0 in a container): only on a network you trust.
+    allow_remote: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    # Every request needs this bearer token. Default: api-token in the config dir, created when
+    # missing; $LOWKEYD_API_TOKEN overrides it.
+    token_file: Path | None = None
+
+    _expand_token_file = field_validator("token_file", mode="before")(_expand)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, host: str, info: ValidationInfo) -> str:
+        if not info.data.get("allow_remote") and not _is_loopback(host):
+            raise _problem(
+                "remote_bind", f"{host} is reachable from other machines: use 127.0.0.1, or set allow_remote: true"
+            )
+        return host
+
+
+class JobRootConfig(_Folder):
+    """A folder whose photos tools may hand the daemon by path (POST /v1/jobs); not watched."""
+
+
+class ApiConfig(_Section):
+    # The local API on a Unix socket in the runtime dir, which only this user can open.
+    enabled: bool = True
+    tcp: TcpConfig | None = None
+    # Largest photo a request may send (MB); larger ones are refused (413).
+    max_upload_mb: float = Field(default=100, gt=0)
+    # A request not answered within this many seconds gets 504.
+    timeout: float = Field(default=600, gt=0)
+    # Open connections at most (more get 503): bounds the uploads held in memory.
+    max_connections: int = Field(default=64, ge=1)
+    # Folders tools may hand photos from by path; each is published to <outbox>/<name>/.
+    job_roots: list[JobRootConfig] = Field(default_factory=list)
+
+
+class PublishHookConfig(_Section):
+    """A command run for each photo published to the outbox, with LOWKEYD_* variables describing it."""
+
+    # A list of arguments, or one string split like a shell would (no shell runs it).
+    command: list[str] = Field(min_length=1)
+    # Seconds before a run is killed (and recorded as failed).
+    timeout: float = Field(default=300, gt=0)
+    # Runs at the same time.
+    concurrency: int = Field(default=1, ge=1)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, command: Any, info: ValidationInfo) -> Any:
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if isinstance(command, list) and command and isinstance(command[0], str) and "/" in command[0]:
+            # A script next to the config file is named relative to it, like every other path here.
+            command = [str(_expand(command[0], info)), *command[1:]]
+        return command
+
+
 class DaemonConfig(_Section):
     sources: list[SourceConfig] = Field(min_length=1)
     outbox: Path
@@ -153,6 +231,9 @@ class DaemonConfig(_Section):
     work: WorkConfig = WorkConfig()
     watch: WatchConfig = WatchConfig()
     retry: RetryConfig = RetryConfig()
+    api: ApiConfig = ApiConfig()
+    # A command run for each photo published to the outbox (e.g. an upload); none by default.
+    on_published: PublishHookConfig | None = None
 
     _expand_outbox = field_validator("outbox", mode="before")(_expand)
 
@@ -208,6 +289,21 @@ class DaemonConfig(_Section):
                     f"{source.name!r}: give one a different name",
                 )
             names[source.name] = source.path
+        for i, root in enumerate(self.api.job_roots):
+            where = f"api.job_roots[{i}] {root.path}"
+            if is_within(self.outbox, root.path) or is_within(root.path, self.outbox):
+                raise _problem("root_and_outbox", f"{where} and the outbox {self.outbox} overlap")
+            for j, source in enumerate(self.sources):
+                # The watcher would publish its photos too, to another outbox folder.
+                if is_within(root.path, source.path) or is_within(source.path, root.path):
+                    raise _problem("root_and_source", f"{where} and sources[{j}] {source.path} overlap")
+            if root.name in names:
+                raise _problem(
+                    "duplicate_name",
+                    f"{names[root.name]} and {where} would share the outbox folder {root.name!r}: "
+                    "give one a different name",
+                )
+            names[root.name] = root.path
         return self
 
 

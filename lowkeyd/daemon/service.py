@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from lowkeyd.daemon import systemd
 from lowkeyd.daemon.config import DaemonConfig
+from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
 from lowkeyd.daemon.notify import Notifier
 from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.state import (
@@ -43,12 +44,15 @@ from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import state_dir
 
 if TYPE_CHECKING:
+    from lowkeyd.daemon.api_server import ApiServer
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
+# A hook still running this long after a stop is killed; it is run again on the next start.
+HOOK_STOP_GRACE = 2.0
 
 
 class AlreadyRunning(LowkeydError):
@@ -146,6 +150,8 @@ class Daemon:
         self._started = time.time()
         self.state: StateDB
         self.outbox: Outbox
+        self.hook: PublishHook | None = None
+        self.api: ApiServer | None = None
 
     # ---- lifecycle
 
@@ -180,6 +186,8 @@ class Daemon:
         self.worker.start()
         if self._stop.is_set():
             return 0
+        self.hook = self._start_hook()
+        self.api = self._start_api()
         watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()])
         watcher.start()
         threading.Thread(target=self._scan_loop, name="lowkeyd-scan", daemon=True).start()
@@ -216,6 +224,8 @@ class Daemon:
                 last_beat = now
 
     def _shutdown(self) -> None:
+        if self.api is not None:
+            self.api.stop()
         self.worker.stop(timeout=self.config.work.stop_grace)
         with self._publishing:
             self._stopping = True
@@ -225,7 +235,51 @@ class Daemon:
                 self.outbox.discard(pending.job.staged)
                 self.state.release(pending.source, pending.rel_path)
             self._in_flight.clear()
+        if self.hook is not None:
+            self.hook.stop(grace=HOOK_STOP_GRACE)
         self.state.clear_daemon()
+
+    def _start_hook(self) -> PublishHook | None:
+        hook = self.config.on_published
+        if hook is None:
+            return None
+        runner = PublishHook(hook.command, timeout=hook.timeout, concurrency=hook.concurrency, record=HookLog())
+        runner.start()
+        return runner
+
+    def _start_api(self) -> ApiServer | None:
+        api = self.config.api
+        if not api.enabled:
+            return None
+        # Imported here: the web stack is only loaded when the API is served (and it imports FileJob from here).
+        from lowkeyd.daemon.api import JobRoot, LocalApi
+        from lowkeyd.daemon.api_server import ApiServer, TcpListener, load_token
+        from lowkeyd.daemon.client import default_socket_path
+
+        local = LocalApi(
+            self.worker,
+            self.outbox,
+            queue_size=self.config.work.queue_size,
+            roots=[JobRoot(root.name, root.path) for root in api.job_roots],
+            max_upload_bytes=int(api.max_upload_mb * 1024 * 1024),
+            timeout=api.timeout,
+            on_published=None if self.hook is None else self.hook.published,
+            status=self._api_status,
+        )
+        tcp = None if api.tcp is None else TcpListener(api.tcp.host, api.tcp.port, load_token(api.tcp.token_file))
+        server = ApiServer(local, socket_path=default_socket_path(), tcp=tcp, max_connections=api.max_connections)
+        server.start()
+        return server
+
+    def _api_status(self) -> dict[str, object]:
+        return {
+            "files": self.state.counts(),
+            "hooks": None if self.hook is None else self.hook.record.counts(),
+        }
+
+    def _preset(self) -> str:
+        resource = self.worker.resource
+        return self.config.preset if resource is None else resource.cloaker.preset.name
 
     def _status_line(self) -> str:
         counts = self.state.counts()
@@ -316,6 +370,13 @@ class Daemon:
         )
         if not same_file:
             log.info("%s/%s: same photo as %s/%s, its result reused", source, rel_path, earlier.source, earlier.rel_path)
+            if output is not None:
+                self._hand_on(
+                    Published(
+                        output, self.outbox.root, self._roots[source] / rel_path, source, earlier.outcome or "",
+                        earlier.faces or 0, earlier.faces_too_small or 0, self._preset(), 0.0,
+                    )
+                )
         return True
 
     # ---- finishing (in the worker thread)
@@ -373,7 +434,19 @@ class Daemon:
             seconds=outcome.seconds,
             output=written,
         )
+        if written is not None:
+            self._hand_on(
+                Published(
+                    written, self.outbox.root, job.src, source, outcome.status, outcome.faces_cloaked,
+                    outcome.faces_too_small, self._preset(), outcome.seconds,
+                )
+            )
         return outcome
+
+    def _hand_on(self, photo: Published) -> None:
+        """Queue the publish hook for a photo just published; it never holds up cloaking."""
+        if self.hook is not None:
+            self.hook.published(photo)
 
     def _record_failure(self, source: str, rel_path: str, error: str) -> None:
         retry = self.config.retry

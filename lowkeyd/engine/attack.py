@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.align import warp_faces
+from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.presets import Preset
 
@@ -167,11 +168,25 @@ class LowKey:
         d2 = d2 / (emb.shape[-1] if self.preset.feature_scale == "per_dim" else 4.0)
         return d2.mean(0).view(-1, batch).sum(0)
 
-    def _region_lpips(self, a: torch.Tensor, b: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` LPIPS of each face region alone; regions differ in size, so one face at a time."""
+    def _region_lpips(
+        self, a: torch.Tensor, b: torch.Tensor, regions: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``(B,)`` LPIPS of each face region alone (regions differ in size: one face at a time).
+
+        With a generator, each call crops at a random phase of AlexNet's
+        stride-4 grid: LPIPS of a fixed crop can be lowered by hiding the
+        change in that grid, which no viewer's eye shares. Without one, the
+        phase-averaged value that :mod:`lowkeyd.engine.evaluate` reports.
+        """
         values = []
         for i, (x1, y1, x2, y2) in enumerate(regions.tolist()):
-            values.append(self.lpips(a[i : i + 1, :, y1:y2, x1:x2] * 2 - 1, b[i : i + 1, :, y1:y2, x1:x2] * 2 - 1).mean())
+            fa, fb = a[i : i + 1, :, y1:y2, x1:x2] * 2 - 1, b[i : i + 1, :, y1:y2, x1:x2] * 2 - 1
+            if generator is None:
+                values.append(phase_averaged_lpips(self.lpips, fa, fb)[0])
+                continue
+            dy, dx = torch.randint(0, 4, (2,), generator=generator, device=a.device).tolist()
+            h, w = fa.shape[-2] - 3, fa.shape[-1] - 3
+            values.append(self.lpips(fa[..., dy : dy + h, dx : dx + w], fb[..., dy : dy + h, dx : dx + w]).mean())
         return torch.stack(values)
 
     # -- the attack -----------------------------------------------------------------------
@@ -182,9 +197,11 @@ class LowKey:
         p = self.preset
         device = crops.device
         batch = crops.shape[0]
-        generator = None
-        if p.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(p.seed)
+        generator = torch.Generator(device=device)
+        if p.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(p.seed)
 
         with torch.no_grad():
             reference = self._embeddings(crops, landmarks, None)
@@ -215,7 +232,7 @@ class LowKey:
             views, view_scale, has_plain = self._views(xp, generator)
             emb = self._embeddings(views, lm, generator)
             feature = view_scale * sum(self._feature_distance(emb[n], reference[n][:, idx]) for n in emb) / len(emb)
-            perceptual = self._region_lpips(xp, x, regions[idx]) if p.lpips_weight else 0
+            perceptual = self._region_lpips(xp, x, regions[idx], generator) if p.lpips_weight else 0
             objective = feature - p.lpips_weight * perceptual
             (grad,) = torch.autograd.grad(objective.sum(), sub)
 
@@ -246,7 +263,7 @@ class LowKey:
             adversarial = perturbed(param.detach(), crops, weight)
             final = self._embeddings(adversarial, landmarks, None)
             similarity = {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
-            lp = self._region_lpips(adversarial, crops, regions)
+            lp = self._region_lpips(adversarial, crops, regions, None)
         return AttackResult(adversarial, similarity, lp, steps)
 
     @staticmethod

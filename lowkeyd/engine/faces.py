@@ -70,6 +70,8 @@ class FaceDetector:
             scale_back = np.array([rgb.shape[1] / size[0], rgb.shape[0] / size[1]])
         else:
             scale_back = np.ones(2)
+        if min(image.size) < _MTCNN_MIN_FACE:
+            return []  # smaller than the smallest face MTCNN looks for: its image pyramid would be empty
         with self._lock, torch.no_grad():
             boxes, probs, points = self._mtcnn.detect(image, landmarks=True)
         if boxes is None:

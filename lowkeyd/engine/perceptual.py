@@ -83,3 +83,14 @@ def load_lpips(device: str | torch.device = "cpu", *, spatial: bool = False) -> 
             f"LPIPS AlexNet weights do not fit: missing {left_random}, unexpected {result.unexpected_keys}"
         )
     return model.eval().requires_grad_(False).to(device)
+
+
+def phase_averaged_lpips(lpips: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, phases: int = 4) -> torch.Tensor:
+    """``(B,)`` LPIPS of ``a`` vs ``b`` (in [-1, 1]) averaged over crops offset by 0..phases-1 px in x and y."""
+    h, w = a.shape[-2] - phases + 1, a.shape[-1] - phases + 1
+    values = [
+        lpips(a[..., dy : dy + h, dx : dx + w], b[..., dy : dy + h, dx : dx + w]).mean((1, 2, 3))
+        for dy in range(phases)
+        for dx in range(phases)
+    ]
+    return torch.stack(values).mean(0)

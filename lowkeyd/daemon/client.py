@@ -1,0 +1,198 @@
+"""A client of the running daemon's local API, for ``lowkeyd cloak`` and other Python callers.
+
+The daemon keeps the models loaded, so a photo sent to it is done in seconds
+rather than after a model load. When no daemon answers, the client raises
+:class:`DaemonUnavailable`, the signal to do the work in process instead.
+
+By default it talks to the daemon's Unix socket in the runtime dir;
+``LOWKEYD_URL`` (with ``LOWKEYD_API_TOKEN``) points it at a daemon's TCP port,
+e.g. a GPU box on the LAN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lowkeyd.errors import EngineError, LowkeydError, PhotoError
+from lowkeyd.paths import runtime_dir
+from lowkeyd.photo.atomic import atomic_write
+from lowkeyd.pipeline import Outcome
+
+API_SOCKET_NAME = "api.sock"
+URL_ENV = "LOWKEYD_URL"
+TOKEN_ENV = "LOWKEYD_API_TOKEN"
+SUMMARY_HEADER = "X-Lowkeyd-Summary"
+# Waiting for room in a busy daemon's queue: at most this many tries, each after its Retry-After.
+BUSY_TRIES = 5
+MAX_RETRY_WAIT = 60.0
+
+
+class DaemonUnavailable(LowkeydError):
+    """No daemon answers: the caller should do the work itself."""
+
+
+class DaemonBusy(LowkeydError):
+    """The daemon's queue stayed full."""
+
+
+def default_socket_path() -> Path:
+    """Where the daemon serves its API, and where clients look for it."""
+    return runtime_dir() / API_SOCKET_NAME
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(MAX_RETRY_WAIT, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip() or response.reason_phrase
+
+
+class DaemonClient:
+    def __init__(
+        self,
+        *,
+        socket_path: Path | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        """``url`` (TCP, with ``token``) or ``socket_path``; neither means the environment's choice."""
+        if url is None and socket_path is None:
+            url = os.environ.get(URL_ENV) or None
+            token = token or os.environ.get(TOKEN_ENV)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Connecting is quick or impossible; only the answer may take a while (a photo being cloaked).
+        timeouts = httpx.Timeout(timeout, connect=5.0)
+        if url is not None:
+            self.where = url
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeouts)
+        else:
+            path = socket_path or default_socket_path()
+            self.where = str(path)
+            transport = httpx.HTTPTransport(uds=str(path))
+            # The host name is only what goes in the Host header; the socket is what is connected to.
+            self._http = httpx.Client(transport=transport, base_url="http://lowkeyd", headers=headers, timeout=timeouts)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DaemonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            # No socket, nothing listening, or a daemon that went away mid-request.
+            raise DaemonUnavailable(f"no lowkeyd daemon answers on {self.where} ({exc})") from None
+        except httpx.TimeoutException:
+            raise LowkeydError(f"the lowkeyd daemon on {self.where} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise LowkeydError(f"talking to the lowkeyd daemon on {self.where} failed: {exc}") from None
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.is_success:
+            return response
+        message = _error_message(response)
+        if response.status_code == 401:
+            raise LowkeydError(f"the lowkeyd daemon on {self.where} refused the token: {message}")
+        if response.status_code in (413, 415):
+            raise PhotoError(message)
+        if response.status_code == 422:
+            raise EngineError(message)
+        raise LowkeydError(f"the lowkeyd daemon answered {response.status_code}: {message}")
+
+    def status(self) -> dict[str, Any]:
+        return self._check(self._request("GET", "/v1/status")).json()
+
+    def cloak_bytes(self, data: bytes, *, timeout: float | None = None) -> tuple[bytes | None, dict[str, Any]]:
+        """The cloaked photo (same format; None when the daemon's no-face policy skips it) and its summary.
+
+        Waits (as the daemon's Retry-After says) while the queue is full, a few times, then raises :class:`DaemonBusy`.
+        """
+        params = {} if timeout is None else {"timeout": timeout}
+        for attempt in range(BUSY_TRIES):
+            response = self._request("POST", "/v1/cloak", content=data, params=params,
+                                     headers={"Content-Type": "application/octet-stream"})
+            if response.status_code not in (429, 503):
+                break
+            if attempt < BUSY_TRIES - 1:
+                time.sleep(_retry_after(response))
+        else:
+            raise DaemonBusy(f"the lowkeyd daemon on {self.where} stayed busy: {_error_message(response)}")
+        self._check(response)
+        summary = json.loads(response.headers[SUMMARY_HEADER])
+        return (None if response.status_code == 204 else response.content), summary
+
+    def submit_job(self, path: Path) -> dict[str, Any]:
+        """Queue ``path`` (under one of the daemon's job roots) to be cloaked into the outbox."""
+        return self._check(self._request("POST", "/v1/jobs", json={"path": str(path)})).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self._request("GET", f"/v1/jobs/{job_id}")).json()
+
+
+def find_daemon(timeout: float = 600.0) -> DaemonClient | None:
+    """A client of the daemon the environment points at, or None when none answers."""
+    client = DaemonClient(timeout=timeout)
+    try:
+        client.status()
+    except DaemonUnavailable:
+        client.close()
+        return None
+    except LowkeydError:
+        client.close()
+        raise
+    return client
+
+
+class DaemonProtector:
+    """:class:`~lowkeyd.pipeline.PhotoProtector`'s ``protect_bytes`` and ``protect_file``, done by the daemon.
+
+    The daemon's own settings apply (its preset, GPS and no-face policies); the
+    outcomes carry no per-face reports, which stay in the daemon's summaries.
+    """
+
+    def __init__(self, client: DaemonClient) -> None:
+        self.client = client
+
+    def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
+        cloaked, summary = self.client.cloak_bytes(data)
+        return cloaked, _outcome(summary, None)
+
+    def protect_file(self, src: Path, dest: Path) -> Outcome:
+        try:
+            data = src.read_bytes()
+        except OSError as exc:
+            raise PhotoError(f"{src}: cannot read ({exc.strerror or exc})") from None
+        cloaked, summary = self.client.cloak_bytes(data)
+        if cloaked is not None:
+            atomic_write(dest, cloaked, like=src.stat())
+        return _outcome(summary, None if cloaked is None else dest)
+
+
+def _outcome(summary: dict[str, Any], written: Path | None) -> Outcome:
+    return Outcome(
+        status=summary["status"],
+        faces_cloaked=summary["faces_cloaked"],
+        faces_too_small=summary["faces_too_small"],
+        seconds=summary["seconds"],
+        written=written,
+        message=summary["message"],
+    )

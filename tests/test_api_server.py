@@ -1,0 +1,244 @@
+"""The local API's listeners and the refusals it makes before any model is involved.
+
+The server here is the real one (uvicorn on a real Unix socket and a real
+loopback port) in front of a worker whose models have not been loaded, which
+is what a daemon looks like while it starts: every request that would need the
+models is answered 503, and everything refused earlier (size, token, paths)
+must be refused all the same. Cloaking itself is tested with a real daemon in
+test_api_daemon.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lowkeyd.daemon.api import JobRoot, LocalApi
+from lowkeyd.daemon.api_server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
+from lowkeyd.daemon.client import DaemonClient, DaemonUnavailable, find_daemon
+from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.worker import Worker
+from lowkeyd.errors import ConfigError
+
+TOKEN = "a-test-token-that-is-long-enough"
+LIMIT = 100_000
+
+
+def _never_loaded() -> object:
+    raise AssertionError("these tests never load the models")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("STATE", "CONFIG", "RUNTIME"):
+        monkeypatch.setenv(f"LOWKEYD_{name}_DIR", str(tmp_path / name.lower()))
+    monkeypatch.delenv("LOWKEYD_URL", raising=False)
+    monkeypatch.delenv("LOWKEYD_API_TOKEN", raising=False)
+    root = tmp_path / "exports"
+    (root / "album").mkdir(parents=True)
+    (root / "album" / "photo.jpg").write_bytes(b"\xff\xd8 a photo by its name only")
+    (root / "notes.txt").write_text("not a photo")
+    (tmp_path / "private.jpg").write_bytes(b"\xff\xd8 outside every root")
+    (root / "escape.jpg").symlink_to(tmp_path / "private.jpg")
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(dirs: Path) -> Iterator[ApiServer]:
+    worker = Worker(_never_loaded, queue_size=4, batch_size=1)
+    api = LocalApi(
+        worker,
+        Outbox(dirs / "out"),
+        queue_size=4,
+        roots=[JobRoot("exports", (dirs / "exports").resolve())],
+        max_upload_bytes=LIMIT,
+        timeout=30,
+    )
+    server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", free_port(), TOKEN))
+    server.start()
+    yield server
+    server.stop()
+
+
+def unix_client(server: ApiServer) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(server.socket_path)), base_url="http://lowkeyd")
+
+
+def tcp_url(server: ApiServer) -> str:
+    assert server.tcp_address is not None
+    return "http://{}:{}".format(*server.tcp_address)
+
+
+def test_the_socket_is_for_its_user_only_and_removed_on_stop(server: ApiServer) -> None:
+    path = server.socket_path
+    assert path is not None
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    server.stop()
+    assert not path.exists()
+
+
+def test_a_second_server_on_a_live_socket_is_refused(server: ApiServer) -> None:
+    assert server.socket_path is not None
+    with pytest.raises(ApiError, match="already serves"):
+        bind_unix_socket(server.socket_path)
+
+
+def test_a_stale_socket_file_is_replaced(dirs: Path) -> None:
+    path = dirs / "runtime" / "api.sock"
+    path.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # what a killed daemon leaves: the file, nobody listening
+    sock = bind_unix_socket(path)
+    sock.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_tcp_needs_the_token(server: ApiServer) -> None:
+    url = tcp_url(server)
+    missing = httpx.get(f"{url}/v1/status")
+    assert missing.status_code == 401
+    assert missing.json() == {"error": "missing bearer token"}
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = httpx.get(f"{url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}x"})
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "wrong bearer token"})
+    assert httpx.post(f"{url}/v1/cloak", content=b"x" * 10).status_code == 401
+    right = httpx.get(f"{url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200
+    assert right.json()["ready"] is False
+    # The socket needs none: its file permissions are the access control.
+    assert unix_client(server).get("/v1/status").status_code == 200
+
+
+def test_oversized_and_empty_bodies_are_refused(server: ApiServer) -> None:
+    client = unix_client(server)
+    big = client.post("/v1/cloak", content=b"\xff" * (LIMIT + 1))
+    assert big.status_code == 413
+    assert str(LIMIT) in big.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
+        for _ in range(LIMIT // 10_000 + 2):
+            yield b"\xff" * 10_000
+
+    assert client.post("/v1/cloak", content=chunks()).status_code == 413
+    assert client.post("/v1/cloak", content=b"").status_code == 400
+    assert client.post("/v1/cloak?timeout=-1", content=b"x").status_code == 400
+    assert client.post("/v1/cloak?timeout=31", content=b"x").status_code == 400
+    # Acceptable in every way: only the models are missing.
+    loading = client.post("/v1/cloak", content=b"x" * 100)
+    assert loading.status_code == 503
+    assert int(loading.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("{tmp}/private.jpg", 403),
+        ("{tmp}/exports/escape.jpg", 403),  # a symlink under the root to a file outside it
+        ("{tmp}/exports/../private.jpg", 403),
+        ("/etc/passwd", 403),
+        ("{tmp}/exports/album/missing.jpg", 404),
+        ("{tmp}/exports/notes.txt", 415),
+        ("exports/album/photo.jpg", 400),
+        ("", 400),
+        ("{tmp}/exports/\0.jpg", 400),
+    ],
+)
+def test_job_paths_outside_the_roots_or_not_photos_are_refused(
+    server: ApiServer, dirs: Path, path: str, status: int
+) -> None:
+    response = unix_client(server).post("/v1/jobs", json={"path": path.format(tmp=dirs)})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_a_photo_under_a_root_is_only_refused_for_want_of_models(server: ApiServer, dirs: Path) -> None:
+    response = unix_client(server).post("/v1/jobs", json={"path": str(dirs / "exports/album/photo.jpg")})
+    assert response.status_code == 503
+    assert not list((dirs / "out").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"path": 3}', b'{"path": "/x.jpg", "extra": 1}', b"{}", b"\xff\xfe"]
+)
+def test_job_requests_that_are_not_the_expected_json_are_refused(server: ApiServer, body: bytes) -> None:
+    response = unix_client(server).post("/v1/jobs", content=body)
+    assert response.status_code == 400
+    assert "path" in response.json()["error"]
+
+
+def test_unknown_jobs_and_routes_answer_json_errors(server: ApiServer) -> None:
+    client = unix_client(server)
+    assert client.get("/v1/jobs/0123").status_code == 404
+    assert client.get("/v2/anything").json() == {"error": "Not Found"}
+    assert client.get("/v1/cloak").status_code == 405
+
+
+def test_openapi_describes_the_limits_and_the_token(server: ApiServer) -> None:
+    on_socket = unix_client(server).get("/v1/openapi.json").json()
+    assert on_socket["openapi"].startswith("3.1")
+    assert set(on_socket["paths"]) == {"/v1/cloak", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/status", "/v1/openapi.json"}
+    assert "security" not in on_socket
+    assert str(LIMIT) in on_socket["paths"]["/v1/cloak"]["post"]["description"]
+    on_tcp = httpx.get(f"{tcp_url(server)}/v1/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert on_tcp["security"] == [{"bearer": []}]
+
+
+def test_the_client_says_when_no_daemon_runs(dirs: Path) -> None:
+    assert find_daemon() is None
+    with pytest.raises(DaemonUnavailable, match="no lowkeyd daemon answers"):
+        DaemonClient().cloak_bytes(b"x")
+
+
+def test_the_client_finds_the_daemon_on_its_socket_and_over_tcp(
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = find_daemon()
+    assert client is not None
+    assert client.status()["queue"] == {"busy": 0, "size": 4}
+    monkeypatch.setenv("LOWKEYD_URL", tcp_url(server))
+    monkeypatch.setenv("LOWKEYD_API_TOKEN", TOKEN)
+    remote = find_daemon()
+    assert remote is not None and remote.status()["ready"] is False
+
+
+def test_the_token_file_is_created_private_and_reused(dirs: Path) -> None:
+    token = load_token()
+    path = dirs / "config" / "api-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(token) >= 32
+    assert load_token() == token
+
+
+def test_a_short_token_is_refused(dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOWKEYD_API_TOKEN", "short")
+    with pytest.raises(ConfigError, match="too short"):
+        load_token()
+
+
+def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        api = LocalApi(
+            Worker(_never_loaded, queue_size=1, batch_size=1), Outbox(dirs / "out"),
+            queue_size=1, max_upload_bytes=LIMIT, timeout=5,
+        )
+        server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", port, TOKEN))
+        with pytest.raises(ApiError, match=f"127.0.0.1:{port}"):
+            server.start()
+        # Nothing half-started is left behind.
+        assert not (dirs / "runtime" / "api.sock").exists()

@@ -1,0 +1,204 @@
+"""The publish hook: real commands (shell scripts) run per published photo, recorded, timed out, rerun."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from lowkeyd.daemon.hooks import HookLog, Published, PublishHook, hook_report
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    (out / "cam" / "2024").mkdir(parents=True)
+    return out
+
+
+def published(outbox: Path, name: str = "a.jpg") -> Published:
+    photo = outbox / "cam" / "2024" / name
+    photo.write_bytes(b"\xff\xd8 not decoded by the hook")
+    return Published(
+        output=photo,
+        outbox=outbox,
+        source=Path("/photos/camera/2024") / name,
+        source_name="cam",
+        status="cloaked",
+        faces=2,
+        faces_too_small=1,
+        preset="default",
+        seconds=1.5,
+    )
+
+
+def script(path: Path, body: str) -> list[str]:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return [str(path)]
+
+
+def hook(command: list[str], log: HookLog, *, timeout: float = 20, concurrency: int = 1) -> PublishHook:
+    return PublishHook(command, timeout=timeout, concurrency=concurrency, record=log)
+
+
+def test_the_command_gets_the_photo_and_its_metadata_in_the_environment(tmp_path: Path, outbox: Path) -> None:
+    seen = tmp_path / "seen"
+    command = script(
+        tmp_path / "hook",
+        f'env | grep ^LOWKEYD_ | sort > "{seen}"\ncat "$LOWKEYD_OUTPUT" > "{seen}.photo"\n',
+    )
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook(command, log)
+    runner.published(published(outbox))
+    assert runner.wait_idle(20)
+    runner.stop()
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines())
+    assert env["LOWKEYD_OUTPUT"] == str(outbox / "cam/2024/a.jpg")
+    assert env["LOWKEYD_OUTPUT_REL"] == "cam/2024/a.jpg"
+    assert env["LOWKEYD_OUTBOX"] == str(outbox)
+    assert env["LOWKEYD_SOURCE"] == "/photos/camera/2024/a.jpg"
+    assert env["LOWKEYD_SOURCE_NAME"] == "cam"
+    assert (env["LOWKEYD_STATUS"], env["LOWKEYD_FACES"], env["LOWKEYD_FACES_TOO_SMALL"]) == ("cloaked", "2", "1")
+    assert (env["LOWKEYD_PRESET"], env["LOWKEYD_SECONDS"]) == ("default", "1.500")
+    assert Path(f"{seen}.photo").read_bytes() == (outbox / "cam/2024/a.jpg").read_bytes()
+    assert log.counts() == {"ok": 1, "failed": 0, "pending": 0}
+
+
+def test_failures_are_recorded_with_the_commands_message_and_reported(tmp_path: Path, outbox: Path) -> None:
+    path = tmp_path / "hooks.sqlite3"
+    log = HookLog(path)
+    failing = hook(script(tmp_path / "hook", 'echo "upload refused: quota exceeded" >&2\nexit 3\n'), log)
+    failing.published(published(outbox))
+    assert failing.wait_idle(20)
+    failing.stop()
+    missing = hook([str(tmp_path / "no-such-command")], log)
+    missing.published(published(outbox, "b.jpg"))
+    assert missing.wait_idle(20)
+    missing.stop()
+
+    report = hook_report(path)
+    assert report is not None
+    assert report["counts"] == {"ok": 0, "failed": 2, "pending": 0}
+    errors = {Path(f["output"]).name: f["error"] for f in report["recent_failures"]}
+    assert errors["a.jpg"] == "exit status 3: upload refused: quota exceeded"
+    assert errors["b.jpg"].startswith(f"cannot run {tmp_path / 'no-such-command'}: ")
+
+
+def test_a_hook_past_its_timeout_is_killed_with_its_children(tmp_path: Path, outbox: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    # The shell starts a child (as a script calling rclone would); killing only the shell would leave it running.
+    command = script(tmp_path / "hook", f'sleep 60 &\necho $! > "{child_pid}"\nwait\n')
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook(command, log, timeout=1)
+    start = time.monotonic()
+    runner.published(published(outbox))
+    assert runner.wait_idle(30)
+    assert time.monotonic() - start < 20
+    runner.stop()
+    [failure] = log.recent_failures()
+    assert failure.error == "timed out after 1 s"
+    pid = int(child_pid.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the hook's child outlived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+def test_publishing_never_waits_for_the_hook(tmp_path: Path, outbox: Path) -> None:
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook(script(tmp_path / "hook", "sleep 2\n"), log)
+    start = time.monotonic()
+    for i in range(5):
+        runner.published(published(outbox, f"{i}.jpg"))
+    assert time.monotonic() - start < 1.0, "published() waited for a hook"
+    assert log.counts()["pending"] >= 4
+    runner.stop(grace=0)
+
+
+def test_runs_cut_short_by_a_stop_run_again_on_the_next_start(tmp_path: Path, outbox: Path) -> None:
+    runs = tmp_path / "runs"
+    slow = script(tmp_path / "slow", "sleep 30\n")
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    first = hook(slow, log)
+    first.published(published(outbox, "a.jpg"))
+    first.published(published(outbox, "b.jpg"))
+    time.sleep(0.5)
+    first.stop(grace=0)
+    assert log.counts() == {"ok": 0, "failed": 0, "pending": 2}
+
+    # The next daemon start, with a hook that finishes.
+    second = hook(script(tmp_path / "quick", f'echo "$LOWKEYD_OUTPUT_REL" >> "{runs}"\n'), HookLog(log.path))
+    second.start()
+    assert second.wait_idle(20)
+    second.stop()
+    assert sorted(runs.read_text().split()) == ["cam/2024/a.jpg", "cam/2024/b.jpg"]
+    assert log.counts() == {"ok": 2, "failed": 0, "pending": 0}
+
+
+def test_a_photo_gone_from_the_outbox_is_a_failure_not_a_run(tmp_path: Path, outbox: Path) -> None:
+    ran = tmp_path / "ran"
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    event = published(outbox)
+    log.add(event.environment())
+    event.output.unlink()
+    runner = hook(script(tmp_path / "hook", f'touch "{ran}"\n'), log)
+    runner.start()
+    assert runner.wait_idle(20)
+    runner.stop()
+    assert not ran.exists()
+    [failure] = log.recent_failures()
+    assert failure.error == "the photo is no longer in the outbox"
+
+
+def test_no_hook_log_means_nothing_to_report(tmp_path: Path) -> None:
+    assert hook_report(tmp_path / "hooks.sqlite3") is None
+
+
+RCLONE_HOOK = Path(__file__).resolve().parent.parent / "service" / "rclone" / "lowkeyd-rclone-upload"
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (apt-get install rclone)")
+def test_the_rclone_hook_uploads_each_photo_into_its_folder_on_the_remote(tmp_path: Path, outbox: Path) -> None:
+    # A local folder is a remote like any other to rclone; no rclone.conf is needed for it.
+    remote = tmp_path / "remote"
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook([str(RCLONE_HOOK), f"{remote}/Photos"], log)
+    photos = [published(outbox, "a.jpg"), published(outbox, "b.jpg")]
+    top = outbox / "c.jpg"
+    top.write_bytes(b"\xff\xd8 in the outbox's top folder")
+    photos.append(Published(top, outbox, Path("/photos/c.jpg"), "cam", "no_face", 0, 0, "default", 0.1))
+    for photo in photos:
+        runner.published(photo)
+    assert runner.wait_idle(60)
+    runner.stop()
+    assert log.counts() == {"ok": 3, "failed": 0, "pending": 0}, log.recent_failures()
+    uploaded = {p.relative_to(remote).as_posix(): p.read_bytes() for p in remote.rglob("*") if p.is_file()}
+    assert uploaded == {
+        "Photos/cam/2024/a.jpg": photos[0].output.read_bytes(),
+        "Photos/cam/2024/b.jpg": photos[1].output.read_bytes(),
+        "Photos/c.jpg": top.read_bytes(),
+    }
+
+
+def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: Path, outbox: Path) -> None:
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook([str(RCLONE_HOOK)], log)
+    runner.published(published(outbox))
+    assert runner.wait_idle(20)
+    runner.stop()
+    [failure] = log.recent_failures()
+    assert failure.error.startswith("exit status 2: lowkeyd-rclone-upload: no destination")
