@@ -28,7 +28,7 @@ def test_paper_preset_is_the_published_setting():
     paper = PRESETS["paper"]
     assert (paper.steps, paper.step_size, paper.step_rule, paper.lpips_weight) == (50, 0.0025, "sign", 0.05)
     assert (paper.blur_kernel, paper.blur_sigma, paper.flip, paper.feature_scale) == (7, 3.0, True, "per_dim")
-    assert paper.target_margin is None  # no early stop: the reference runs every step
+    assert paper.target_margin is None and paper.jitter_px == 0  # the reference runs every step, no expectation
 
 
 def test_overrides_round_trip_through_a_yaml_config():

@@ -14,7 +14,7 @@ A preset is a complete set of attack parameters; any field can be overridden
   downscaling before alignment so the change covers every pixel, one random
   view (plain or blurred) per step, and an early stop once every ensemble
   member is well past its threshold; bf16 on GPUs.
-* ``strong`` - the default with flipped copies, twice the steps and twice the
+* ``strong`` - the default with flipped copies, twice the steps and a wider
   margin, for photos that matter most.
 """
 
@@ -61,11 +61,11 @@ class Preset(BaseModel):
     flat_weight: float = Field(
         0.1, ge=0, le=1, description="perturbation weight on flat areas (skin) relative to textured ones; 1 = no mask"
     )
-    jitter_px: float = Field(0.0, ge=0, description="random misalignment (px at model input) averaged over")
+    jitter_px: float = Field(1.0, ge=0, description="random misalignment (px at model input) averaged over")
     rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
     target_margin: float | None = Field(
-        0.15, description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps"
+        0.2, description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps"
     )
     min_steps: int = Field(0, ge=0, description="never stop a face before this many steps")
     init_noise: float = Field(1 / 255, ge=0, description="uniform random start; at x' = x most terms have zero gradient")
@@ -88,6 +88,7 @@ _PAPER = Preset(
     flip=True,
     prefilter=False,
     sample_views=False,
+    jitter_px=0.0,
     chroma_scale=1.0,
     flat_weight=1.0,
     work_face_px=1024,
@@ -100,7 +101,7 @@ _DEFAULT = Preset(name="default")
 PRESETS: dict[str, Preset] = {
     "paper": _PAPER,
     "default": _DEFAULT,
-    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target_margin": 0.3, "flip": True}),
+    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target_margin": 0.35, "flip": True}),
 }
 
 
