@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowkeyd.daemon.state import StateError
+from lowkeyd.daemon.state import StateError, connect
 from lowkeyd.paths import state_dir
 
 log = logging.getLogger(__name__)
@@ -96,18 +96,13 @@ class HookLog:
 
     def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
         self.path = path or default_hooks_path()
-        try:
-            if readonly:
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-                # WAL lets `lowkeyd status` read while the daemon writes.
-                self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.path, readonly=readonly, what="the hook log")
+        if not readonly:
+            try:
                 with self._db:
                     self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open the hook log {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot open the hook log {self.path}: {exc}") from None
         self._lock = threading.Lock()
 
     def close(self) -> None:

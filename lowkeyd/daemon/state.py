@@ -136,23 +136,32 @@ class StateError(LowkeydError):
     """The state database cannot be opened or is not lowkeyd's."""
 
 
+def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
+    """A connection the daemon's threads can share; read-only ones never create the file."""
+    try:
+        if readonly:
+            return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        # WAL lets `lowkeyd status` read while the daemon writes.
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open {what} {path}: {exc}") from None
+
+
 class StateDB:
     """The state database; safe to share between the daemon's threads."""
 
     def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
         self.path = path or default_state_path()
-        try:
-            if readonly:
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-                # WAL lets `lowkeyd status` read while the daemon writes.
-                self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.path, readonly=readonly, what="the state database")
+        if not readonly:
+            try:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state database {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot open the state database {self.path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
 
