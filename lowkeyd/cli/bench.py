@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -125,7 +126,8 @@ def _scaling(cloaker) -> float:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    # The table is wide: keep it whole when the output goes to a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     names = [p.strip() for p in args.photos.split(",") if p.strip()]
     photos = {n: _sample(n) for n in names}
     runs = []
