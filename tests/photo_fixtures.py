@@ -260,3 +260,20 @@ def removed_from_xmp(fact: tuple[str, str], *, strip_gps: bool) -> bool:
         or value in (PERSON, f"People|{PERSON}")
         or (strip_gps and "}GPS" in path)
     )
+
+
+# What a camera writes that a cloaked copy must carry unchanged.
+CAMERA_TAGS = [
+    ("Exif", piexif.ExifIFD.DateTimeOriginal),
+    ("0th", piexif.ImageIFD.Make),
+    ("0th", piexif.ImageIFD.Model),
+    ("Exif", piexif.ExifIFD.MakerNote),
+    ("Exif", piexif.ExifIFD.UserComment),
+    ("Exif", piexif.ExifIFD.LensModel),
+    ("0th", piexif.ImageIFD.Orientation),
+]
+
+
+def assert_camera_tags_kept(source_exif: dict, out_exif: dict) -> None:
+    for ifd, tag in CAMERA_TAGS:
+        assert out_exif[ifd][tag] == source_exif[ifd][tag], piexif.TAGS[ifd][tag]["name"]
