@@ -28,7 +28,7 @@ import piexif
 import pytest
 import yaml
 from PIL import Image
-from test_daemon_e2e import FAST_ATTACK, assert_protected, face_photo, faceless_photo
+from test_daemon_e2e import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.engine.evaluate import Evaluator
@@ -96,13 +96,7 @@ class RunningDaemon:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(f"lowkeyd exited ({self.process.returncode}) waiting for {what}:\n{self.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.log()[-4000:]}")
-            time.sleep(0.2)
+        wait_until(condition, timeout, what, self.process, self.log)
 
     def uploads(self) -> list[list[str]]:
         if not self.rclone_calls.exists():

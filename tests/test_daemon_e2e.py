@@ -82,6 +82,19 @@ def write_slowly(path: Path, data: bytes, *, chunks: int = 8, pause: float = 0.3
             time.sleep(stall if n == stall_at else pause)
 
 
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen, log: Callable[[], str]
+) -> None:
+    """Poll ``condition``; fail the test with the daemon's log if it exits or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"lowkeyd exited ({process.returncode}) waiting for {what}:\n{log()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-4000:]}")
+        time.sleep(0.2)
+
+
 class Daemon:
     """One `lowkeyd run` process, with the service manager's side of sd_notify."""
 
@@ -120,13 +133,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(f"lowkeyd exited ({self.process.returncode}) waiting for {what}:\n{self.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.log()[-4000:]}")
-            time.sleep(0.2)
+        wait_until(condition, timeout, what, self.process, self.log)
 
     def wait_ready(self) -> None:
         self.wait_for(lambda: "READY=1" in self.messages, START_TIMEOUT, "READY=1")
