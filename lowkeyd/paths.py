@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from platformdirs import PlatformDirs
@@ -32,6 +33,10 @@ def runtime_dir() -> Path:
     if override:
         return Path(override)
     try:
-        return Path(_DIRS.user_runtime_dir)
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR (cron, containers) platformdirs warns and uses /tmp/runtime-UID,
+            # which is fine for a socket of our own; the warning would only clutter every command.
+            warnings.simplefilter("ignore")
+            return Path(_DIRS.user_runtime_dir)
     except Exception:  # platformdirs raises on platforms without one
         return state_dir()
