@@ -99,10 +99,10 @@ class PhotoProtector:
         result = self._cloak([photo])[id(photo)]
         if isinstance(result, LowkeydError):
             raise result
-        if not result.faces and self.no_face == "skip":
+        if self._skipped(result):
             return None, self._outcome("no_face", result, None, start)
         encoded = encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result))
-        return encoded, self._outcome("cloaked" if result.faces else "no_face", result, None, start)
+        return encoded, self._outcome(_status(result), result, None, start)
 
     # -- inside ------------------------------------------------------------------------
 
@@ -132,10 +132,13 @@ class PhotoProtector:
         if isinstance(result, LowkeydError):
             raise result
         assert result is not None
-        if not result.faces and self.no_face == "skip":
+        if self._skipped(result):
             return self._outcome("no_face", result, None, start)
         write_photo(photo, result.rgb, dest, strip_gps=self.strip_gps, marker=self._marker(result))
-        return self._outcome("cloaked" if result.faces else "no_face", result, dest, start)
+        return self._outcome(_status(result), result, dest, start)
+
+    def _skipped(self, result: CloakResult) -> bool:
+        return not result.faces and self.no_face == "skip"
 
     def _marker(self, result: CloakResult) -> dict[str, str]:
         return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked)}
@@ -152,6 +155,10 @@ class PhotoProtector:
         if result.too_small:
             message += f", {result.too_small} too small to matter left alone"
         return Outcome(status, result.cloaked, result.too_small, seconds, written, message, result.faces)
+
+
+def _status(result: CloakResult) -> Status:
+    return "cloaked" if result.faces else "no_face"
 
 
 def _unprotected(photo: Photo, result: CloakResult) -> EngineError | None:

@@ -137,33 +137,30 @@ class Cloaker:
             if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                 raise EngineError(f"the engine takes (H, W, 3) uint8 RGB pixels, got {rgb.shape} {rgb.dtype}")
         crops: list[_Crop] = []
-        reports: list[list[tuple[Face, FaceReport]]] = []
+        attacked: list[FaceReport] = []  # the report of each crop's face, in crop order
+        reports: list[list[FaceReport]] = []
         for i, rgb in enumerate(images):
             found = []
             for face in self.detector.detect(rgb):
                 status = "cloaked" if face.size >= self.preset.min_face_px else "too_small"
                 report = FaceReport(tuple(float(v) for v in face.box), face.size, status)
-                found.append((face, report))
+                found.append(report)
                 if status == "cloaked":
                     crops.append(self._cut(i, rgb, face))
+                    attacked.append(report)
             reports.append(found)
 
         outputs = [rgb.copy() for rgb in images]
+        thresholds = {m.name: m.threshold for m in self.models}
         results = self._run(crops, self._luma_attack if luma_only else self.attack)
-        by_face = {id(c.face): r for c, r in zip(crops, results)}
-        for crop, (adv, similarity, lp, steps) in zip(crops, results):
-            self._paste(outputs[crop.image], crop, adv)
+        for crop, report, (adversarial, similarity, lp, steps) in zip(crops, attacked, results):
+            self._paste(outputs[crop.image], crop, adversarial)
+            report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
         seconds = time.perf_counter() - start
-        out = []
-        for i, found in enumerate(reports):
-            for face, report in found:
-                if id(face) in by_face:
-                    _, similarity, lp, steps = by_face[id(face)]
-                    report.similarity = similarity
-                    report.thresholds = {m.name: m.threshold for m in self.models}
-                    report.lpips, report.steps = lp, steps
-            out.append(CloakResult(outputs[i], [r for _, r in found], seconds / len(images), self.preset.name))
-        return out
+        return [
+            CloakResult(output, found, seconds / len(images), self.preset.name)
+            for output, found in zip(outputs, reports)
+        ]
 
     # -- crops --------------------------------------------------------------------------
 

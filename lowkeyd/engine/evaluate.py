@@ -140,11 +140,12 @@ class Evaluator:
         scale = seen.shape[1] / original.shape[1]
         faces = self.detector.detect(original)
         found = self.detector.detect(seen)
+        same_size = cloaked.shape == original.shape
+        thresholds = {m.name: m.threshold for m in self.models}
         checks = []
         for face in faces:
-            check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=False)
-            check.thresholds = {m.name: m.threshold for m in self.models}
-            check.lpips = self._face_lpips(original, cloaked, face) if cloaked.shape == original.shape else None
+            check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=False, thresholds=thresholds)
+            check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
             ious = [_iou(face.box * scale, f.box) for f in found]
             if ious and max(ious) > 0.3:
                 twin = found[int(np.argmax(ious))]
@@ -155,7 +156,6 @@ class Evaluator:
                 d1 = self.verifier.descriptors(seen, [twin.box])[0]
                 check.dlib_distance = self.verifier.distance(d0, d1)
             checks.append(check)
-        same_size = cloaked.shape == original.shape
         return Evaluation(checks, psnr(original, cloaked) if same_size else math.nan, social)
 
     def verifier_distance(self, a: np.ndarray, b: np.ndarray) -> float | None:
