@@ -28,8 +28,8 @@ import piexif
 import pytest
 import yaml
 from PIL import Image
-from test_daemon_e2e import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 
+from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.engine.evaluate import Evaluator
 from lowkeyd.photo import read_photo

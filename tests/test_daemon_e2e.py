@@ -8,7 +8,6 @@ daemon process a test starts is killed in teardown.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import socket
@@ -23,18 +22,14 @@ from pathlib import Path
 import piexif
 import pytest
 import yaml
-from PIL import Image
 
+from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import read_photo
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).parent / "data"
-# Three large steps protect the sample faces against the ensemble (measured: cosine < 0.3) and dlib
-# at a fraction of the default preset's cost; visibility does not matter here.
-FAST_ATTACK = {"steps": 3, "step_size": 0.05, "lpips_weight": 0, "flip": False, "blur_kernel": 0}
 # Test daemons must not be starved by everything else running on the machine.
 WORK = {"nice": 0, "idle_priority": False, "batch_size": 4, "queue_size": 6}
 START_TIMEOUT = 600  # model loading on a busy 2-core machine
@@ -43,33 +38,6 @@ PHOTO_SECONDS = 60  # per photo, on the same machine, for the bounds below
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def jpeg_bytes(image: Image.Image, **save: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=92, **save)
-    return out.getvalue()
-
-
-def face_photo(i: int) -> bytes:
-    """A distinct photo (its own content hash) with a large face, from the sample photos (i < 30)."""
-    name = ("obama.jpg", "obama2.jpg", "astronaut.png")[i % 3]
-    with Image.open(DATA / name) as im:
-        image = im.convert("RGB")
-    margin = 3 * (i // 3)
-    image = image.crop((margin, margin, image.width - margin, image.height))
-    image.thumbnail((560, 700))
-    return jpeg_bytes(image)
-
-
-def faceless_photo(*, gps: bool) -> bytes:
-    """A real photograph without a face (the legs of a full-body shot), optionally geotagged."""
-    with Image.open(DATA / "obama3.jpg") as im:
-        image = im.convert("RGB").crop((0, 1300, 1434, 2333))
-    if not gps:
-        return jpeg_bytes(image)
-    exif = piexif.dump({"GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N", piexif.GPSIFD.GPSLatitude: ((38, 1), (53, 1), (23, 1))}})
-    return jpeg_bytes(image, exif=exif)
 
 
 def write_slowly(path: Path, data: bytes, *, chunks: int = 8, pause: float = 0.3, stall_at: int | None = None, stall: float = 0.0) -> None:
@@ -81,18 +49,6 @@ def write_slowly(path: Path, data: bytes, *, chunks: int = 8, pause: float = 0.3
             f.flush()
             time.sleep(stall if n == stall_at else pause)
 
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen, log: Callable[[], str]
-) -> None:
-    """Poll ``condition``; fail the test with the daemon's log if it exits or time runs out first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"lowkeyd exited ({process.returncode}) waiting for {what}:\n{log()[-4000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-4000:]}")
-        time.sleep(0.2)
 
 
 class Daemon:
@@ -217,15 +173,6 @@ def evaluator():
     from lowkeyd.engine.evaluate import Evaluator
 
     return Evaluator.load("cpu")
-
-
-def assert_protected(evaluator, original: bytes, published: Path) -> None:
-    photo = read_photo(published)
-    assert photo.cloak_marker is not None, f"{published} carries no lowkeyd marker"
-    evaluation = evaluator.compare(read_photo(original).rgb, photo.rgb)
-    assert evaluation.faces, f"{published}: no face in the original?"
-    for face in evaluation.faces:
-        assert face.protected_by_verifier, f"{published}: dlib still matches ({face.dlib_distance:.2f})"
 
 
 class OutboxWatch:

@@ -200,3 +200,46 @@ def test_expectation_over_jitter_and_rescale_runs_and_stays_local(cloaker):
     result = jittery.cloak(original)
     assert result.cloaked == 1 and result.faces[0].steps == 2
     assert np.any(result.rgb != original)
+
+
+def test_how_much_of_the_crop_a_face_fills_does_not_change_its_step(cloaker):
+    """The L2 step is normalised over the face's mask: padding the crop moves the face's pixels just as far."""
+    from lowkeyd.engine.attack import LowKey
+
+    rgb = load_rgb("astronaut.png")
+    crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+    one_step = get_preset("default", steps=1, target_margin=None, chroma_scale=1.0, flat_weight=1.0, init_noise=0.0)
+    attack = LowKey(cloaker.models, cloaker.lpips, one_step)
+
+    def moved(pad: int) -> float:
+        pixels = torch.nn.functional.pad(crop.pixels, (pad,) * 4, mode="replicate")
+        mask = torch.nn.functional.pad(crop.mask, (pad,) * 4)
+        result = attack(pixels[None], (crop.landmarks + pad)[None], mask[None], (crop.region + pad)[None])
+        change = (result.adversarial[0] - pixels)[:, pad : pad + crop.pixels.shape[-1], pad : pad + crop.pixels.shape[-1]]
+        return float(change.pow(2).mean().sqrt())
+
+    tight, padded = moved(0), moved(128)
+    assert tight > 0
+    assert padded == pytest.approx(tight, rel=0.05)
+
+
+def test_a_member_already_past_its_target_stops_pulling(cloaker):
+    """focus_members: the step goes to the members still behind, not to one that is already far enough."""
+    import copy
+
+    from lowkeyd.engine.attack import LowKey
+
+    sface, casia = (next(m for m in cloaker.models if m.name == n) for n in ("sface", "facenet_casia"))
+    satisfied = copy.copy(sface)
+    satisfied.threshold = 2.0  # every cosine is past this target from the first look on
+    rgb = load_rgb("astronaut.png")
+    crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+    args = (crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+
+    def sface_similarity(focus: bool) -> float:
+        preset = get_preset("default", steps=4, min_steps=4, focus_members=focus)
+        return float(LowKey([satisfied, casia], cloaker.lpips, preset)(*args).similarity["sface"][0])
+
+    focused, unfocused = sface_similarity(True), sface_similarity(False)
+    print(f"sface cosine after 4 steps: focused {focused:.3f}, unfocused {unfocused:.3f}")
+    assert focused > unfocused + 0.05

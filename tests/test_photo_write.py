@@ -305,6 +305,15 @@ def test_write_replaces_an_earlier_output_and_copies_mode_and_mtime(tmp_path: Pa
     assert sorted(os.listdir(tmp_path)) == ["out.jpg", "src.jpg"]
 
 
+def test_a_read_only_original_gives_a_copy_its_owner_can_replace(tmp_path: Path) -> None:
+    source = fx.rich_jpeg(tmp_path / "src.jpg")
+    os.chmod(source, 0o440)
+    photo = read_photo(source)
+    dest = tmp_path / "out.jpg"
+    write_photo(photo, cloak(photo.rgb), dest, marker=MARKER)
+    assert dest.stat().st_mode & 0o777 == 0o640
+
+
 def test_write_refuses_to_overwrite_the_original(tmp_path: Path) -> None:
     source = fx.rich_jpeg(tmp_path / "src.jpg")
     before = source.read_bytes()

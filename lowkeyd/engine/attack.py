@@ -115,9 +115,14 @@ class LowKey:
         return out, scale, use_plain
 
     def _embeddings(
-        self, images: torch.Tensor, landmarks: torch.Tensor, generator: torch.Generator | None
+        self,
+        images: torch.Tensor,
+        landmarks: torch.Tensor,
+        generator: torch.Generator | None,
+        members: set[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per model, ``(F, N, D)`` unit embeddings of ``images`` (N) with F = 2 if flipped copies are used."""
+        """Per model (of ``members``, default all), ``(F, N, D)`` unit embeddings of ``images`` (N)
+        with F = 2 if flipped copies are used."""
         n_views = images.shape[0] // landmarks.shape[0]
         lm = landmarks.repeat(n_views, 1, 1)
         jitter = None
@@ -129,6 +134,9 @@ class LowKey:
             )
         out = {}
         for group in self._groups:
+            group = [m for m in group if members is None or m.name in members]
+            if not group:
+                continue
             small, small_lm = self._prefilter(images, lm, group[0].template)
             aligned = warp_faces(small, small_lm, group[0].template, group[0].input_size, jitter)
             if self.preset.flip:
@@ -176,13 +184,14 @@ class LowKey:
         With a generator, each call crops at a random phase of AlexNet's
         stride-4 grid: LPIPS of a fixed crop can be lowered by hiding the
         change in that grid, which no viewer's eye shares. Without one, the
-        phase-averaged value that :mod:`lowkeyd.engine.evaluate` reports.
+        phase average :mod:`lowkeyd.engine.evaluate` reports, estimated from
+        every other phase (4 crops instead of 16: it is only the face's report).
         """
         values = []
         for i, (x1, y1, x2, y2) in enumerate(regions.tolist()):
             fa, fb = a[i : i + 1, :, y1:y2, x1:x2] * 2 - 1, b[i : i + 1, :, y1:y2, x1:x2] * 2 - 1
             if generator is None:
-                values.append(phase_averaged_lpips(self.lpips, fa, fb)[0])
+                values.append(phase_averaged_lpips(self.lpips, fa, fb, stride=2)[0])
                 continue
             dy, dx = torch.randint(0, 4, (2,), generator=generator, device=a.device).tolist()
             h, w = fa.shape[-2] - 3, fa.shape[-1] - 3
@@ -211,6 +220,7 @@ class LowKey:
             else:
                 basis = None
             thresholds = {m.name: m.threshold for m in self.models}
+            area = masks.sum((1, 2, 3), keepdim=True).clamp_min(1) * crops.shape[1]
 
         def perturbed(param: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             delta = param if basis is None else torch.einsum("ij,bjhw->bihw", basis, param)
@@ -221,6 +231,7 @@ class LowKey:
         velocity = torch.zeros_like(crops)
         steps = torch.zeros(batch, dtype=torch.long, device=device)
         active = torch.ones(batch, dtype=torch.bool, device=device)
+        past = {m.name: torch.zeros(batch, dtype=torch.bool, device=device) for m in self.models}
 
         for step in range(p.steps):
             idx = active.nonzero().squeeze(1)
@@ -230,8 +241,24 @@ class LowKey:
             sub = param.detach()[idx].requires_grad_()
             xp = perturbed(sub, x, w)
             views, view_scale, has_plain = self._views(xp, generator)
-            emb = self._embeddings(views, lm, generator)
-            feature = view_scale * sum(self._feature_distance(emb[n], reference[n][:, idx]) for n in emb) / len(emb)
+            members = None
+            if p.focus_members and not has_plain:
+                # A member that was past its target for every face at its last look adds
+                # nothing to this step; the published view's steps look at every member again.
+                members = {n for n, v in past.items() if not v[idx].all()} or None
+            emb = self._embeddings(views, lm, generator, members)
+            with torch.no_grad():
+                # Per member and face: is every view (and flip) already past the member's target?
+                for name, e in emb.items():
+                    cos = (e * reference[name][:, idx].repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
+                    past[name][idx] = cos.view(-1, idx.numel()).amax(0) <= thresholds[name] - (p.target_margin or 0)
+            terms = []
+            for name, e in emb.items():
+                distance = self._feature_distance(e, reference[name][:, idx])
+                # Focus: a member already past its target gets no more of the step; the
+                # budget goes to the members still behind (and to LPIPS once none is).
+                terms.append(distance * ~past[name][idx] if p.focus_members else distance)
+            feature = view_scale * sum(terms) / len(self.models)
             perceptual = self._region_lpips(xp, x, regions[idx], generator) if p.lpips_weight else 0
             objective = feature - p.lpips_weight * perceptual
             (grad,) = torch.autograd.grad(objective.sum(), sub)
@@ -240,11 +267,7 @@ class LowKey:
                 if p.target_margin is not None and step >= p.min_steps and has_plain:
                     # Faces whose every member (and view, the published one included) is already
                     # far enough are done; they keep the perturbation that got them there.
-                    done = torch.ones(idx.numel(), dtype=torch.bool, device=device)
-                    for name, e in emb.items():
-                        cos = (e * reference[name][:, idx].repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
-                        worst = cos.view(-1, idx.numel()).amax(0)
-                        done &= worst <= thresholds[name] - p.target_margin
+                    done = torch.stack([v[idx] for v in past.values()]).all(0)
                     active[idx[done]] = False
                     keep = ~done
                     idx, grad = idx[keep], grad[keep]
@@ -253,7 +276,9 @@ class LowKey:
                 if p.step_rule == "sign":
                     direction = grad.sign()
                 else:
-                    rms = grad.pow(2).mean((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+                    # RMS over the face's own pixels, not the crop: how much of the crop a
+                    # face fills must not change how far each of its pixels moves.
+                    rms = (grad.pow(2).sum((1, 2, 3), keepdim=True) / area[idx]).sqrt().clamp_min(1e-12)
                     direction = grad / rms
                 velocity[idx] = p.momentum * velocity[idx] + direction
                 param.data[idx] += p.step_size * velocity[idx]

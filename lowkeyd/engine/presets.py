@@ -12,8 +12,10 @@ A preset is a complete set of attack parameters; any field can be overridden
   weighted equally, a texture mask and damped chroma so the change hides in
   texture rather than showing as colour blotches on smooth skin, antialiased
   downscaling before alignment so the change covers every pixel, one random
-  view (plain or blurred) per step, and an early stop once every ensemble
-  member is well past its threshold; bf16 on GPUs.
+  view (plain or blurred) per step, a step that goes only to the members not
+  yet past their target (the others are not even run on the blurred view's
+  steps), and an early stop once every member is well past its threshold;
+  bf16 on GPUs.
 * ``strong`` - the default with flipped copies, twice the steps and a wider
   margin, for photos that matter most.
 """
@@ -38,7 +40,9 @@ class Preset(BaseModel):
 
     name: str = "custom"
     steps: int = Field(40, ge=0, le=1000, description="maximum number of gradient steps")
-    step_size: float = Field(0.0007, gt=0, le=0.1, description="per-step change: L-inf for 'sign', RMS for 'l2'")
+    step_size: float = Field(
+        0.002, gt=0, le=0.1, description="per-step change: L-inf for 'sign', RMS over the face's mask for 'l2'"
+    )
     step_rule: Literal["sign", "l2"] = Field("l2", description="signed gradient (paper) or gradient / RMS(gradient)")
     momentum: float = Field(0.0, ge=0, lt=1, description="heavy-ball momentum on the normalised step")
     lpips_weight: float = Field(3.0, ge=0, description="c in LowKey's objective")
@@ -57,7 +61,7 @@ class Preset(BaseModel):
     sample_views: bool = Field(
         True, description="each step evaluates one random view (plain or blurred) instead of both: half the cost"
     )
-    chroma_scale: float = Field(0.25, ge=0, le=1, description="chroma change allowed relative to luma (1 = plain RGB)")
+    chroma_scale: float = Field(0.5, ge=0, le=1, description="chroma change allowed relative to luma (1 = plain RGB)")
     flat_weight: float = Field(
         0.1, ge=0, le=1, description="perturbation weight on flat areas (skin) relative to textured ones; 1 = no mask"
     )
@@ -65,7 +69,14 @@ class Preset(BaseModel):
     rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
     target_margin: float | None = Field(
-        0.2, description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps"
+        0.2,
+        ge=0,
+        description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps",
+    )
+    focus_members: bool = Field(
+        True,
+        description="a member already past its target (threshold - target_margin, or the threshold itself "
+        "when there is no margin) stops pulling, leaving the step to those behind",
     )
     min_steps: int = Field(0, ge=0, description="never stop a face before this many steps")
     init_noise: float = Field(1 / 255, ge=0, description="uniform random start; at x' = x most terms have zero gradient")
@@ -93,6 +104,7 @@ _PAPER = Preset(
     flat_weight=1.0,
     work_face_px=1024,
     target_margin=None,
+    focus_members=False,
     precision="fp32",
 )
 

@@ -28,6 +28,7 @@ class FaceEmbedder(nn.Module):
     input_size: tuple[int, int]
     embedding_dim: int
     threshold: float
+    channels_last: bool = False  # weights stored NHWC (see zoo.load_embedder): feed them NHWC too
 
     def __init__(self, template: torch.Tensor) -> None:
         super().__init__()
@@ -38,4 +39,6 @@ class FaceEmbedder(nn.Module):
         raise NotImplementedError
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            faces = faces.contiguous(memory_format=torch.channels_last)
         return nn.functional.normalize(self.embed(faces), dim=-1)

@@ -1,0 +1,69 @@
+"""What the daemon and API end-to-end tests share: sample photos to drop in, a short attack, polling."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import piexif
+import pytest
+from PIL import Image
+
+from lowkeyd.photo import read_photo
+
+DATA = Path(__file__).parent / "data"
+# Three large steps protect the sample faces against the ensemble (measured: cosine < 0.3) and dlib
+# at a fraction of the default preset's cost; visibility does not matter here.
+FAST_ATTACK = {"steps": 3, "step_size": 0.05, "lpips_weight": 0, "flip": False, "blur_kernel": 0}
+
+
+def jpeg_bytes(image: Image.Image, **save: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=92, **save)
+    return out.getvalue()
+
+
+def face_photo(i: int) -> bytes:
+    """A distinct photo (its own content hash) with a large face, from the sample photos (i < 30)."""
+    name = ("obama.jpg", "obama2.jpg", "astronaut.png")[i % 3]
+    with Image.open(DATA / name) as im:
+        image = im.convert("RGB")
+    margin = 3 * (i // 3)
+    image = image.crop((margin, margin, image.width - margin, image.height))
+    image.thumbnail((560, 700))
+    return jpeg_bytes(image)
+
+
+def faceless_photo(*, gps: bool) -> bytes:
+    """A real photograph without a face (the legs of a full-body shot), optionally geotagged."""
+    with Image.open(DATA / "obama3.jpg") as im:
+        image = im.convert("RGB").crop((0, 1300, 1434, 2333))
+    if not gps:
+        return jpeg_bytes(image)
+    exif = piexif.dump({"GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N", piexif.GPSIFD.GPSLatitude: ((38, 1), (53, 1), (23, 1))}})
+    return jpeg_bytes(image, exif=exif)
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen, log: Callable[[], str]
+) -> None:
+    """Poll ``condition``; fail the test with the daemon's log if it exits or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"lowkeyd exited ({process.returncode}) waiting for {what}:\n{log()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-4000:]}")
+        time.sleep(0.2)
+
+
+def assert_protected(evaluator, original: bytes, published: Path) -> None:
+    photo = read_photo(published)
+    assert photo.cloak_marker is not None, f"{published} carries no lowkeyd marker"
+    evaluation = evaluator.compare(read_photo(original).rgb, photo.rgb)
+    assert evaluation.faces, f"{published}: no face in the original?"
+    for face in evaluation.faces:
+        assert face.protected_by_verifier, f"{published}: dlib still matches ({face.dlib_distance:.2f})"
