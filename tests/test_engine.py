@@ -243,3 +243,21 @@ def test_a_member_already_past_its_target_stops_pulling(cloaker):
     focused, unfocused = sface_similarity(True), sface_similarity(False)
     print(f"sface cosine after 4 steps: focused {focused:.3f}, unfocused {unfocused:.3f}")
     assert focused > unfocused + 0.05
+
+
+@pytest.mark.slow
+def test_lowkeyd_bench_prints_its_table_and_the_megapixel_ratio():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "bench", "--presets", "default", "--photos", "astronaut.png",
+         "--set", "steps=1", "--megapixels"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "default(steps=1)" in line and "│" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[2] == "1"  # steps
+    assert cells[-1] == "-"  # no paper run to compare with
+    assert "one face in a 12 MP photo takes" in done.stdout

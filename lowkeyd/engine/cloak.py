@@ -8,6 +8,7 @@ inside a feathered ellipse. Every pixel outside those ellipses is bit-identical.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -109,17 +110,29 @@ class Cloaker:
         from lowkeyd.engine.models.zoo import available_embedders, load_embedder
         from lowkeyd.engine.perceptual import load_lpips
 
-        self.preset = get_preset(preset, **overrides) if isinstance(preset, str) else preset
         self.device = pick_device(device)
         if self.device.type == "cpu":
             set_cpu_threads()
-        self.detector = FaceDetector(self.device, min_face=min(_DETECT_MIN_FACE, self.preset.min_face_px))
         self.models = [load_embedder(n, self.device) for n in (models or available_embedders())]
         self.lpips = load_lpips(self.device, spatial=True)
-        self.attack = LowKey(self.models, self.lpips, self.preset)
-        # Grayscale photos are written back as grayscale: only a luma change survives that.
-        self._luma_attack = LowKey(self.models, self.lpips, self.preset.model_copy(update={"chroma_scale": 0.0}))
+        self.detector: FaceDetector | None = None
+        self._use(get_preset(preset, **overrides) if isinstance(preset, str) else preset)
         self.max_batch = max_batch or (16 if self.device.type == "cuda" else 4)
+
+    def with_preset(self, preset: Preset) -> Cloaker:
+        """A cloaker running ``preset`` on this one's resident models (nothing is loaded again)."""
+        other = copy.copy(self)
+        other._use(preset)
+        return other
+
+    def _use(self, preset: Preset) -> None:
+        self.preset = preset
+        min_face = min(_DETECT_MIN_FACE, preset.min_face_px)
+        if self.detector is None or self.detector.min_face != min_face:
+            self.detector = FaceDetector(self.device, min_face=min_face)
+        self.attack = LowKey(self.models, self.lpips, preset)
+        # Grayscale photos are written back as grayscale: only a luma change survives that.
+        self._luma_attack = LowKey(self.models, self.lpips, preset.model_copy(update={"chroma_scale": 0.0}))
 
     @property
     def crop_size(self) -> int:
