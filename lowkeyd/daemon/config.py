@@ -272,7 +272,17 @@ class DaemonConfig(_Section):
 
     @model_validator(mode="after")
     def _folders_apart(self) -> DaemonConfig:
-        names: dict[str, Path] = {}
+        names: dict[str, str] = {}
+
+        def claim(name: str, where: str) -> None:
+            # Sources and job roots each publish into outbox/<name>: no two may share one.
+            if name in names:
+                raise _problem(
+                    "duplicate_name",
+                    f"{names[name]} and {where} would share the outbox folder {name!r}: give one a different name",
+                )
+            names[name] = where
+
         for i, source in enumerate(self.sources):
             # Each of these would have the daemon cloak its own output, or the same photo twice.
             if is_within(self.outbox, source.path):
@@ -282,13 +292,7 @@ class DaemonConfig(_Section):
             for j, other in enumerate(self.sources[:i]):
                 if is_within(source.path, other.path) or is_within(other.path, source.path):
                     raise _problem("sources_overlap", f"sources[{j}] and sources[{i}] overlap: {other.path}, {source.path}")
-            if source.name in names:
-                raise _problem(
-                    "duplicate_name",
-                    f"sources {names[source.name]} and {source.path} would share the outbox folder "
-                    f"{source.name!r}: give one a different name",
-                )
-            names[source.name] = source.path
+            claim(source.name, f"sources[{i}] {source.path}")
         for i, root in enumerate(self.api.job_roots):
             where = f"api.job_roots[{i}] {root.path}"
             if is_within(self.outbox, root.path) or is_within(root.path, self.outbox):
@@ -297,13 +301,7 @@ class DaemonConfig(_Section):
                 # The watcher would publish its photos too, to another outbox folder.
                 if is_within(root.path, source.path) or is_within(source.path, root.path):
                     raise _problem("root_and_source", f"{where} and sources[{j}] {source.path} overlap")
-            if root.name in names:
-                raise _problem(
-                    "duplicate_name",
-                    f"{names[root.name]} and {where} would share the outbox folder {root.name!r}: "
-                    "give one a different name",
-                )
-            names[root.name] = root.path
+            claim(root.name, where)
         return self
 
 
