@@ -22,16 +22,11 @@ import torch.nn.functional as F
 from lowkeyd.engine.attack import LowKey
 from lowkeyd.engine.device import pick_device, set_cpu_threads
 from lowkeyd.engine.evaluate import FACE_MARGIN
-from lowkeyd.engine.faces import Face, FaceDetector
+from lowkeyd.engine.faces import DEFAULT_MIN_FACE, Face, FaceDetector
 from lowkeyd.engine.presets import Preset, get_preset
 from lowkeyd.errors import EngineError
 
 log = logging.getLogger(__name__)
-
-# Smallest face looked for (and reported as too small when under min_face_px). MTCNN's
-# cost grows as 1 / min_face^2: on a 12 MP photo (2-core CPU) 3.4 s at 20 px, 2.7 s at
-# 24 px, 1.5 s at 32 px; 24 keeps most too-small faces reported at 0.8x the cost.
-_DETECT_MIN_FACE = 24
 
 
 @dataclass
@@ -127,7 +122,8 @@ class Cloaker:
 
     def _use(self, preset: Preset) -> None:
         self.preset = preset
-        min_face = min(_DETECT_MIN_FACE, preset.min_face_px)
+        # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
+        min_face = min(DEFAULT_MIN_FACE, preset.min_face_px)
         if self.detector is None or self.detector.min_face != min_face:
             self.detector = FaceDetector(self.device, min_face=min_face)
         self.attack = LowKey(self.models, self.lpips, preset)

@@ -19,6 +19,9 @@ from PIL import Image
 
 # Smallest face (box side, px) MTCNN itself is asked to find on the working image.
 _MTCNN_MIN_FACE = 20
+# Smallest face looked for by default, in the photo's own pixels. MTCNN's cost grows as
+# 1 / min_face^2: on a 12 MP photo (2-core CPU) 3.4 s at 20 px, 2.7 s at 24 px, 1.5 s at 32 px.
+DEFAULT_MIN_FACE = 24
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ class FaceDetector:
     ``min_score`` is MTCNN's final-stage probability below which a detection is dropped.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", *, min_face: int = 24, min_score: float = 0.9) -> None:
+    def __init__(
+        self, device: str | torch.device = "cpu", *, min_face: int = DEFAULT_MIN_FACE, min_score: float = 0.9
+    ) -> None:
         from facenet_pytorch import MTCNN
 
         self.min_face = min_face
