@@ -66,4 +66,4 @@ def assert_protected(evaluator, original: bytes, published: Path) -> None:
     evaluation = evaluator.compare(read_photo(original).rgb, photo.rgb)
     assert evaluation.faces, f"{published}: no face in the original?"
     for face in evaluation.faces:
-        assert face.protected_by_verifier, f"{published}: dlib still matches ({face.dlib_distance:.2f})"
+        assert face.protected["dlib"], f"{published}: dlib still matches (distance {face.scores['dlib']:.2f})"

@@ -120,6 +120,16 @@ class Cloaker:
         other._use(preset)
         return other
 
+    def with_members(self, names: Sequence[str]) -> Cloaker:
+        """A cloaker attacking with the resident recognisers ``names`` alone (a holdout fold's ensemble)."""
+        unknown = set(names) - {m.name for m in self.models}
+        if unknown:
+            raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
+        other = copy.copy(self)
+        other.models = [m for m in self.models if m.name in names]
+        other._use(self.preset)
+        return other
+
     def _use(self, preset: Preset) -> None:
         self.preset = preset
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lowkeyd.errors import EngineError
 
@@ -66,6 +66,17 @@ class Preset(BaseModel):
         0.1, ge=0, le=1, description="perturbation weight on flat areas (skin) relative to textured ones; 1 = no mask"
     )
     jitter_px: float = Field(1.0, ge=0, description="random misalignment (px at model input) averaged over")
+    jitter_deg: float = Field(0.0, ge=0, le=30, description="random in-plane rotation (degrees, std) averaged over")
+    jitter_scale: float = Field(0.0, ge=0, le=0.3, description="random scale change (fraction, std) averaged over")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="feature-map dropout inside the members on attack steps (model augmentation)"
+    )
+    ti_kernel: int = Field(0, ge=0, le=31, description="Gaussian smoothing of each step (translation invariance); 0 = off")
+    tap_weight: float = Field(0.0, ge=0, description="weight of the intermediate-feature term; 0 = off")
+    tap_depth: float = Field(0.5, ge=0, le=1, description="where the intermediate feature is taken (0 = first conv, 1 = last)")
+    eye_weight: float = Field(
+        1.0, ge=0, le=1, description="perturbation weight over eyes, brows and nose bridge relative to the rest; 1 = no guard"
+    )
     rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
     target_margin: float | None = Field(
@@ -83,6 +94,14 @@ class Preset(BaseModel):
     precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="'auto': bf16 on CUDA, fp32 elsewhere")
     min_face_px: int = Field(32, ge=8, description="faces smaller than this (box side, px) are left alone and reported")
     seed: int | None = Field(0, description="random seed for the start and the expectation; None = random")
+
+    @field_validator("blur_kernel", "ti_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        # An even kernel has no centre pixel: the blurred image would shift by half a pixel and grow by one.
+        if v and v % 2 == 0:
+            raise ValueError(f"must be odd (or 0 for off), got {v}")
+        return v
 
 
 # The paper's attack works on the photo's own pixels: a working face size no
