@@ -112,9 +112,9 @@ def test_optional_embedder_offered_only_when_its_file_is_here(monkeypatch, tmp_p
     assert available_embedders() == [*ENSEMBLE, "facenet_vggface2"]
 
 
-def test_unknown_embedder_and_verifier_outside_the_zoo():
+def test_unknown_embedder_is_a_clear_error():
     with pytest.raises(EngineError, match="unknown face recogniser"):
-        load_embedder("dlib")
+        load_embedder("arcface")
 
 
 # --- dlib verifier -----------------------------------------------------------
