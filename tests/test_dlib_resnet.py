@@ -6,8 +6,16 @@ import dlib
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    OTHER_PEOPLE,
+    PHOTOS,
+    SAME_PERSON,
+    aligned_for,
+    assert_identity_sanity,
+    detected_face,
+    load_rgb,
+)
 
-from conftest import OTHER_PEOPLE, PHOTOS, SAME_PERSON, aligned_for, assert_identity_sanity, detected_face, load_rgb
 from lowkeyd.engine.models.dlib_resnet import load_dlib_resnet, read_dlib_net
 from lowkeyd.engine.models.zoo import ENSEMBLE, load_embedder
 from lowkeyd.engine.verifier import dlib_box

