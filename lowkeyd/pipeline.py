@@ -24,6 +24,8 @@ from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.photo import Photo, encode_photo, read_photo, write_photo
 from lowkeyd.photo.atomic import atomic_write
 
+from lowkeyd.engine.transfer import transfer_estimate
+
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import Cloaker, CloakResult, FaceReport
 
@@ -141,7 +143,7 @@ class PhotoProtector:
         return not result.faces and self.no_face == "skip"
 
     def _marker(self, result: CloakResult) -> dict[str, str]:
-        return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked)}
+        return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked), "models": ",".join(result.members)}
 
     def _outcome(self, status: Status, result: CloakResult | None, written: Path | None, start: float) -> Outcome:
         seconds = time.perf_counter() - start
@@ -154,6 +156,11 @@ class PhotoProtector:
         message = f"{result.cloaked} face{'s' * (result.cloaked != 1)} cloaked"
         if result.too_small:
             message += f", {result.too_small} too small to matter left alone"
+        if result.cloaked:
+            # Passing the attack's own members is white-box; say what is known about the rest.
+            estimate = transfer_estimate(result.preset)
+            message += f"; past all {len(result.members)} attack members ({', '.join(result.members)})"
+            message += f"; {estimate.short()}" if estimate else "; no holdout estimate for this preset"
         return Outcome(status, result.cloaked, result.too_small, seconds, written, message, result.faces)
 
 

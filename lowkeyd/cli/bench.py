@@ -136,7 +136,7 @@ def _scaling(cloaker) -> float:  # noqa: ANN001
     the upscaled face is not bit-identical once downscaled again, and a step more
     or less would swamp what is measured here, the cost that grows with pixels.
     """
-    fixed = cloaker.with_preset(cloaker.preset.model_copy(update={"target_margin": None}))
+    fixed = cloaker.with_preset(cloaker.preset.model_copy(update={"target": None}))
     small = _sample("obama.jpg")
     factor = (12e6 / (small.shape[0] * small.shape[1])) ** 0.5
     big = np.asarray(Image.fromarray(small).resize((round(small.shape[1] * factor), round(small.shape[0] * factor)), Image.Resampling.BICUBIC))

@@ -144,7 +144,8 @@ class LowKey:
         # Models sharing a template and input size share one warp per step.
         key = lambda m: (tuple(m.template.flatten().tolist()), tuple(m.input_size))  # noqa: E731
         self._groups = [list(g) for _, g in groupby(sorted(self.models, key=key), key=key)]
-        self._thresholds = {m.name: m.threshold - (preset.target_margin or 0) for m in self.models}
+        # Each member's target on its own scale: ``target`` of the way from its threshold to a stranger.
+        self._targets = {m.name: m.threshold - (preset.target or 0) * (m.threshold - m.stranger) for m in self.models}
 
     def __call__(
         self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor
@@ -162,7 +163,7 @@ class LowKey:
                 if idx.numel() == 0:
                     break
                 grad, plain_seen = self._gradient(batch, state, idx, generator)
-                if self.preset.target_margin is not None and step >= self.preset.min_steps and plain_seen:
+                if self.preset.target is not None and step >= self.preset.min_steps and plain_seen:
                     idx, grad = self._retire_done(state, idx, grad)
                 self._step(batch, state, idx, grad)
         return self._finish(batch, state)
@@ -239,7 +240,7 @@ class LowKey:
             ref = batch.reference[name][:, idx]
             with torch.no_grad():
                 cos = (e * ref.repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
-                state.past[name][idx] = cos.view(-1, idx.numel()).amax(0) <= self._thresholds[name]
+                state.past[name][idx] = cos.view(-1, idx.numel()).amax(0) <= self._targets[name]
             distance = self._feature_distance(e, ref)
             if name in self.surrogates.taps:
                 distance = distance + p.tap_weight * self._tap_distance(self.surrogates.taps[name], batch.taps[name], idx)

@@ -50,6 +50,7 @@ class CloakResult:
     faces: list[FaceReport]
     seconds: float
     preset: str
+    members: tuple[str, ...]  # the recognisers the attack ran against: a check by one of them is white-box
 
     @property
     def cloaked(self) -> int:
@@ -179,7 +180,7 @@ class Cloaker:
             report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
         seconds = time.perf_counter() - start
         return [
-            CloakResult(output, found, seconds / len(images), self.preset.name)
+            CloakResult(output, found, seconds / len(images), self.preset.name, tuple(m.name for m in self.models))
             for output, found in zip(outputs, reports)
         ]
 

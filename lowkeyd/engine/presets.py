@@ -79,15 +79,18 @@ class Preset(BaseModel):
     )
     rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
-    target_margin: float | None = Field(
-        0.2,
+    target: float | None = Field(
+        1.0,
         ge=0,
-        description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps",
+        le=3,
+        description="stop a face once every member sees it this far past its match threshold, measured from the "
+        "threshold (0) to a typical stranger's similarity (1); beyond 1 the face looks less like the original "
+        "than a stranger does. None = run all steps",
     )
     focus_members: bool = Field(
         True,
-        description="a member already past its target (threshold - target_margin, or the threshold itself "
-        "when there is no margin) stops pulling, leaving the step to those behind",
+        description="a member already past its target (or its threshold when there is no target) stops pulling, "
+        "leaving the step to those behind",
     )
     min_steps: int = Field(0, ge=0, description="never stop a face before this many steps")
     init_noise: float = Field(1 / 255, ge=0, description="uniform random start; at x' = x most terms have zero gradient")
@@ -122,7 +125,7 @@ _PAPER = Preset(
     chroma_scale=1.0,
     flat_weight=1.0,
     work_face_px=1024,
-    target_margin=None,
+    target=None,
     focus_members=False,
     precision="fp32",
 )
@@ -132,7 +135,7 @@ _DEFAULT = Preset(name="default")
 PRESETS: dict[str, Preset] = {
     "paper": _PAPER,
     "default": _DEFAULT,
-    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target_margin": 0.35, "flip": True}),
+    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target": 1.5, "flip": True}),
 }
 
 

@@ -346,6 +346,7 @@ class DlibResNet(FaceEmbedder):
     input_size = (150, 150)
     embedding_dim = 128
     threshold = THRESHOLD
+    stranger = 0.820
 
     def __init__(self) -> None:
         super().__init__(DLIB_TEMPLATE)

@@ -57,12 +57,14 @@ class FaceNet(FaceEmbedder):
         name: str,
         embedding_dim: int,
         threshold: float,
+        stranger: float,
         standardisation: Literal["prewhiten", "fixed"] = "prewhiten",
     ) -> None:
         super().__init__(FACENET_TEMPLATE)
         self.name = name
         self.embedding_dim = embedding_dim
         self.threshold = threshold
+        self.stranger = stranger
         self._standardise = prewhiten if standardisation == "prewhiten" else fixed_standardisation
         self.net = InceptionResnetV1(pretrained=None, classify=False)
         if embedding_dim != 512:

@@ -17,7 +17,7 @@ from lowkeyd.engine.weights import cached_path, explicit_path
 from lowkeyd.errors import EngineError
 
 # The default attack ensemble: every member can be fetched from the package index.
-ENSEMBLE = ("sface", "facenet_casia", "keras_facenet")
+ENSEMBLE = ("sface", "facenet_casia", "keras_facenet", "dlib")
 
 # name -> (module, loader); imported only when that model is wanted.
 _LOADERS = {
