@@ -114,6 +114,7 @@ class Xmp:
     def __init__(self, root: ET.Element, prefixes: dict[str, str]) -> None:
         self._root = root
         self._prefixes = prefixes  # namespace URI -> prefix as first declared in the file
+        self.person_names: set[str] = set()  # names of people shown, as remove_people() found them
         rdf = root.find(_q(RDF, "RDF"))
         if rdf is None:
             raise ValueError("XMP packet has no rdf:RDF element")
@@ -150,7 +151,9 @@ class Xmp:
         return cls(root, {})
 
     def copy(self) -> Xmp:
-        return Xmp(copy.deepcopy(self._root), dict(self._prefixes))
+        twin = Xmp(copy.deepcopy(self._root), dict(self._prefixes))
+        twin.person_names = set(self.person_names)
+        return twin
 
     def _descriptions(self) -> list[ET.Element]:
         return self._rdf.findall(_q(RDF, "Description"))
@@ -195,6 +198,7 @@ class Xmp:
                 if (item.text or "").strip() in names:
                     self._remove_item(item)
                     removed.append(self._label(ns, local))
+        self.person_names |= names
         return sorted(set(removed))
 
     def remove_embedded_media(self) -> list[str]:
