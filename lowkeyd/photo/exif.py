@@ -76,7 +76,7 @@ class ExifData:
         for quality in qualities:
             thumbnail = _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality) if quality else None
             try:
-                out = _rewrite(self.tiff, strip_gps=strip_gps, thumbnail=thumbnail)
+                out = _rewrite(self.tiff, strip_gps=strip_gps, thumbnail=thumbnail, erase_thumbnail=bool(self.thumbnail_size))
             except (exiv2.Exiv2Error, ValueError):
                 continue  # too large for one segment: try a smaller thumbnail, then none
             # Over 64 KiB libexiv2 quietly leaves out the MakerNote: a smaller thumbnail is better.
@@ -109,7 +109,8 @@ def _label(datum: exiv2.Exifdatum) -> str:
     return datum.tagName()
 
 
-def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None) -> bytes:
+def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thumbnail: bool = True) -> bytes:
+    """The EXIF block rewritten by libexiv2 with ``thumbnail`` (or none, where ``erase_thumbnail``)."""
     try:
         image = exiv2.ImageFactory.open(_carrier(EXIF_HEADER + tiff))
         image.readMetadata()
@@ -129,7 +130,7 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None) -> bytes:
             _blank(datum)
     if thumbnail is not None:
         exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
-    else:
+    elif erase_thumbnail:
         exiv2.ExifThumb(data).erase()
     image.writeMetadata()
     written = bytes(image.io().mmap())
@@ -158,7 +159,7 @@ def _hides_picture(datum: exiv2.Exifdatum) -> bool:
     if datum.groupName() == _THUMBNAIL_GROUP:
         return False
     if datum.sizeDataArea():
-        return True
+        return any(bytes(datum.dataArea().data()))  # blanked already: all zeros
     if datum.typeId() not in (exiv2.TypeId.undefined, exiv2.TypeId.unsignedByte) or datum.size() < 128:
         return False
     return any(True for _ in embedded_jpegs(bytes(datum.value().data())))
