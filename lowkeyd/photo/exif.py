@@ -62,7 +62,7 @@ class ExifData:
         kept = _keys(rewritten)
         lost = sorted({_label(d) for d in data if d.key() not in kept and d.groupName() != _THUMBNAIL_GROUP} - {"XMLPacket"})
         if lost:
-            notes.append(f"EXIF {', '.join(lost)} (unreadable, dropped)")
+            notes.append(f"EXIF {', '.join(lost)} (libexiv2 cannot write it back)")
         has_gps = any(datum.groupName() == "GPSInfo" for datum in data)
         return cls(tiff, _thumbnail_size(data), has_gps, notes, frozenset(kept))
 

@@ -218,7 +218,8 @@ class Xmp:
     def remove_gps(self) -> bool:
         """Remove every GPS property, top-level or inside a structure (exif:GPS*, *:Gps*), and the
         place names (city, state, country, location) that say the same in words."""
-        found = any([self._pop_properties(ns, locals_) for ns, locals_ in _LOCATION_PROPERTIES])
+        places = [self._pop_properties(ns, locals_) for ns, locals_ in _LOCATION_PROPERTIES]
+        found = any(places)
         for element in list(self._rdf.iter()):
             for name in list(element.attrib):
                 if _is_gps(name):
