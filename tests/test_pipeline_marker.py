@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import photo_fixtures as fx
 import pytest
 
-import photo_fixtures as fx
 from lowkeyd.photo import read_photo, write_photo
 from lowkeyd.photo.jpeg import image_data
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def protector_factory():  # noqa: ANN201 - imports torch lazily
+def protector_factory():
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.pipeline import PhotoProtector
 
