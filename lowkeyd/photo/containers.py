@@ -23,6 +23,7 @@ class JpegLayout:
 
     segments: tuple[tuple[int, bytes], ...]  # (marker byte, payload without the length field)
     end: int
+    starts: tuple[int, ...] = ()  # offset of each segment's 0xFF marker byte, in the same order
 
     def app(self, n: int) -> Iterator[bytes]:
         """Payloads of the APPn segments, in file order."""
@@ -42,6 +43,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         raise ValueError("no JPEG start-of-image marker")
     pos = start + 2
     segments: list[tuple[int, bytes]] = []
+    starts: list[int] = []
     while True:
         if pos >= n or data[pos] != 0xFF:
             raise ValueError("JPEG marker expected")
@@ -52,7 +54,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         marker = data[pos]
         pos += 1
         if marker == 0xD9:
-            return JpegLayout(tuple(segments), pos)
+            return JpegLayout(tuple(segments), pos, tuple(starts))
         if marker in _STANDALONE:
             continue
         if pos + 2 > n:
@@ -61,6 +63,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         if length < 2 or pos + length > n:
             raise ValueError("JPEG segment overruns the file")
         segments.append((marker, data[pos + 2 : pos + length]))
+        starts.append(pos - 2)
         pos += length
         if marker == SOS:
             pos = _end_of_entropy_data(data, pos)

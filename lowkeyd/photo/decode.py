@@ -11,6 +11,7 @@ import os
 import stat
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers
+from lowkeyd.photo import containers, jpeg
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
+from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.model import Photo, SourceEncoding
 from lowkeyd.photo.orientation import TO_UPRIGHT
 from lowkeyd.photo.xmp import Xmp
@@ -155,6 +157,11 @@ def _decode(
     has_video = has_video or video_in_xmp
     if has_video:
         dropped.append("the attached motion video")
+    has_location = bool(
+        (exif is not None and exif.has_gps)
+        or (xmp is not None and xmp.copy().remove_gps())
+        or (encoding.photoshop is not None and encoding.photoshop.has_location)
+    )
     return Photo(
         rgb=rgb,
         alpha=alpha,
@@ -170,7 +177,9 @@ def _decode(
         cloak_marker=marker,
         has_motion_video=has_video,
         dropped=tuple(dropped),
+        has_location=has_location,
         source_stat=source_stat,
+        source_bytes=data,
     )
 
 
@@ -234,14 +243,17 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         layout = containers.jpeg_layout(data)
     except ValueError:
         return False, encoding  # Pillow decoded it; the layout only feeds the report below
-    if any(True for _ in layout.app(13)):
-        dropped.append("the Photoshop/IPTC block (APP13; it can hold a thumbnail of the original)")
-    if any(p.startswith(b"http://ns.adobe.com/xmp/extension/") for p in layout.app(1)):
-        dropped.append("extended XMP")
-    if any(True for _ in layout.app(11)):
-        dropped.append("JUMBF/C2PA content credentials (APP11; they vouch for the original pixels)")
-    if any(p.startswith(b"JFXX") for p in layout.app(0)):
-        dropped.append("the JFIF thumbnail")
+    for marker, payload in jpeg.metadata_segments(data, layout):
+        fate = jpeg.segment_fate(marker, payload)
+        if fate == jpeg.PHOTOSHOP:
+            try:
+                encoding = replace(encoding, photoshop=PhotoshopBlock.parse(payload))
+            except ValueError:
+                fate = "the Photoshop/IPTC block (APP13; unreadable)"
+            else:
+                dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
+        if fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
+            dropped.append(fate)
     trailer = data[layout.end :]
     has_video = b"ftyp" in trailer or b"MotionPhoto_Data" in trailer
     if trailer.strip(b"\x00") and image.format != "MPO" and not has_video:

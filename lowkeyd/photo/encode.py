@@ -1,13 +1,14 @@
 """Writing cloaked pixels back in the source's format, with its metadata and lowkeyd's marker.
 
-Only what lowkeyd chose to carry is written: EXIF (new thumbnail, GPS optional), ICC, the
-cleaned XMP and a few format details. MPF images, gain maps, trailing data, motion videos,
-HEIF thumbnails/depth/auxiliary images and any other segment of the source are not.
+A JPEG is the source file itself with its metadata sanitised and only the changed blocks
+re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`). Other formats are
+encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new thumbnail,
+GPS optional), ICC, the cleaned XMP and a few format details. MPF images, gain maps,
+trailing data, motion videos and HEIF thumbnails/depth/auxiliary images are never written.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from collections.abc import Callable
@@ -19,15 +20,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lowkeyd.errors import PhotoError
+from lowkeyd.photo import jpeg, jpegblocks
 from lowkeyd.photo.atomic import atomic_write
 from lowkeyd.photo.formats import LABELS
 from lowkeyd.photo.model import Photo
 from lowkeyd.photo.orientation import TO_STORED
 from lowkeyd.photo.xmp import Xmp
 
-# libjpeg quality the output never goes below: the cloak is a small perturbation that coarser
-# quantisation would wash out. A source encoded finer keeps its own tables.
-JPEG_QUALITY = 92
 WEBP_QUALITY = 95  # lossy WebP sources only; lossless sources stay lossless
 HEIF_QUALITY = 90
 AVIF_QUALITY = 90
@@ -44,13 +43,11 @@ def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marke
     if strip_gps:
         xmp.remove_gps()
     xmp.set_marker(marker)
-    out = io.BytesIO()
     try:
-        exif = (
-            photo.exif.dump(orientation=photo.orientation, strip_gps=strip_gps, thumbnail_of=image)
-            if photo.exif is not None
-            else None
-        )
+        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image) if photo.exif is not None else None
+        if photo.format == "JPEG":
+            return _encode_jpeg(photo, image, exif, xmp, strip_gps=strip_gps)
+        out = io.BytesIO()
         _SAVERS[photo.format](image, out, photo, exif, xmp.to_bytes())
     except (OSError, ValueError) as exc:
         raise PhotoError(f"{photo.name}: cannot encode the {LABELS[photo.format]} output ({exc})") from exc
@@ -61,10 +58,15 @@ def write_photo(
     photo: Photo, rgb: np.ndarray, dest: Path | str, *, strip_gps: bool = True, marker: dict[str, str]
 ) -> Path:
     """Encode like :func:`encode_photo` and write ``dest`` atomically with the source's mtime and mode."""
+    return write_bytes(photo, encode_photo(photo, rgb, strip_gps=strip_gps, marker=marker), dest)
+
+
+def write_bytes(photo: Photo, data: bytes, dest: Path | str) -> Path:
+    """Write ``data`` (encoded from ``photo``) to ``dest`` atomically with the source's mtime and mode."""
     dest = Path(dest)
     if photo.source_path is not None and _same_file(photo.source_path, dest):
         raise PhotoError(f"{dest}: refusing to overwrite the original photo")
-    atomic_write(dest, encode_photo(photo, rgb, strip_gps=strip_gps, marker=marker), like=photo.source_stat)
+    atomic_write(dest, data, like=photo.source_stat)
     return dest
 
 
@@ -98,38 +100,14 @@ def _common(photo: Photo, exif: bytes | None) -> dict[str, Any]:
     return options
 
 
-@functools.cache
-def _reference_qtables() -> tuple[tuple[int, ...], ...]:
-    """libjpeg's tables at JPEG_QUALITY, taken from the encoder itself."""
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(out, format="JPEG", quality=JPEG_QUALITY)
-    with Image.open(out) as im:
-        return tuple(tuple(im.quantization[k]) for k in sorted(im.quantization))
-
-
-def _jpeg_quantisation(photo: Photo) -> dict[str, Any]:
-    source = photo.encoding.jpeg_qtables
-    reference = _reference_qtables()
-    if source and all(sum(t) <= sum(reference[min(i, len(reference) - 1)]) for i, t in enumerate(source)):
-        return {"qtables": [list(t) for t in source]}
-    return {"quality": JPEG_QUALITY}
-
-
-def _save_jpeg(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
-    options = _common(photo, exif) | _jpeg_quantisation(photo)
-    if photo.encoding.dpi:
-        options["dpi"] = photo.encoding.dpi
-    if photo.encoding.comment:
-        options["comment"] = photo.encoding.comment
-    image.save(
-        out,
-        format="JPEG",
-        subsampling="4:4:4",
-        optimize=True,
-        progressive=photo.encoding.progressive,
-        xmp=xmp,
-        **options,
-    )
+def _encode_jpeg(photo: Photo, image: Image.Image, exif: bytes | None, xmp: Xmp, *, strip_gps: bool) -> bytes:
+    """The source file with sanitised metadata; only the blocks holding changed pixels are re-encoded."""
+    before = np.asarray(_stored_image(photo, photo.rgb).convert(image.mode))
+    after = np.asarray(image)
+    picture = jpegblocks.reencode(photo.source_bytes, before, after, progressive=photo.encoding.progressive)
+    block = photo.encoding.photoshop
+    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
+    return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
 
 
 def _save_png(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
@@ -158,7 +136,6 @@ def _save_avif(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | 
 
 
 _SAVERS: dict[str, Callable[[Image.Image, io.BytesIO, Photo, bytes | None, bytes], None]] = {
-    "JPEG": _save_jpeg,
     "PNG": _save_png,
     "WEBP": _save_webp,
     "HEIF": _save_heif,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.xmp import Xmp
 
 
@@ -23,6 +24,7 @@ class SourceEncoding:
     comment: bytes | None = None  # JPEG: COM segment
     png_chunks: tuple[tuple[bytes, bytes], ...] = ()  # PNG ancillary chunks copied verbatim
     nclx_profile: dict | None = None  # HEIF: colour description when given as NCLX, not ICC
+    photoshop: PhotoshopBlock | None = None  # JPEG: the APP13 block with its IPTC record
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +48,15 @@ class Photo:
     cloak_marker: dict[str, str] | None  # lowkeyd's marker fields when lowkeyd wrote this file
     has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
     dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
+    has_location: bool = False  # GPS in EXIF or XMP, or IPTC location fields
     source_stat: os.stat_result | None = field(default=None, repr=False)
+    source_bytes: bytes = field(default=b"", repr=False)  # the file as read: a JPEG output is made from it
+
+    def drops(self, *, strip_gps: bool) -> tuple[str, ...]:
+        """What the output written with ``strip_gps`` leaves out, in words, for messages and reports."""
+        if strip_gps and self.has_location:
+            return ("the GPS position and location fields", *self.dropped)
+        return self.dropped
 
     @property
     def size(self) -> tuple[int, int]:
