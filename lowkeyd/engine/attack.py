@@ -81,7 +81,8 @@ def feature_guard(landmarks: torch.Tensor, size: tuple[int, int], weight: float)
     )
     left, right = landmarks[:, 0], landmarks[:, 1]
     d = (right - left).norm(dim=-1).clamp_min(1.0)[:, None, None]
-    up = torch.stack([(left - right)[:, 1], (right - left)[:, 0]], -1) / d[:, :, 0]  # unit vector towards the brows
+    eye_line = right - left
+    up = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1) / d[:, :, 0]  # unit vector towards the brows (-y)
     guard = torch.zeros(landmarks.shape[0], h, w, device=landmarks.device)
     for centre, ax, ay in ((left + 0.2 * up * d[:, :, 0], 0.36, 0.42), (right + 0.2 * up * d[:, :, 0], 0.36, 0.42),
                            ((left + right) / 2 - 0.05 * up * d[:, :, 0], 0.16, 0.34)):
