@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lowkeyd import __version__
-from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import EngineError, LowkeydError
+from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
 
 if TYPE_CHECKING:

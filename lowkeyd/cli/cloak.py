@@ -9,13 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lowkeyd.cli.options import add_engine_options, parse_overrides
 from lowkeyd.errors import LowkeydError
@@ -84,7 +78,7 @@ def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     return DaemonProtector(client)
 
 
-def _protector(args: argparse.Namespace):
+def _protector(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
     daemon = _daemon(args)
     if daemon is not None:
         return daemon

@@ -142,7 +142,7 @@ class LowKey:
         self.preset = preset
         self.surrogates = Surrogates(self.models, preset.dropout, preset.tap_depth if preset.tap_weight else None)
         # Models sharing a template and input size share one warp per step.
-        key = lambda m: (tuple(m.template.flatten().tolist()), tuple(m.input_size))
+        key = lambda m: (tuple(m.template.flatten().tolist()), tuple(m.input_size))  # noqa: E731
         self._groups = [list(g) for _, g in groupby(sorted(self.models, key=key), key=key)]
         # Each member's target on its own scale: ``target`` of the way from its threshold to a stranger.
         self._targets = {m.name: m.threshold - (preset.target or 0) * (m.threshold - m.stranger) for m in self.models}

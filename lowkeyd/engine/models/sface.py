@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from lowkeyd.engine.models.base import FaceEmbedder
-from lowkeyd.engine.weights import converted_state_dict
 from lowkeyd.errors import WeightsError
+from lowkeyd.engine.weights import converted_state_dict
 
 # ArcFace's 112x112 five-point template, the one OpenCV's FaceRecognizerSF.alignCrop uses.
 ARCFACE_TEMPLATE = torch.tensor(
