@@ -7,6 +7,7 @@ nothing more. Each raises ValueError on a malformed container.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -148,3 +149,26 @@ def bmff_boxes(data: bytes) -> list[bytes]:
         kinds.append(kind)
         pos += size
     return kinds
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC of type and payload."""
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def png_with_image(carrier: bytes, picture: bytes) -> bytes:
+    """``carrier``'s chunks with its header and image data (IHDR, IDAT) replaced by ``picture``'s.
+
+    Lets one encoder code the samples and another write the ancillary chunks around them.
+    """
+    coded = png_chunks(picture)
+    header = [payload for kind, payload in coded if kind == b"IHDR"]
+    data = b"".join(png_chunk(kind, payload) for kind, payload in coded if kind == b"IDAT")
+    out = [PNG_SIGNATURE, png_chunk(b"IHDR", header[0])]
+    for kind, payload in png_chunks(carrier):
+        if kind == b"IDAT":
+            out.append(data)
+            data = b""
+        elif kind != b"IHDR":
+            out.append(png_chunk(kind, payload))
+    return b"".join(out)

@@ -1,11 +1,12 @@
 """A JPEG output as the source's own segments: metadata edited in place, image data reused or patched.
 
 The output is assembled from the source file rather than re-encoded: every marker segment
-lowkeyd has no reason to touch (JFIF with its density, ICC, Adobe, COM, unknown APPn) is
+lowkeyd has no reason to touch (JFIF with its density, ICC, COM, unknown APPn) is
 copied byte for byte and in order; EXIF, XMP and the Photoshop/IPTC block are replaced by
 their sanitised versions; segments that can only leak (thumbnails, MPF images, extended XMP,
-content credentials) are left out; nothing after the EOI is written. The image data (tables,
-frame, scans) is the source's when no pixel changed, or the block-exact re-encoding otherwise.
+content credentials) are left out; nothing after the EOI is written. The image data (Adobe
+colour transform, tables, frame, scans) is the source's when no pixel changed, or the
+block-exact re-encoding otherwise.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def _name(marker: int) -> str:
     return "COM" if marker == _COM else f"APP{marker - 0xE0}"
 
 
-def _is_metadata(marker: int) -> bool:
-    return 0xE0 <= marker <= 0xEF or marker == _COM
+def _is_metadata(marker: int, payload: bytes) -> bool:
+    # Adobe's APP14 says how the scans code colour (YCbCr, CMYK or YCCK): it goes with the picture.
+    adobe = marker == 0xEE and payload.startswith(b"Adobe")
+    return (0xE0 <= marker <= 0xEF or marker == _COM) and not adobe
 
 
 def metadata_segments(data: bytes, layout: JpegLayout | None = None) -> Iterator[tuple[int, bytes]]:
@@ -62,7 +65,7 @@ def metadata_segments(data: bytes, layout: JpegLayout | None = None) -> Iterator
     for marker, payload in layout.segments:
         if marker == SOS:
             return
-        if _is_metadata(marker):
+        if _is_metadata(marker, payload):
             yield marker, payload
 
 
@@ -75,7 +78,7 @@ def image_data(data: bytes) -> bytes:
         if marker == SOS:
             parts.append(data[start : layout.end])
             return b"".join(parts)
-        if not _is_metadata(marker):
+        if not _is_metadata(marker, payload):
             parts.append(data[start : start + 4 + len(payload)])
     raise ValueError("JPEG has no scan")
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.iptc import PhotoshopBlock
+from lowkeyd.photo.samples import Samples
 from lowkeyd.photo.xmp import Xmp
 
 
@@ -25,11 +26,16 @@ class SourceEncoding:
     png_chunks: tuple[tuple[bytes, bytes], ...] = ()  # PNG ancillary chunks copied verbatim
     nclx_profile: dict | None = None  # HEIF: colour description when given as NCLX, not ICC
     photoshop: PhotoshopBlock | None = None  # JPEG: the APP13 block with its IPTC record
+    image_bytes: int | None = None  # HEIF/AVIF/WebP: the file less its EXIF, XMP and ICC, the output's target
+    chroma: int | None = None  # HEIF: chroma subsampling (420, 422, 444), kept by the output
 
 
 @dataclass(frozen=True, eq=False)
 class Photo:
     """A photo ready to cloak: upright 8-bit pixels plus everything needed to write it back.
+
+    ``rgb`` is what the engine cloaks; a source deeper than 8 bits or in CMYK also keeps its
+    own ``samples``, onto which the output carries the cloak's change.
 
     ``rgb`` and ``alpha`` are upright (the EXIF orientation is already applied) and in the
     source's own colour space (see ``icc_profile``); treat them as read-only.
@@ -49,6 +55,7 @@ class Photo:
     has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
     dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
     has_location: bool = False  # GPS in EXIF or XMP, or IPTC location fields
+    samples: Samples | None = None  # the source's own samples when deeper than 8 bits or CMYK
     source_stat: os.stat_result | None = field(default=None, repr=False)
     source_bytes: bytes = field(default=b"", repr=False)  # the file as read: a JPEG output is made from it
 
@@ -57,6 +64,11 @@ class Photo:
         if strip_gps and self.has_location:
             return ("the GPS position and location fields", *self.dropped)
         return self.dropped
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the source, and of the output."""
+        return self.samples.bits if self.samples is not None else 8
 
     @property
     def size(self) -> tuple[int, int]:
