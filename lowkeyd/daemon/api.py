@@ -49,12 +49,14 @@ from lowkeyd.daemon.openapi import openapi_document
 from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.service import FileJob
 from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
+from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import LowkeydError, PhotoError
 from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
 
 if TYPE_CHECKING:
-    from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.engine.transfer import transfer_estimate
+from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
         for face in outcome.faces
     ]
     members = sorted({m for face in outcome.faces if face.status == "cloaked" for m in face.similarity})
+    estimate = transfer_estimate(preset)
     return {
         "status": outcome.status,
         "message": outcome.message,
@@ -112,6 +115,14 @@ def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
             m: all(f.protected_against[m] for f in outcome.faces if f.status == "cloaked") for m in members
         },
         "faces": faces,
+        # Every member above is white-box; what an unseen recogniser does is the holdout bench's estimate.
+        "holdout_estimate": None if estimate is None else {
+            "self_social": round(estimate.self_social, 3),
+            "self_social_worst_fold": round(estimate.self_social_worst, 3),
+            "cross_social": round(estimate.cross_social, 3),
+            "folds": estimate.folds,
+            "faces": estimate.faces,
+        },
     }
 
 
