@@ -226,7 +226,7 @@ class StatusPage:
             return self._refusal(403, "This login link was used already or has expired: run `lowkeyd open` again.")
         # A page, not a redirect: a SameSite=Strict cookie set while arriving from outside is sent with the
         # page's own next navigation, not with a redirect in the same chain.
-        response = self._html("signed_in.html")
+        response = self._html("signed_in.html", next=_back(request.query_params.get("next")))
         response.set_cookie(
             COOKIE, session, max_age=int(SESSION_SECONDS), path="/", httponly=True, samesite="strict"
         )
