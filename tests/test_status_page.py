@@ -32,6 +32,7 @@ from daemon_fixtures import (
     face_photo,
     faceless_photo,
     jpeg_bytes,
+    stop_daemon,
     wait_until,
 )
 from PIL import Image
@@ -164,12 +165,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             )
             yield running
         finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+            stop_daemon(process)
 
 
 def _csrf(page: str) -> str:

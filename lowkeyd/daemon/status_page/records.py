@@ -6,15 +6,13 @@ waits on (or holds up) the daemon's writes.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lowkeyd.daemon.state import FileRecord, Status, connect
+from lowkeyd.daemon.state import FileRecord, StateDB, Status
 
 # The page's status filter: a name in the URL -> the SQL condition on the files table.
 FILTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -42,26 +40,14 @@ class Page:
     total: int
 
 
-class Records:
+class Records(StateDB):
+    """The state database, read-only, with the page's own questions."""
+
     def __init__(self, path: Path) -> None:
-        self._db = connect(path, readonly=True, what="the state database")
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        super().__init__(path, readonly=True)
 
     def _records(self, sql: str, params: tuple[Any, ...] = ()) -> list[FileRecord]:
         return [FileRecord._from_row(row) for row in self._query(sql, params)]
-
-    def get(self, source: str, rel_path: str) -> FileRecord | None:
-        found = self._records("SELECT * FROM files WHERE source = ? AND rel_path = ?", (source, rel_path))
-        return found[0] if found else None
 
     def sources(self) -> list[str]:
         return [row[0] for row in self._query("SELECT DISTINCT source FROM files ORDER BY source")]
