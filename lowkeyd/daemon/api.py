@@ -39,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lowkeyd import __version__
@@ -215,6 +215,7 @@ class LocalApi:
         timeout: float,
         on_published: Callable[[Published], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        extra_routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.worker = worker
         self.outbox = outbox
@@ -224,6 +225,7 @@ class LocalApi:
         self.timeout = timeout
         self.on_published = on_published
         self._status = status
+        self.extra_routes = list(extra_routes)  # the status page's login route
         self.jobs = _JobBook()
         self._seconds_per_photo = _FIRST_GUESS_SECONDS
         self._started = time.time()
@@ -244,6 +246,7 @@ class LocalApi:
                 Route("/v1/jobs/{job_id}", self._get_job, methods=["GET"]),
                 Route("/v1/status", self._get_status, methods=["GET"]),
                 Route("/v1/openapi.json", openapi, methods=["GET"]),
+                *self.extra_routes,
             ],
             exception_handlers={HTTPException: _json_error},
         )

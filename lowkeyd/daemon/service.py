@@ -45,6 +45,7 @@ from lowkeyd.paths import state_dir
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.api_server import ApiServer
+    from lowkeyd.daemon.status_page import StatusPage
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class Daemon:
         self.outbox: Outbox
         self.hook: PublishHook | None = None
         self.api: ApiServer | None = None
+        self.page: StatusPage | None = None
 
     # ---- lifecycle
 
@@ -255,7 +257,9 @@ class Daemon:
         from lowkeyd.daemon.api import JobRoot, LocalApi
         from lowkeyd.daemon.api_server import ApiServer, TcpListener, load_token
         from lowkeyd.daemon.client import default_socket_path
+        from lowkeyd.daemon.status_page import StatusPage
 
+        self.page = StatusPage(state=self.state, worker=self.worker, roots=self._roots, outbox=self.outbox.root)
         local = LocalApi(
             self.worker,
             self.outbox,
@@ -265,9 +269,12 @@ class Daemon:
             timeout=api.timeout,
             on_published=None if self.hook is None else self.hook.published,
             status=self._api_status,
+            extra_routes=self.page.api_routes(),
         )
         tcp = None if api.tcp is None else TcpListener(api.tcp.host, api.tcp.port, load_token(api.tcp.token_file))
-        server = ApiServer(local, socket_path=default_socket_path(), tcp=tcp, max_connections=api.max_connections)
+        server = ApiServer(
+            local, socket_path=default_socket_path(), tcp=tcp, max_connections=api.max_connections, page=self.page
+        )
         server.start()
         return server
 
@@ -434,6 +441,8 @@ class Daemon:
             seconds=outcome.seconds,
             output=written,
         )
+        if self.page is not None:
+            self.page.record(source, rel_path, outcome, self._preset())
         if written is not None:
             self._hand_on(
                 Published(

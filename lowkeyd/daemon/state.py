@@ -325,6 +325,16 @@ class StateDB:
         assert record is not None
         return record
 
+    def retry_now(self, source: str, rel_path: str) -> bool:
+        """A failed file asked for again by its user: due at once, with a fresh set of attempts."""
+        return bool(
+            self._write(
+                "UPDATE files SET status = ?, attempts = 0, next_attempt = ?, updated = ? "
+                "WHERE source = ? AND rel_path = ? AND status = ?",
+                (Status.RETRY.value, time.time(), time.time(), source, rel_path, Status.FAILED.value),
+            )
+        )
+
     def interrupted(self) -> list[FileRecord]:
         """Files left in processing: the daemon died under them."""
         rows = self._query("SELECT * FROM files WHERE status = ?", (Status.PROCESSING.value,))
