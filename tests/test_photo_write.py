@@ -388,3 +388,14 @@ def test_thumbnail_is_made_to_fit_beside_a_big_maker_note(tmp_path: Path) -> Non
     written = piexif.load(segment)
     assert written["Exif"][piexif.ExifIFD.MakerNote] == maker_note
     assert written["thumbnail"] and written["thumbnail"] != exif["thumbnail"]
+
+
+def test_exif_holding_only_gps_is_left_out_when_gps_is_stripped(tmp_path):
+    with Image.open(fx.DATA / "obama3.jpg") as im:
+        image = im.convert("RGB").crop((0, 1300, 600, 1900))
+    gps_only = piexif.dump({"GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N", piexif.GPSIFD.GPSLatitude: ((38, 1), (53, 1), (23, 1))}})
+    source = tmp_path / "gps.jpg"
+    image.save(source, "JPEG", quality=90, exif=gps_only)
+    photo = read_photo(source)
+    out = read_photo(write_photo(photo, photo.rgb, tmp_path / "out.jpg", marker={"preset": "default"}))
+    assert out.exif is None and out.cloak_marker == {"preset": "default"}

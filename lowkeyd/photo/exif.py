@@ -66,13 +66,19 @@ class ExifData:
         has_gps = any(datum.groupName() == "GPSInfo" for datum in data)
         return cls(tiff, _thumbnail_size(data), has_gps, notes, frozenset(kept))
 
-    def dump(self, *, strip_gps: bool, thumbnail_of: Image.Image | None, max_bytes: int = MAX_JPEG_EXIF_BYTES) -> bytes:
-        """The output's EXIF, "Exif\\0\\0" header included.
+    def dump(
+        self, *, strip_gps: bool, thumbnail_of: Image.Image | None, max_bytes: int = MAX_JPEG_EXIF_BYTES
+    ) -> bytes | None:
+        """The output's EXIF, "Exif\\0\\0" header included; None when nothing of it is left to keep.
 
         A thumbnail is rebuilt from ``thumbnail_of`` (the output's stored pixels) when the
         source had one, at a lower JPEG quality or not at all where that is what fits ``max_bytes``.
         """
-        qualities: tuple[int | None, ...] = (90, 75, 50, None) if self.thumbnail_size and thumbnail_of else (None,)
+        wanted = {k for k in self.keys if not (strip_gps and (k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER))}
+        rebuild_thumbnail = bool(self.thumbnail_size and thumbnail_of)
+        if not wanted and not rebuild_thumbnail:
+            return None  # e.g. EXIF that held nothing but the GPS position being stripped
+        qualities: tuple[int | None, ...] = (90, 75, 50, None) if rebuild_thumbnail else (None,)
         for quality in qualities:
             thumbnail = _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality) if quality else None
             try:
@@ -80,7 +86,6 @@ class ExifData:
             except (exiv2.Exiv2Error, ValueError):
                 continue  # too large for one segment: try a smaller thumbnail, then none
             # Over 64 KiB libexiv2 quietly leaves out the MakerNote: a smaller thumbnail is better.
-            wanted = {k for k in self.keys if not (strip_gps and (k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER))}
             if len(out) <= max_bytes and wanted <= _keys(out):
                 return out
         raise ValueError("the EXIF block does not fit in one JPEG segment")
