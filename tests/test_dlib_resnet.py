@@ -70,7 +70,7 @@ def test_matches_dlib_on_its_own_face_chips(model, dlib_net, chips):
 
 def test_zoo_model_is_nhwc_frozen_and_equal_to_the_plain_one(model, chips):
     zoo_model = load_embedder("dlib")
-    assert "dlib" not in ENSEMBLE
+    assert "dlib" in ENSEMBLE  # chosen by the holdout bench: the largest ensemble transfers best
     assert zoo_model.channels_last and not zoo_model.training
     assert all(not p.requires_grad for p in zoo_model.parameters())
     face = _as_input(chips["biden.jpg"])

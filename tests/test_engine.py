@@ -232,7 +232,7 @@ def test_a_member_already_past_its_target_stops_pulling(cloaker):
 
     sface, casia = (next(m for m in cloaker.models if m.name == n) for n in ("sface", "facenet_casia"))
     satisfied = copy.copy(sface)
-    satisfied.threshold = 2.0  # every cosine is past this target from the first look on
+    satisfied.threshold = satisfied.stranger = 2.0  # every cosine is past this target from the first look on
     rgb = load_rgb("astronaut.png")
     crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
     args = (crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])

@@ -70,7 +70,7 @@ def test_the_tap_term_has_a_finite_gradient_that_starts_at_zero_distance(sface):
         attack._embeddings(noisy, batch.landmarks, None)
         moved = attack._tap_distance(attack.surrogates.taps["sface"], batch.taps["sface"], idx)
         (grad,) = torch.autograd.grad(moved.sum(), x)
-    assert float(moved) > 1e-4
+    assert float(moved.detach()) > 1e-4
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
