@@ -1,9 +1,11 @@
 """The face recognisers lowkeyd can attack with, by name.
 
 dlib's ResNet is here as a torch port (:mod:`lowkeyd.engine.models.dlib_resnet`),
-so it can be attacked and used in holdout folds; whether it joins the default
-:data:`ENSEMBLE` is decided by the holdout bench. dlib's own runtime remains the
-verifier (:mod:`lowkeyd.engine.verifier`).
+so it can be attacked and used in holdout folds. It is in the default
+:data:`ENSEMBLE`: the largest ensemble transfers best, and with it a
+per-photo check has no independent recogniser left, which is why cloaks are
+reported with the holdout bench's estimate (:mod:`lowkeyd.engine.transfer`).
+dlib's own runtime (:mod:`lowkeyd.engine.verifier`) still judges dlib's verdict.
 """
 
 from __future__ import annotations
