@@ -69,13 +69,18 @@ class PhotoProtector:
             raise result
         return result
 
-    def protect_files(self, jobs: Sequence[tuple[Path, Path]]) -> list[Outcome | LowkeydError]:
-        """Protect several photos, their faces sharing the engine's batches; one failure spoils no other."""
+    def protect_files(
+        self, jobs: Sequence[tuple[Path, Path]], *, follow_symlinks: bool = True
+    ) -> list[Outcome | LowkeydError]:
+        """Protect several photos, their faces sharing the engine's batches; one failure spoils no other.
+
+        ``follow_symlinks`` False refuses a source that is a symbolic link (the daemon hands resolved paths).
+        """
         start = time.perf_counter()
         photos: list[Photo | LowkeydError] = []
         for src, _ in jobs:
             try:
-                photos.append(read_photo(Path(src), max_pixels=self.max_pixels))
+                photos.append(read_photo(Path(src), max_pixels=self.max_pixels, follow_symlinks=follow_symlinks))
             except LowkeydError as exc:
                 photos.append(exc)
         cloaked = self._cloak([p for p in photos if isinstance(p, Photo) and p.cloak_marker is None])

@@ -365,3 +365,31 @@ def test_corrupt_and_faceless_photos_follow_policy_and_show_in_status(start_daem
     assert (row["outcome"], row["output"]) == ("no_face", None)
     assert outbox_files(out) == {"cam/empty.jpg"}
     assert daemon.stop() == 0
+
+
+def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_nothing_up(start_daemon, env: Path) -> None:
+    src, out = env / "src", env / "out"
+    (env / "private").mkdir()
+    (env / "private" / "secret.jpg").write_bytes(faceless_photo(gps=False))
+    # Already there at the start-up scan, where a hang would repeat at every restart.
+    os.mkfifo(src / "fifo.jpg")
+    (src / "devzero.jpg").symlink_to("/dev/zero")
+    daemon = start_daemon(watch={"settle_seconds": 1, "rescan_interval": 2})
+    # Written by a "sync peer" while it runs.
+    (src / "innocent.jpg").symlink_to(env / "private" / "secret.jpg")
+    os.mkfifo(src / "fifo2.jpg")
+    (src / "later.jpg").write_bytes(faceless_photo(gps=True))
+    refused = ("fifo.jpg", "devzero.jpg", "innocent.jpg", "fifo2.jpg")
+    daemon.wait_for(lambda: rows().get("later.jpg", {}).get("status") == "done", 60, "later.jpg published")
+    daemon.wait_for(lambda: set(refused) <= set(rows()), 30, "the refused files recorded")
+    daemon.wait_for(lambda: daemon.log().count("scan found") >= 3, 60, "two more rescans")
+
+    assert outbox_files(out) == {"cam/later.jpg"}, "nothing but the real photo is published"
+    state = rows()
+    for name, why in zip(refused, ("a FIFO", "outside the watched folder", "outside the watched folder", "a FIFO")):
+        assert state[name]["status"] == "failed" and why in state[name]["error"], name
+        assert daemon.log().count(f"service: cam/{name}:") == 1, f"{name} reported once, not at every rescan"
+    assert status_report()["running"], "the heartbeat went on"
+    stopping = time.monotonic()
+    assert daemon.stop(timeout=30) == 0
+    assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"

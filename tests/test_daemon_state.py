@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lowkeyd.cli import main
+from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.outbox import STAGING_NAME, Outbox
 from lowkeyd.daemon.service import single_instance
-from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status, content_hash
+from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status
 
 DATA = Path(__file__).parent / "data"
 

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from lowkeyd.daemon import systemd
+from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
 from lowkeyd.daemon.notify import Notifier
@@ -36,7 +37,6 @@ from lowkeyd.daemon.state import (
     FileRecord,
     StateDB,
     Status,
-    content_hash,
 )
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
 from lowkeyd.daemon.worker import Job, QueueFull, Worker, lower_priority
@@ -103,7 +103,8 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
         for job in jobs:
             if job.on_start is not None:
                 job.on_start()
-        return list(resource.protect_files([(job.src, job.staged) for job in jobs]))
+        # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
+        return list(resource.protect_files([(job.src, job.staged) for job in jobs], follow_symlinks=False))
 
 
 @dataclass
@@ -136,7 +137,7 @@ class Daemon:
         self.worker: Worker[PhotoProtector] = Worker(
             lambda: load_protector(config), queue_size=config.work.queue_size, batch_size=config.work.batch_size
         )
-        self.settling = Settling(config.watch.settle_seconds)
+        self.settling = Settling(config.watch.settle_seconds, {s.name: s.path for s in config.sources})
         self.notifier = Notifier(
             enabled=config.notifications.enabled, error_interval=config.notifications.error_interval
         )
@@ -320,21 +321,27 @@ class Daemon:
         if (source, rel_path) in self._in_flight:
             return  # a change while it is being cloaked is caught when it finishes
         try:
-            key = FileKey.of(path)
+            real, key = inspect(path, self._roots[source])
             record = self.state.get(source, rel_path)
             # A due retry is taken; any other look at a file waiting for its retry is not.
             if record and record.key == key and record.status in (FINISHED if retry else SETTLED):
                 return
-            sha256 = content_hash(path)
+            sha256 = content_hash(real)
         except FileNotFoundError:
             self.state.forget(source, rel_path)
+            return
+        except Refused as exc:
+            self._refuse(source, rel_path, path, str(exc))
+            return
+        except OSError as exc:  # e.g. replaced by a link since it was inspected: looked at again on its next event
+            log.warning("%s/%s: cannot read (%s)", source, rel_path, exc.strerror or exc)
             return
         dest = self.outbox.destination(source, rel)
         earlier = self.state.finished_with_hash(sha256)
         if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
             return
         self.state.mark_queued(source, rel_path, key, sha256)
-        job = FileJob(path, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+        job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
         pending = _Pending(source, rel_path, key, dest, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
@@ -346,6 +353,18 @@ class Daemon:
             self.state.release(source, rel_path)
             return
         future.add_done_callback(lambda f: self._finish(pending, f))
+
+    def _refuse(self, source: str, rel_path: str, path: Path, reason: str) -> None:
+        """Record and report, once, a file that will not be read (see :mod:`~lowkeyd.daemon.candidate`)."""
+        try:
+            key = FileKey.of(path)  # of what it leads to, as the scanner sees it: unchanged, it is not reported again
+        except OSError:
+            return  # a dangling link: nothing to read, nothing to say
+        if self.state.is_settled(source, rel_path, key):
+            return
+        self.state.mark_refused(source, rel_path, key, reason)
+        log.warning("%s/%s: %s", source, rel_path, reason)
+        self.notifier.photo_failed(f"{source}/{rel_path}", reason)
 
     def _reuse(self, earlier: FileRecord, source: str, rel_path: str, key: FileKey, sha256: str, dest: Path) -> bool:
         """Finish this file with an earlier result for the same content; False when there is none to reuse."""

@@ -11,7 +11,6 @@ file is marked failed, which is reported and never published.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import sqlite3
 import threading
@@ -91,11 +90,6 @@ class FileKey:
     def of(cls, path: Path) -> FileKey:
         st = path.stat()
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def content_hash(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -324,6 +318,14 @@ class StateDB:
         record = self.get(source, rel_path)
         assert record is not None
         return record
+
+    def mark_refused(self, source: str, rel_path: str, key: FileKey, reason: str) -> None:
+        """A file lowkeyd will not read (a link out of its folder, a FIFO): failed at once, never published."""
+        self._write(
+            """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, error, updated)
+               VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)""",
+            (source, rel_path, key.size, key.mtime_ns, key.inode, Status.FAILED.value, reason, time.time()),
+        )
 
     def interrupted(self) -> list[FileRecord]:
         """Files left in processing: the daemon died under them."""

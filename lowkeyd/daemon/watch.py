@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +32,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from lowkeyd.daemon.candidate import Refused, inspect, is_complete
 from lowkeyd.daemon.config import SourceConfig, is_within
 from lowkeyd.daemon.ignore import SourceFilter, is_ignored_folder
 from lowkeyd.daemon.state import FileKey
-from lowkeyd.errors import PhotoError
-from lowkeyd.photo import read_photo
 
 log = logging.getLogger(__name__)
 
-# A file that holds still but does not decode is waiting for the rest of its bytes, until it has
+# A file that holds still but is not a complete photo is waiting for the rest of its bytes, until it has
 # held still this many settle periods: then it is taken anyway, so its failure is recorded and reported.
 UNDECODABLE_PERIODS = 10
 
@@ -82,15 +81,6 @@ def inotify_limit_message(path: Path, exc: OSError) -> str | None:
         f"`echo {sysctl}=524288 | sudo tee /etc/sysctl.d/90-lowkeyd.conf && sudo sysctl --system`; "
         "until then this folder is polled, which is slower and costs more CPU"
     )
-
-
-def photo_decodes(path: Path) -> bool:
-    """The photo layer can read ``path`` to its end (a file still being written cannot)."""
-    try:
-        read_photo(path)
-    except PhotoError:
-        return False
-    return True
 
 
 class _SourceEvents(FileSystemEventHandler):
@@ -168,10 +158,14 @@ class _Waiting:
 
 
 class Settling:
-    """Paths waiting to hold still; safe to feed from watcher threads."""
+    """Paths waiting to hold still; safe to feed from watcher threads.
 
-    def __init__(self, settle_seconds: float) -> None:
+    ``roots`` maps each source's name to its folder: what lies outside (through a link) is not looked into.
+    """
+
+    def __init__(self, settle_seconds: float, roots: Mapping[str, Path]) -> None:
         self._settle = settle_seconds
+        self._roots = dict(roots)
         self._lock = threading.Lock()
         self._waiting: dict[Path, _Waiting] = {}
 
@@ -190,13 +184,15 @@ class Settling:
                 waiting.next_look = min(waiting.next_look, now)
 
     def take(self, now: float | None = None, limit: int | None = None) -> list[tuple[str, Path]]:
-        """At most ``limit`` paths that have held still for the settle time and decode (or never will).
+        """At most ``limit`` paths that have held still for the settle time and are complete (or never will be).
 
-        They leave the waiting list; the others stay.
+        They leave the waiting list; the others stay. A path that is not a regular file in its source
+        (a FIFO, a device, a link out of the source) is handed out at once, for the caller to refuse:
+        it is never opened here.
         """
         now = time.monotonic() if now is None else now
         ready = []
-        # Held throughout (decoding included), so a watcher's add() cannot interleave with a decision.
+        # Held throughout (reading included), so a watcher's add() cannot interleave with a decision.
         with self._lock:
             for path, waiting in list(self._waiting.items()):
                 if limit is not None and len(ready) >= limit:
@@ -204,15 +200,19 @@ class Settling:
                 if waiting.next_look > now:
                     continue
                 try:
-                    key = FileKey.of(path)
+                    real, key = inspect(path, self._roots[waiting.source])
                 except FileNotFoundError:  # renamed or deleted while settling: a new name has its own event
                     del self._waiting[path]
+                    continue
+                except (Refused, OSError):
+                    del self._waiting[path]
+                    ready.append((waiting.source, path))
                     continue
                 if key != waiting.key:
                     waiting.key, waiting.still_since, waiting.next_look = key, now, now + self._settle
                 elif now - waiting.still_since < self._settle:
                     waiting.next_look = waiting.still_since + self._settle
-                elif photo_decodes(path) or now - waiting.still_since >= UNDECODABLE_PERIODS * max(self._settle, 1.0):
+                elif is_complete(real) or now - waiting.still_since >= UNDECODABLE_PERIODS * max(self._settle, 1.0):
                     del self._waiting[path]
                     ready.append((waiting.source, path))
                 else:
