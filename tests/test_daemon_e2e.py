@@ -393,3 +393,41 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
     stopping = time.monotonic()
     assert daemon.stop(timeout=30) == 0
     assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"
+
+
+@pytest.fixture
+def small_disk(env: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs of its own (root only); the test is skipped where it cannot be mounted."""
+    vol = env / "vol"
+    vol.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(vol)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small file system of its own; cannot mount a tmpfs: {mounted.stderr.strip()}")
+    yield vol
+    subprocess.run(["umount", "-l", str(vol)], check=False)
+
+
+def test_a_full_outbox_pauses_publishing_and_loses_no_photo(start_daemon, env: Path, small_disk: Path) -> None:
+    src, out, staging = env / "src", small_disk / "out", small_disk / ".lowkeyd-staging"
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(1400 * 1024))  # leaves room for about two of the five photos
+    daemon = start_daemon(outbox=str(out))
+    assert staging.is_dir(), "staging is on the outbox's file system, beside the outbox, not in it"
+    names = [f"p{i}.jpg" for i in range(5)]
+    for i, name in enumerate(names):
+        (src / name).write_bytes(faceless_photo(gps=False, variant=i))
+    daemon.wait_for(lambda: "publishing paused" in daemon.log(), 120, "publishing paused")
+    daemon.wait_for(lambda: daemon.process.poll() is None and len(rows()) == 5, 60, "all five seen")
+    assert not any(row["status"] == "failed" for row in rows().values()), "a full disk fails no photo"
+    daemon.wait_for(lambda: "publishing paused" in status_report()["daemon"]["status"], 30, "status saying so")
+
+    filler.unlink()
+    daemon.wait_for(lambda: done_count() == 5, 120, "all five published once there is room")
+    assert outbox_files(out) == {f"cam/{name}" for name in names}
+    for name, row in rows().items():
+        assert (row["attempts"], row["error"]) == (0, None), name
+    log = daemon.log()
+    assert log.count("WARNING lowkeyd.daemon.service: publishing paused") == 1, "said once"
+    assert "publishing resumed" in log
+    assert list(staging.iterdir()) == []
+    assert daemon.stop() == 0

@@ -15,7 +15,7 @@ import pytest
 
 from lowkeyd.cli import main
 from lowkeyd.daemon.candidate import content_hash
-from lowkeyd.daemon.outbox import STAGING_NAME, Outbox
+from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.service import single_instance
 from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status
 
@@ -163,16 +163,24 @@ def test_what_a_crash_left_in_staging_is_cleared(state_dir: Path, tmp_path: Path
     assert list(outbox.staging.iterdir()) == []
 
 
-def test_staging_moves_into_the_outbox_across_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staging_stays_on_the_outbox_file_system_and_out_of_the_synced_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs a second file system (/dev/shm)")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
         monkeypatch.setenv("LOWKEYD_STATE_DIR", other)
         outbox = Outbox(tmp_path / "out")
-        assert outbox.staging == tmp_path / "out" / STAGING_NAME
+        assert outbox.staging == tmp_path / STAGING_NAME, "beside the outbox, on its file system"
         staged = outbox.stage(outbox.destination("cam", Path("a.jpg")))
         staged.write_bytes(b"x")
         assert outbox.publish(staged, outbox.destination("cam", Path("a.jpg"))).read_bytes() == b"x"
+        assert outbox.unavailable() is None
+        os.rename(tmp_path / "out", tmp_path / "gone")
+        assert "missing" in (outbox.unavailable() or "")
+        with pytest.raises(OutboxUnavailable):
+            outbox.stage(outbox.destination("cam", Path("b.jpg")))
+        assert not (tmp_path / "out").exists(), "a missing outbox is never made again by publishing"
 
 
 def test_status_command_reports_counts_queue_and_errors(

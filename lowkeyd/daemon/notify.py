@@ -90,6 +90,10 @@ class Notifier:
             self._show(title, message)
         return [message for _, _, message in due]
 
+    def alert(self, title: str, message: str) -> None:
+        """Show ``message`` now, ungrouped (the caller shows it once per occurrence); the log has it already."""
+        self._show(title, message)
+
     @staticmethod
     def _burst_message(tally: _Tally) -> str:
         parts = []

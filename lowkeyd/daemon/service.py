@@ -29,7 +29,8 @@ from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
 from lowkeyd.daemon.notify import Notifier
-from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.outbox import Outbox, transient_cause
+from lowkeyd.daemon.pause import PublishPause
 from lowkeyd.daemon.state import (
     FINISHED,
     SETTLED,
@@ -45,12 +46,15 @@ from lowkeyd.paths import state_dir
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.api_server import ApiServer
+    from lowkeyd.daemon.pause import Cause
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
+# While publishing is paused, how often the outbox is looked at again.
+PAUSE_CHECK_SECONDS = 2.0
 # A hook still running this long after a stop is killed; it is run again on the next start.
 HOOK_STOP_GRACE = 2.0
 
@@ -148,6 +152,7 @@ class Daemon:
         self._stopping = False
         self._roots = {source.name: source.path for source in config.sources}
         self._in_flight: dict[tuple[str, str], _Pending] = {}
+        self._pause = PublishPause()
         self._started = time.time()
         self.state: StateDB
         self.outbox: Outbox
@@ -205,14 +210,20 @@ class Daemon:
 
     def _loop(self) -> None:
         watchdog = systemd.watchdog_interval()
-        last_ping = last_beat = 0.0
+        last_ping = last_beat = last_pause_check = 0.0
         while not self._stop.wait(TICK_SECONDS):
-            # Only as many as the queue has room for: the rest keep waiting (and are not decoded again yet).
-            for source, path in self.settling.take(limit=self.worker.room()):
-                self._consider(source, path)
-            for record in self.state.due_retries():
-                if record.source in self._roots and self.worker.room():
-                    self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+            if self._pause.reason is not None:
+                # New photos keep settling; nothing is taken until the outbox can take it.
+                if time.monotonic() - last_pause_check >= PAUSE_CHECK_SECONDS:
+                    last_pause_check = time.monotonic()
+                    self._maybe_resume()
+            else:
+                # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
+                for source, path in self.settling.take(limit=self.worker.room()):
+                    self._consider(source, path)
+                for record in self.state.due_retries():
+                    if record.source in self._roots and self.worker.room():
+                        self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
             self.notifier.flush(idle=self.worker.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
             if watchdog and now - last_ping >= watchdog:
@@ -285,6 +296,8 @@ class Daemon:
     def _status_line(self) -> str:
         counts = self.state.counts()
         parts = [f"{counts.get(Status.DONE.value, 0)} done"]
+        if (paused := self._pause.reason) is not None:
+            parts.insert(0, f"publishing paused ({paused})")
         if busy := self.worker.busy:
             parts.append(f"{busy} in the queue")
         if waiting := len(self.settling):
@@ -337,11 +350,17 @@ class Daemon:
             log.warning("%s/%s: cannot read (%s)", source, rel_path, exc.strerror or exc)
             return
         dest = self.outbox.destination(source, rel)
-        earlier = self.state.finished_with_hash(sha256)
-        if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
+        try:
+            earlier = self.state.finished_with_hash(sha256)
+            if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
+                return
+            self.state.mark_queued(source, rel_path, key, sha256)
+            job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+        except (OSError, LowkeydError) as exc:
+            if (cause := transient_cause(exc)) is None:
+                raise
+            self._hold(source, rel_path, path, key.size, cause, exc)
             return
-        self.state.mark_queued(source, rel_path, key, sha256)
-        job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
         pending = _Pending(source, rel_path, key, dest, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
@@ -423,6 +442,9 @@ class Daemon:
         error = future.exception()
         if error is not None:
             self.outbox.discard(job.staged)
+            if (cause := transient_cause(error)) is not None:
+                self._hold(source, rel_path, job.src, pending.key.size, cause, error)
+                return None
             if not isinstance(error, LowkeydError):
                 log.error("%s/%s: unexpected error", source, rel_path, exc_info=error)
             self._record_failure(source, rel_path, str(error) or type(error).__name__)
@@ -440,9 +462,17 @@ class Daemon:
             return None
         outcome = future.result()
         written = None
-        if outcome.written is not None:
-            written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
-        else:
+        try:
+            if outcome.written is not None:
+                written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
+        except (OSError, LowkeydError) as exc:
+            self.outbox.discard(job.staged)
+            if (cause := transient_cause(exc)) is not None:
+                self._hold(source, rel_path, job.src, pending.key.size, cause, exc)
+            else:
+                self._record_failure(source, rel_path, f"cannot publish: {exc}")
+            return None
+        if written is None:
             self.outbox.discard(job.staged)
         self.state.mark_done(
             source,
@@ -466,6 +496,22 @@ class Daemon:
         """Queue the publish hook for a photo just published; it never holds up cloaking."""
         if self.hook is not None:
             self.hook.published(photo)
+
+    def _hold(self, source: str, rel_path: str, path: Path, size: int, cause: Cause, error: BaseException) -> None:
+        """Put a photo back, no attempt counted, and pause publishing: the outbox, not the photo, is at fault."""
+        self.state.release(source, rel_path)
+        self.settling.add(source, path)
+        reason = {"space": "the outbox's disk is full", "missing": str(error)}.get(cause) or f"cannot write: {error}"
+        # Twice the source's size: a re-encoded photo can come out larger than it went in.
+        if self._pause.hold(reason, cause=cause, free=self.outbox.free_bytes(), needed=2 * size):
+            message = f"publishing paused, no photo is lost: {reason}; it goes on by itself once that is fixed"
+            log.warning("%s", message)
+            self.notifier.alert("lowkeyd: publishing paused", message)
+
+    def _maybe_resume(self) -> None:
+        if self._pause.may_resume(unavailable=self.outbox.unavailable() is not None, free=self.outbox.free_bytes()):
+            log.info("publishing resumed (%s no more)", self._pause.reason)
+            self._pause.resume()
 
     def _record_failure(self, source: str, rel_path: str, error: str) -> None:
         retry = self.config.retry

@@ -7,7 +7,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from lowkeyd.errors import PhotoError
+from lowkeyd.errors import WriteError
 
 TEMP_SUFFIX = ".lowkeyd-tmp"
 
@@ -27,7 +27,7 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
         # O_EXCL: never follow or reuse something already there; 0o666 lets the umask decide.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
-        raise PhotoError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})", exc.errno) from exc
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -40,7 +40,7 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise PhotoError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+            raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})", exc.errno) from exc
         raise
     fsync_directory(dest.parent)
 
