@@ -8,6 +8,7 @@ daemon process a test starts is killed in teardown.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import yaml
 
 from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 from lowkeyd.cli.daemon import status_report
+from lowkeyd.daemon.memory import BYTES_PER_PIXEL
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import read_photo
 
@@ -430,4 +432,47 @@ def test_a_full_outbox_pauses_publishing_and_loses_no_photo(start_daemon, env: P
     assert log.count("WARNING lowkeyd.daemon.service: publishing paused") == 1, "said once"
     assert "publishing resumed" in log
     assert list(staging.iterdir()) == []
+    assert daemon.stop() == 0
+
+
+def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_daemon, env: Path, evaluator) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon(attack={**FAST_ATTACK, "steps": 40})  # a face that takes a while
+    face = face_photo(4)
+    (src / "face.jpg").write_bytes(face)
+    (src / "empty.jpg").write_bytes(faceless_photo(gps=False))
+    daemon.wait_for(lambda: rows().get("empty.jpg", {}).get("status") == "done", 120, "empty.jpg published")
+    assert rows()["face.jpg"]["status"] != "done" and outbox_files(out) == {"cam/empty.jpg"}, "it went first"
+    daemon.wait_for(lambda: rows()["face.jpg"]["status"] == "done", 10 * PHOTO_SECONDS, "face.jpg published")
+    assert_protected(evaluator, face, out / "cam" / "face.jpg")
+    assert daemon.stop() == 0
+
+
+def _peak_rss(pid: int) -> tuple[int, int]:
+    """(resident now, peak resident) of a process, in bytes."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return (int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024)
+
+
+def test_a_100_megapixel_photo_is_decoded_once_within_a_memory_bound(start_daemon, env: Path) -> None:
+    from PIL import Image
+
+    src, out = env / "src", env / "out"
+    with Image.open(io.BytesIO(faceless_photo(gps=False))) as small:
+        big = small.resize((11600, 8621), Image.Resampling.BILINEAR)  # 100 MP, still without a face
+    big.save(env / "big.png", compress_level=1)
+    del big
+    daemon = start_daemon()
+    ready_rss, _ = _peak_rss(daemon.process.pid)
+    os.rename(env / "big.png", src / "big.png")
+    daemon.wait_for(lambda: rows().get("big.png", {}).get("status") in ("done", "failed"), 20 * PHOTO_SECONDS, "big.png")
+    assert rows()["big.png"]["status"] == "done", rows()["big.png"]["error"]
+    assert outbox_files(out) == {"cam/big.png"}
+    daemon.wait_for(
+        lambda: _peak_rss(daemon.process.pid)[0] - ready_rss < 0.5 * 2**30, 30, "the photo's memory given back"
+    )
+    after, peak = _peak_rss(daemon.process.pid)
+    print(f"RSS at ready {ready_rss / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, after {after / 2**30:.2f} GiB")
+    # 100 MP of 8-bit RGB is 0.3 GB: the bound is what the daemon's pixel limit assumes per pixel.
+    assert peak - ready_rss < 100e6 * BYTES_PER_PIXEL
     assert daemon.stop() == 0

@@ -122,6 +122,9 @@ class WorkConfig(_Section):
     queue_size: int = Field(default=32, ge=1)
     # Photos handed to the engine together when a burst arrives.
     batch_size: int = Field(default=8, ge=1)
+    # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: what half the
+    # memory available after loading the models allows (at most 120).
+    max_megapixels: float | None = Field(default=None, gt=0)
     # torch CPU threads; unset leaves torch's own choice.
     threads: int | None = Field(default=None, ge=1)
     # Added to the process's nice value so the desktop stays responsive (0 leaves it as is).

@@ -28,6 +28,7 @@ from lowkeyd.daemon import systemd
 from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
+from lowkeyd.daemon.memory import pixel_limit, release_free_memory
 from lowkeyd.daemon.notify import Notifier
 from lowkeyd.daemon.outbox import Outbox, transient_cause
 from lowkeyd.daemon.pause import PublishPause
@@ -40,9 +41,10 @@ from lowkeyd.daemon.state import (
     Status,
 )
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, lower_priority
+from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import state_dir
+from lowkeyd.photo import Photo
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.api_server import ApiServer
@@ -89,12 +91,14 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
     """Cloak one source file into a staging path (publishing is the caller's, once it is complete).
 
     A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
-    faces of several photos share the engine's batches.
+    faces of several photos share the engine's batches. ``photo``, when the
+    fast lane has already decoded the file, is used instead of reading it again.
     """
 
     src: Path
     staged: Path
     on_start: Callable[[], None] | None = None
+    photo: Photo | None = None
 
     def run(self, resource: PhotoProtector) -> Outcome:
         result = self.run_batch(resource, [self])[0]
@@ -104,11 +108,30 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
 
     @classmethod
     def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        sources: list[Path | Photo] = []
         for job in jobs:
             if job.on_start is not None:
                 job.on_start()
+            sources.append(job.photo or job.src)
+            job.photo = None  # the pixels live as long as this batch, not as long as the job
         # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
-        return list(resource.protect_files([(job.src, job.staged) for job in jobs], follow_symlinks=False))
+        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs])), follow_symlinks=False))
+
+
+@dataclass
+class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
+    """The fast lane: read a watched photo once and publish it at once when it needs no attack.
+
+    Returns the outcome, or the decoded photo when it has a face to cloak (for a :class:`FileJob`).
+    """
+
+    job: FileJob
+
+    def run(self, resource: PhotoProtector) -> Outcome | Photo:
+        if self.job.on_start is not None:
+            self.job.on_start()
+        photo = resource.read(self.job.src, follow_symlinks=False)
+        return resource.protect_without_attack(photo, self.job.staged) or photo
 
 
 @dataclass
@@ -120,6 +143,7 @@ class _Pending:
     key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
     dest: Path
     job: FileJob
+    pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._pass_on)
 
 
 def load_protector(config: DaemonConfig) -> PhotoProtector:
@@ -131,8 +155,12 @@ def load_protector(config: DaemonConfig) -> PhotoProtector:
     cloaker = Cloaker(config.preset, config.device, **config.attack)
     if config.work.threads is not None and cloaker.device.type == "cpu":
         set_cpu_threads(config.work.threads)
-    log.info("models loaded on %s (preset %s)", cloaker.device, cloaker.preset.name)
-    return PhotoProtector(cloaker, strip_gps=config.strip_gps, no_face=config.no_face)
+    max_pixels = pixel_limit(config.work.max_megapixels)
+    log.info(
+        "models loaded on %s (preset %s); photos up to %.0f megapixels",
+        cloaker.device, cloaker.preset.name, max_pixels / 1e6,
+    )
+    return PhotoProtector(cloaker, strip_gps=config.strip_gps, no_face=config.no_face, max_pixels=max_pixels)
 
 
 class Daemon:
@@ -141,6 +169,12 @@ class Daemon:
         self.worker: Worker[PhotoProtector] = Worker(
             lambda: load_protector(config), queue_size=config.work.queue_size, batch_size=config.work.batch_size
         )
+        # The fast lane, on the same resident models: each watched photo is read here once; one that needs
+        # no attack is published at once, one with a face is passed on, pixels and all, to the worker.
+        self.fast: Worker[PhotoProtector] = Worker(
+            lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
+        )
+        self._queued_pixels = 0  # decoded pixels waiting in the worker's queue (under _publishing)
         self.settling = Settling(config.watch.settle_seconds, {s.name: s.path for s in config.sources})
         self.notifier = Notifier(
             enabled=config.notifications.enabled, error_interval=config.notifications.error_interval
@@ -192,6 +226,7 @@ class Daemon:
         self.worker.start()
         if self._stop.is_set():
             return 0
+        self.fast.start()
         self.hook = self._start_hook()
         self.api = self._start_api()
         watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()])
@@ -219,12 +254,14 @@ class Daemon:
                     self._maybe_resume()
             else:
                 # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
-                for source, path in self.settling.take(limit=self.worker.room()):
+                # Every photo the fast lane passes on must find room in the worker's queue.
+                room = min(self.fast.room(), self.worker.room() - self.fast.busy)
+                for source, path in self.settling.take(limit=max(0, room)):
                     self._consider(source, path)
                 for record in self.state.due_retries():
                     if record.source in self._roots and self.worker.room():
                         self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
-            self.notifier.flush(idle=self.worker.busy == 0 and len(self.settling) == 0)
+            self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
             if watchdog and now - last_ping >= watchdog:
                 systemd.notify("WATCHDOG=1")
@@ -238,6 +275,7 @@ class Daemon:
     def _shutdown(self) -> None:
         if self.api is not None:
             self.api.stop()
+        self.fast.stop(timeout=self.config.work.stop_grace)
         self.worker.stop(timeout=self.config.work.stop_grace)
         with self._publishing:
             self._stopping = True
@@ -298,7 +336,7 @@ class Daemon:
         parts = [f"{counts.get(Status.DONE.value, 0)} done"]
         if (paused := self._pause.reason) is not None:
             parts.insert(0, f"publishing paused ({paused})")
-        if busy := self.worker.busy:
+        if busy := self.worker.busy + self.fast.busy:
             parts.append(f"{busy} in the queue")
         if waiting := len(self.settling):
             parts.append(f"{waiting} settling")
@@ -365,13 +403,13 @@ class Daemon:
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
         try:
-            future = self.worker.submit(job)
-        except QueueFull:  # only the API fills the queue behind our back; the retry or the next event brings it back
+            future = self.fast.submit(TriageJob(job))
+        except QueueFull:  # the intake is sized to the queue's room: only a race brings this; the next event brings it back
             del self._in_flight[(source, rel_path)]
             self.outbox.discard(job.staged)
             self.state.release(source, rel_path)
             return
-        future.add_done_callback(lambda f: self._finish(pending, f))
+        future.add_done_callback(lambda f: self._triaged(pending, f))
 
     def _refuse(self, source: str, rel_path: str, path: Path, reason: str) -> None:
         """Record and report, once, a file that will not be read (see :mod:`~lowkeyd.daemon.candidate`)."""
@@ -417,10 +455,39 @@ class Daemon:
                 )
         return True
 
-    # ---- finishing (in the worker thread)
+    # ---- finishing (in the worker threads)
+
+    def _triaged(self, pending: _Pending, future: Future[Outcome | Photo]) -> None:
+        """The fast lane is done with a photo: finished there, or passed on to be cloaked."""
+        photo = None if future.cancelled() or future.exception() is not None else future.result()
+        if not isinstance(photo, Photo):
+            self._finish(pending, future)  # type: ignore[arg-type] - an Outcome, a failure or a cancellation
+            return
+        with self._publishing:
+            if self._stopping:
+                return
+            pixels = photo.rgb.shape[0] * photo.rgb.shape[1]
+            limit = self.worker.resource.max_pixels if self.worker.resource else None
+            # Decoded pixels wait in the queue up to one largest photo's worth; past that, the path
+            # waits instead and the worker reads it again: memory stays bounded in a burst of big photos.
+            if limit is None or self._queued_pixels + pixels <= limit:
+                pending.job.photo, pending.pixels = photo, pixels
+                self._queued_pixels += pixels
+            try:
+                cloaked = self.worker.submit(pending.job)
+            except (QueueFull, WorkerStopped):
+                self._queued_pixels -= pending.pixels
+                self._in_flight.pop((pending.source, pending.rel_path), None)
+                self.outbox.discard(pending.job.staged)
+                self.state.release(pending.source, pending.rel_path)
+                self.settling.add(pending.source, pending.job.src)
+                return
+        cloaked.add_done_callback(lambda f: self._finish(pending, f))
 
     def _finish(self, pending: _Pending, future: Future[Outcome]) -> None:
         with self._publishing:
+            self._queued_pixels -= pending.pixels
+            pending.pixels = 0
             if self._stopping:
                 return
             try:
@@ -428,6 +495,7 @@ class Daemon:
             finally:
                 # Only now: until the result is recorded, _consider must see the file as in flight.
                 self._in_flight.pop((pending.source, pending.rel_path), None)
+        release_free_memory()
         if outcome is not None:
             self.notifier.photo_done(outcome.status, outcome.faces_cloaked)
             log.info("%s/%s: %s", pending.source, pending.rel_path, outcome.message)

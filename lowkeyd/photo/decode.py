@@ -160,11 +160,15 @@ def _decode(
         if image.mode == "P":
             has_alpha = "transparency" in image.info
             dropped.append("the colour palette (written as full colour)")
-        upright = image.convert(("L" if grayscale else "RGB") + ("A" if has_alpha else ""))
+        # Each conversion is a full copy of the pixels (gigabytes at 100 MP): only those needed are made.
+        mode = ("L" if grayscale else "RGB") + ("A" if has_alpha else "")
+        upright = image if image.mode == mode else image.convert(mode)
         if (transpose := TO_UPRIGHT.get(orientation)) is not None:  # FLIP_LEFT_RIGHT is 0
             upright = upright.transpose(transpose)
-        rgb = np.array(upright.convert("RGB"))
-        alpha = np.array(upright.getchannel("A")) if has_alpha else None
+        # asarray: a read-only view of the pixel bytes rather than one more copy of them.
+        rgb = np.asarray(upright if upright.mode == "RGB" else upright.convert("RGB"))
+        alpha = np.asarray(upright.getchannel("A")) if has_alpha else None
+        del upright
     except _DECODE_ERRORS as exc:
         raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
 
