@@ -12,6 +12,7 @@ import io
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -392,6 +393,10 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
         assert state[name]["status"] == "failed" and why in state[name]["error"], name
         assert daemon.log().count(f"service: cam/{name}:") == 1, f"{name} reported once, not at every rescan"
     assert status_report()["running"], "the heartbeat went on"
+    assert daemon.log().count("desktop notifications are off: no D-Bus session bus") == 1, "said once"
+    for name in ("state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"):
+        path = env / "state" / name
+        assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
     stopping = time.monotonic()
     assert daemon.stop(timeout=30) == 0
     assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"
@@ -402,7 +407,7 @@ def small_disk(env: Path) -> Iterator[Path]:
     """A 2 MB tmpfs of its own (root only); the test is skipped where it cannot be mounted."""
     vol = env / "vol"
     vol.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(vol)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(vol)], capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"a full disk needs a small file system of its own; cannot mount a tmpfs: {mounted.stderr.strip()}")
     yield vol

@@ -230,3 +230,36 @@ def test_a_second_daemon_on_the_same_state_is_refused(state_dir: Path, tmp_path:
     assert done.returncode == 1
     assert f"another lowkeyd is already running on {state_dir} (pid {os.getpid()})" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_state_files_are_the_users_alone(state_dir: Path, photo: Path) -> None:
+    import stat
+
+    from lowkeyd.daemon.hooks import HookLog
+
+    old = os.umask(0o022)
+    try:
+        db, hooks = StateDB(), HookLog()
+        db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))
+        hooks.add({"LOWKEYD_OUTPUT": "x"})
+    finally:
+        os.umask(old)
+    files = [p for p in state_dir.iterdir() if p.name.endswith((".sqlite3", "-wal", "-shm"))]
+    assert {p.name for p in files} >= {"state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+    db.close()
+    hooks.close()
+
+
+def test_status_into_a_closed_pipe_ends_quietly(state_dir: Path, photo: Path) -> None:
+    db = StateDB()
+    db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))
+    db.close()
+    # Like `lowkeyd status | head -1` once head has gone: the reader is closed before anything is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowkeyd", "status"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == "", err

@@ -202,3 +202,19 @@ def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: P
     runner.stop()
     [failure] = log.recent_failures()
     assert failure.error.startswith("exit status 2: lowkeyd-rclone-upload: no destination")
+
+
+def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path, outbox: Path) -> None:
+    import resource
+
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    # 200 MB of output, then the line that says why it failed.
+    chatty = hook(script(tmp_path / "hook", "head -c 200000000 /dev/zero | tr '\\0' x\necho\necho 'the reason' >&2\nexit 2\n"), log)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chatty.published(published(outbox))
+    assert chatty.wait_idle(60)
+    chatty.stop()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    error = log.recent_failures()[0].error
+    assert error.startswith("exit status 2: ...") and error.endswith("the reason") and len(error) < 1000
+    assert grown_mb < 50, f"the output was held in memory ({grown_mb:.0f} MB)"

@@ -354,3 +354,16 @@ def test_thumbnail_is_made_to_fit_beside_a_big_maker_note(tmp_path: Path) -> Non
     written = piexif.load(segment)
     assert written["Exif"][piexif.ExifIFD.MakerNote] == maker_note
     assert written["thumbnail"] and written["thumbnail"] != exif["thumbnail"]
+
+
+def test_an_unreadable_original_gives_a_copy_its_owner_can_read_and_replace(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from lowkeyd.photo.atomic import atomic_write
+
+    source = tmp_path / "locked.jpg"
+    source.write_bytes(b"x")
+    source.chmod(0)
+    atomic_write(tmp_path / "copy.jpg", b"cloaked", like=os.stat(source))
+    assert stat.S_IMODE((tmp_path / "copy.jpg").stat().st_mode) == 0o600

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lowkeyd.daemon.state import StateError, connect
 from lowkeyd.paths import state_dir
@@ -248,17 +248,20 @@ class PublishHook:
                 return
             self._running.add(proc)
         start = time.monotonic()
+        assert proc.stdout is not None
+        reader = _TailReader(proc.stdout)
         try:
-            out, _ = proc.communicate(timeout=self.timeout)
+            proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            out, _ = proc.communicate()
-            self._failed(run_id, output, None, f"timed out after {self.timeout:g} s", out)
+            proc.wait()
+            self._failed(run_id, output, None, f"timed out after {self.timeout:g} s", reader.tail())
             return
         finally:
             with self._lock:
                 self._running.discard(proc)
                 stopped = self._stopping
+        out = reader.tail()
         if stopped and proc.returncode < 0:
             return  # killed by stop(): left pending, run again on the next start
         if proc.returncode != 0:
@@ -272,6 +275,26 @@ class PublishHook:
         error = f"{why}: {tail}" if tail else why
         self.record.finish(run_id, exit_code=exit_code, error=error)
         log.warning("publish hook failed for %s: %s", output, error)
+
+
+class _TailReader:
+    """Reads a hook's output to its end in a thread, keeping only its last bytes: a chatty command costs no memory."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._kept = b""
+        self._thread = threading.Thread(target=self._read, name="lowkeyd-hook-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._stream:
+            while chunk := self._stream.read1(1 << 16):
+                self._kept = (self._kept + chunk)[-4 * _OUTPUT_TAIL :]
+
+    def tail(self) -> bytes:
+        """What was kept, once the output ended (its process and any child holding it open are gone)."""
+        self._thread.join(5)
+        return self._kept
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

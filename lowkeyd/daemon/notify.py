@@ -47,6 +47,8 @@ class _Failures:
 class Notifier:
     def __init__(self, *, enabled: bool, error_interval: float) -> None:
         self._desktop = enabled and desktop_available()
+        if enabled and not self._desktop:
+            log.info("desktop notifications are off: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset); the log has everything")
         self._error_interval = error_interval
         self._lock = threading.Lock()
         self._tally = _Tally()

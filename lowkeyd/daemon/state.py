@@ -136,11 +136,15 @@ def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
         if readonly:
             return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Its user's alone, whatever the umask: it names every photo. SQLite gives its -wal and -shm
+        # files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         # WAL lets `lowkeyd status` read while the daemon writes.
         db.execute("PRAGMA journal_mode=WAL")
         return db
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StateError(f"cannot open {what} {path}: {exc}") from None
 
 

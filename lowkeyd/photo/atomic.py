@@ -16,9 +16,9 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
     """Write ``data`` to ``dest`` through a temporary file in the same folder, fsync'd, then renamed.
 
     With ``like`` (the source's stat) the file gets the source's access/modification
-    times and permission bits, plus write for its owner: a private photo's copy stays
-    private, but a read-only original does not make a copy that the next cloak or the
-    user cannot replace. On any failure the temporary file is removed and ``dest``
+    times and permission bits, plus read and write for its owner: a private photo's copy
+    stays private, but a read-only (or mode 000) original does not make a copy that the
+    uploader cannot read or the next cloak cannot replace. On any failure the temporary file is removed and ``dest``
     is left as it was.
     """
     # A dot-name, so watchers and is_photo_path() skip it; same folder, so the rename is atomic.
@@ -34,7 +34,7 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
             file.flush()
             os.fsync(file.fileno())
         if like is not None:
-            os.chmod(temp, stat.S_IMODE(like.st_mode) | stat.S_IWUSR)
+            os.chmod(temp, stat.S_IMODE(like.st_mode) | stat.S_IRUSR | stat.S_IWUSR)
             os.utime(temp, ns=(like.st_atime_ns, like.st_mtime_ns))
         os.replace(temp, dest)
     except BaseException as exc:
