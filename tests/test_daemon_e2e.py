@@ -282,7 +282,7 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     assert daemon.stop() == 0
 
     # A restart reprocesses nothing
-    daemon = start_daemon()
+    daemon = start_daemon(sources=[{"path": str(src), "name": "cam", "on_original_renamed": "copy"}])
     daemon.wait_for(lambda: "scan found 0 photo(s)" in daemon.log(), 60, "the start-up scan")
     time.sleep(2)
     assert rows()["a.jpg"] == before
@@ -481,3 +481,89 @@ def test_a_100_megapixel_photo_is_decoded_once_within_a_memory_bound(start_daemo
     # 100 MP of 8-bit RGB is 0.3 GB: the bound is what the daemon's pixel limit assumes per pixel.
     assert peak - ready_rss < 100e6 * BYTES_PER_PIXEL
     assert daemon.stop() == 0
+
+
+def _event_hook(env: Path) -> dict:
+    """A publish hook that writes down each event it is run for."""
+    hook = env / "hook"
+    hook.write_text('#!/bin/sh\necho "$LOWKEYD_EVENT $LOWKEYD_OUTPUT_REL ${LOWKEYD_PREVIOUS_OUTPUT_REL:-}" >> "$0.events"\n')
+    hook.chmod(0o755)
+    return {"command": [str(hook)]}
+
+
+def _events(env: Path) -> list[str]:
+    path = env / "hook.events"
+    return sorted(line.strip() for line in path.read_text().splitlines()) if path.exists() else []
+
+
+def _follow_policy(start_daemon, env: Path, deleted: str, renamed: str) -> tuple[Path, bytes]:
+    """Publish a..d, then delete a and rename b while the daemon runs, c and d while it is stopped.
+
+    Returns the outbox and the bytes of a file put in the outbox by someone else.
+    """
+    src, out = env / "src", env / "out"
+    settings = {
+        "sources": [{"path": str(src), "name": "cam", "on_original_deleted": deleted, "on_original_renamed": renamed}],
+        "on_published": _event_hook(env),
+        "watch": {"settle_seconds": 1, "rescan_interval": 0},
+    }
+    for i, name in enumerate("abcd"):
+        (src / f"{name}.jpg").write_bytes(faceless_photo(gps=False, variant=i))
+    daemon = start_daemon(**settings)
+    daemon.wait_for(lambda: done_count() == 4, 120, "a-d published")
+    mine = faceless_photo(gps=False, variant=9)
+    (out / "cam" / "mine.jpg").write_bytes(mine)  # the user's own file in the outbox
+    (out / "cam" / "sub").mkdir()
+    (out / "cam" / "sub" / "mine.jpg").write_bytes(mine)
+
+    (src / "a.jpg").unlink()
+    (src / "sub").mkdir()
+    os.rename(src / "b.jpg", src / "sub" / "b2.jpg")
+    daemon.wait_for(lambda: {"a.jpg", "b.jpg"} <= {n for n, r in rows().items() if r["status"] == "gone"}, 60, "a, b gone")
+    daemon.wait_for(lambda: rows().get("sub/b2.jpg", {}).get("status") == "done", 60, "sub/b2.jpg done")
+    assert daemon.stop() == 0
+
+    (src / "c.jpg").unlink()
+    os.rename(src / "d.jpg", src / "d2.jpg")
+    daemon = start_daemon(**settings)
+    daemon.wait_for(lambda: {"c.jpg", "d.jpg"} <= {n for n, r in rows().items() if r["status"] == "gone"}, 60, "c, d gone")
+    daemon.wait_for(lambda: rows().get("d2.jpg", {}).get("status") == "done", 60, "d2.jpg done")
+    time.sleep(2)  # a late, wrong removal would show now
+    assert daemon.stop() == 0
+    state = rows()
+    for name in ("sub/b2.jpg", "d2.jpg"):
+        assert state[name]["seconds"] == 0, f"{name}: its earlier result reused, not cloaked again"
+    assert (out / "cam" / "mine.jpg").read_bytes() == mine == (out / "cam" / "sub" / "mine.jpg").read_bytes()
+    return out, mine
+
+
+def test_remove_and_move_follow_deletions_and_renames_running_or_stopped(start_daemon, env: Path) -> None:
+    out, _ = _follow_policy(start_daemon, env, "remove", "move")
+    assert outbox_files(out) == {"cam/sub/b2.jpg", "cam/d2.jpg", "cam/mine.jpg", "cam/sub/mine.jpg"}
+    assert _events(env) == sorted(
+        [f"published cam/{n}.jpg" for n in "abcd"]
+        + ["removed cam/a.jpg", "removed cam/c.jpg", "renamed cam/sub/b2.jpg cam/b.jpg", "renamed cam/d2.jpg cam/d.jpg"]
+    )
+    state = rows()
+    assert state["a.jpg"]["output"] is None and state["c.jpg"]["output"] is None
+    from lowkeyd.daemon.state import StateDB
+
+    db = StateDB(readonly=True)
+    assert [e for e, _ in db.history("cam", "a.jpg")] == ["published", "removed"]
+    assert db.history("cam", "b.jpg")[-1] == ("renamed", "cam/sub/b2.jpg")
+    assert db.history("cam", "sub/b2.jpg")[-1] == ("renamed_from", "cam/b.jpg")
+    db.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "status"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "originals deleted or renamed: 4 (2 copies removed, 2 renamed)" in shown
+
+
+def test_keep_and_copy_leave_every_published_copy_running_or_stopped(start_daemon, env: Path) -> None:
+    out, _ = _follow_policy(start_daemon, env, "keep", "copy")
+    names = {"a", "b", "c", "d", "sub/b2", "d2", "mine", "sub/mine"}
+    assert outbox_files(out) == {f"cam/{n}.jpg" for n in names}
+    assert _events(env) == sorted(f"published cam/{n}.jpg" for n in names - {"mine", "sub/mine"})
+    state = rows()
+    assert state["a.jpg"]["status"] == state["c.jpg"]["status"] == "gone"
+    assert state["a.jpg"]["output"] == str(out / "cam" / "a.jpg"), "the kept copy is still known"

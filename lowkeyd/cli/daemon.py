@@ -126,6 +126,8 @@ def status_report() -> dict[str, Any]:
             },
             "counts": state.counts(),
             "faces_cloaked": state.faces_cloaked(),
+            # published, removed, renamed, original_deleted...: what the outbox did to follow its originals
+            "events": state.event_counts(),
             "recent_errors": [
                 {
                     "source": r.source,
@@ -173,6 +175,14 @@ def _status(args: argparse.Namespace) -> int:
     for status in ("queued", "processing", "retry", "failed"):
         if counts.get(status):
             print(f"{status}: {counts[status]}")
+    events = report["events"]
+    if counts.get("gone"):
+        followed = [
+            f"{events[e]} {what}"
+            for e, what in (("removed", "copies removed"), ("renamed", "renamed"), ("original_deleted", "copies kept"))
+            if events.get(e)
+        ]
+        print(f"originals deleted or renamed: {counts['gone']}" + (f" ({', '.join(followed)})" if followed else ""))
     if report["recent_errors"]:
         print("recent errors:")
         for e in report["recent_errors"]:

@@ -68,9 +68,13 @@ class Published:
     faces_too_small: int
     preset: str
     seconds: float
+    # published, removed (the original was deleted: ``output`` is gone) or renamed (from ``previous``).
+    event: str = "published"
+    previous: Path | None = None
 
     def environment(self) -> dict[str, str]:
-        return {
+        env = {
+            "LOWKEYD_EVENT": self.event,
             "LOWKEYD_OUTPUT": str(self.output),
             "LOWKEYD_OUTPUT_REL": self.output.relative_to(self.outbox).as_posix(),
             "LOWKEYD_OUTBOX": str(self.outbox),
@@ -82,6 +86,10 @@ class Published:
             "LOWKEYD_PRESET": self.preset,
             "LOWKEYD_SECONDS": f"{self.seconds:.3f}",
         }
+        if self.previous is not None:
+            env["LOWKEYD_PREVIOUS_OUTPUT"] = str(self.previous)
+            env["LOWKEYD_PREVIOUS_OUTPUT_REL"] = self.previous.relative_to(self.outbox).as_posix()
+        return env
 
 
 @dataclass(frozen=True)
@@ -227,7 +235,8 @@ class PublishHook:
 
     def _run_once(self, run_id: int, env: dict[str, str]) -> None:
         output = env["LOWKEYD_OUTPUT"]
-        if not Path(output).exists():
+        # A removal's photo is gone by design; any other event's must still be there to hand on.
+        if env.get("LOWKEYD_EVENT", "published") != "removed" and not Path(output).exists():
             self._failed(run_id, output, None, "the photo is no longer in the outbox")
             return
         with self._lock:

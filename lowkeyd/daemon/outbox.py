@@ -22,6 +22,7 @@ import shutil
 import uuid
 from pathlib import Path, PurePath
 
+from lowkeyd.daemon.config import is_within
 from lowkeyd.daemon.pause import Cause
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import state_dir
@@ -94,13 +95,34 @@ class Outbox:
     def publish(self, staged: Path, dest: Path) -> Path:
         """Atomically move a finished staged file to ``dest``, replacing what was there."""
         self._require()
-        # Only below the root: the root itself is never created again here (it may be an unmounted drive's).
-        for folder in reversed([p for p in dest.parents if self.root in p.parents]):
-            folder.mkdir(exist_ok=True)
+        self._make_folders(dest)
         os.replace(staged, dest)
         fsync_directory(dest.parent)
         shutil.rmtree(staged.parent, ignore_errors=True)
         return dest
+
+    def move(self, published: Path, dest: Path) -> Path:
+        """Atomically move an already published photo to ``dest`` (its original was renamed)."""
+        self._require()
+        self._make_folders(dest)
+        os.replace(published, dest)
+        fsync_directory(dest.parent)
+        fsync_directory(published.parent)
+        return dest
+
+    def remove(self, published: Path) -> bool:
+        """Delete a photo lowkeyd published (its original was deleted); False when it is not there (any more)."""
+        self._require()
+        if not is_within(published, self.root) or published.is_symlink() or not published.is_file():
+            return False
+        published.unlink()
+        fsync_directory(published.parent)
+        return True
+
+    def _make_folders(self, dest: Path) -> None:
+        # Only below the root: the root itself is never created again here (it may be an unmounted drive's).
+        for folder in reversed([p for p in dest.parents if self.root in p.parents]):
+            folder.mkdir(exist_ok=True)
 
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged.parent, ignore_errors=True)

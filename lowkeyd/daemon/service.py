@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from lowkeyd.daemon import systemd
 from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
+from lowkeyd.daemon.follow import Follower
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
 from lowkeyd.daemon.memory import pixel_limit, release_free_memory
 from lowkeyd.daemon.notify import Notifier
@@ -192,6 +193,7 @@ class Daemon:
         self.outbox: Outbox
         self.hook: PublishHook | None = None
         self.api: ApiServer | None = None
+        self.follower: Follower
 
     # ---- lifecycle
 
@@ -229,7 +231,10 @@ class Daemon:
         self.fast.start()
         self.hook = self._start_hook()
         self.api = self._start_api()
-        watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()])
+        # A deletion waits this long for the new name of a rename to settle and be recognised.
+        grace = max(5.0, 3 * self.config.watch.settle_seconds)
+        self.follower = Follower(self.config.sources, self.state, self.outbox, self._hand_on, self._preset, grace=grace)
+        watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()], on_gone=self.follower.gone)
         watcher.start()
         threading.Thread(target=self._scan_loop, name="lowkeyd-scan", daemon=True).start()
         systemd.notify("READY=1", f"STATUS={self._status_line()}")
@@ -261,6 +266,7 @@ class Daemon:
                 for record in self.state.due_retries():
                     if record.source in self._roots and self.worker.room():
                         self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+                self.follower.apply_due(settled=len(self.settling) == 0 and self.fast.busy == 0)
             self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
             if watchdog and now - last_ping >= watchdog:
@@ -360,6 +366,7 @@ class Daemon:
                         continue
                     self.settling.add(source.name, path)
                     found += 1
+                self.follower.catch_up(source)
             log.info("scan found %d photo(s) to look at", found)
             if not interval or self._stop.wait(interval):
                 return
@@ -390,7 +397,10 @@ class Daemon:
         dest = self.outbox.destination(source, rel)
         try:
             earlier = self.state.finished_with_hash(sha256)
-            if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
+            if earlier is not None and (
+                self.follower.renamed(earlier, source, rel_path, key, sha256, dest)
+                or self._reuse(earlier, source, rel_path, key, sha256, dest)
+            ):
                 return
             self.state.mark_queued(source, rel_path, key, sha256)
             job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))

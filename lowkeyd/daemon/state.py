@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256, status);
 CREATE INDEX IF NOT EXISTS files_by_status ON files (status, next_attempt);
+CREATE TABLE IF NOT EXISTS history (
+    source TEXT NOT NULL,
+    rel_path TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_file ON history (source, rel_path, at);
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,
@@ -68,6 +76,7 @@ class Status(str, enum.Enum):
     RETRY = "retry"  # failed, tried again at next_attempt
     DONE = "done"  # finished: see outcome
     FAILED = "failed"  # gave up after the last attempt; never published
+    GONE = "gone"  # the original was deleted or renamed away; output is the cloaked copy kept, if any
 
     def __str__(self) -> str:
         return self.value
@@ -195,12 +204,34 @@ class StateDB:
         return record is not None and record.key == key and record.status in SETTLED
 
     def finished_with_hash(self, sha256: str) -> FileRecord | None:
-        """The most recent successfully finished file with this content, if any."""
+        """The most recent successfully finished file with this content (its original may be gone), if any."""
         rows = self._query(
-            "SELECT * FROM files WHERE sha256 = ? AND status = ? ORDER BY updated DESC LIMIT 1",
-            (sha256, Status.DONE.value),
+            """SELECT * FROM files WHERE sha256 = ? AND (status = ? OR (status = ? AND output IS NOT NULL))
+               ORDER BY status = ? DESC, updated DESC LIMIT 1""",
+            (sha256, Status.DONE.value, Status.GONE.value, Status.DONE.value),
         )
         return FileRecord._from_row(rows[0]) if rows else None
+
+    def done_under(self, source: str, rel_path: str = "") -> list[FileRecord]:
+        """Finished rows of ``source`` at ``rel_path`` or in the folder it names (all of them for "")."""
+        rows = self._query(
+            """SELECT * FROM files WHERE source = ? AND status = ?
+               AND (? = '' OR rel_path = ? OR substr(rel_path, 1, length(?) + 1) = ? || '/')""",
+            (source, Status.DONE.value, rel_path, rel_path, rel_path, rel_path),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def history(self, source: str, rel_path: str) -> list[tuple[str, str | None]]:
+        """(event, detail) of everything that happened to one file, oldest first."""
+        rows = self._query(
+            "SELECT event, detail FROM history WHERE source = ? AND rel_path = ? ORDER BY at, rowid",
+            (source, rel_path),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def event_counts(self) -> dict[str, int]:
+        """How often each event happened (published, removed, renamed...)."""
+        return {event: n for event, n in self._query("SELECT event, COUNT(*) FROM history GROUP BY event")}
 
     def due_retries(self, now: float | None = None) -> list[FileRecord]:
         rows = self._query(
@@ -219,8 +250,11 @@ class StateDB:
         return out
 
     def faces_cloaked(self) -> int:
+        """Faces the engine cloaked: a result reused (a duplicate, a renamed original's) has 0 seconds of work."""
         rows = self._query(
-            "SELECT COALESCE(SUM(faces), 0) FROM files WHERE status = ? AND duplicate_of IS NULL", (Status.DONE.value,)
+            """SELECT COALESCE(SUM(faces), 0) FROM files
+               WHERE status IN (?, ?) AND duplicate_of IS NULL AND seconds > 0""",
+            (Status.DONE.value, Status.GONE.value),
         )
         return int(rows[0][0])
 
@@ -299,6 +333,10 @@ class StateDB:
                     rel_path,
                 ),
             )
+            self._db.execute(
+                "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (source, rel_path, "published" if output else outcome, None if output is None else str(output), time.time()),
+            )
 
     def mark_failure(
         self, source: str, rel_path: str, error: str, *, max_attempts: int, backoff_seconds: float
@@ -351,3 +389,22 @@ class StateDB:
 
     def clear_daemon(self) -> None:
         self._write("DELETE FROM daemon WHERE id = 1")
+
+    def add_history(self, source: str, rel_path: str, event: str, detail: str | None = None) -> None:
+        self._write(
+            "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+            (source, rel_path, event, detail, time.time()),
+        )
+
+    def mark_gone(self, source: str, rel_path: str, *, output: Path | None, event: str, detail: str | None) -> None:
+        """The original is gone; ``output`` is the cloaked copy still in the outbox (None once removed or moved)."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE files SET status = ?, output = ?, updated = ? WHERE source = ? AND rel_path = ?",
+                (Status.GONE.value, None if output is None else str(output), now, source, rel_path),
+            )
+            self._db.execute(
+                "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (source, rel_path, event, detail, now),
+            )

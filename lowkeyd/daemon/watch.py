@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -84,13 +87,17 @@ def inotify_limit_message(path: Path, exc: OSError) -> str | None:
 
 
 class _SourceEvents(FileSystemEventHandler):
-    def __init__(self, source: SourceConfig, on_path: OnPath, skip: tuple[Path, ...]) -> None:
+    def __init__(self, source: SourceConfig, on_path: OnPath, skip: tuple[Path, ...], on_gone: OnPath | None) -> None:
         self._source = source
         self._filter = SourceFilter(source)
         self._on_path = on_path
+        self._on_gone = on_gone
         self._skip = skip
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileMovedEvent, FileDeletedEvent, DirMovedEvent, DirDeletedEvent)):
+            # The old name is gone (a rename to an ignored name, e.g. a phone's trash, counts as a deletion).
+            self._gone(Path(os.fsdecode(event.src_path)), folder=event.is_directory)
         if isinstance(event, FileMovedEvent):
             target = event.dest_path
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileClosedEvent)):
@@ -98,31 +105,45 @@ class _SourceEvents(FileSystemEventHandler):
         else:
             return
         path = Path(os.fsdecode(target))
+        relative = self._relative(path)
+        if relative is not None and self._filter.wants(relative):
+            self._on_path(self._source.name, path)
+
+    def _relative(self, path: Path) -> Path | None:
+        """``path`` relative to the source; None when it is outside it (moved out) or skipped."""
         try:
             relative = path.relative_to(self._source.path)
-        except ValueError:  # moved out of the source
-            return
-        if self._filter.wants(relative) and not _is_within_any(path, self._skip):
-            self._on_path(self._source.name, path)
+        except ValueError:
+            return None
+        return None if _is_within_any(path, self._skip) else relative
+
+    def _gone(self, path: Path, *, folder: bool) -> None:
+        relative = self._relative(path)
+        if self._on_gone is not None and relative is not None and relative.parts and (folder or self._filter.wants(relative)):
+            self._on_gone(self._source.name, path)
 
 
 # What is worth hearing about: a close after writing is the best signal, the others come from
-# polling, FSEvents and moves (watchdog reports a file moved in from outside as created).
-_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent]
+# polling, FSEvents and moves (watchdog reports a file moved in from outside as created); deletions
+# and moves away, for the outbox to follow its originals.
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirMovedEvent, DirDeletedEvent]
 
 
 class FolderWatcher:
     """Watches every source, one observer each, so one folder's trouble does not stop the others."""
 
-    def __init__(self, sources: Iterable[SourceConfig], on_path: OnPath, skip: Iterable[Path] = ()) -> None:
+    def __init__(
+        self, sources: Iterable[SourceConfig], on_path: OnPath, skip: Iterable[Path] = (), on_gone: OnPath | None = None
+    ) -> None:
         self._sources = list(sources)
         self._on_path = on_path
+        self._on_gone = on_gone
         self._skip = tuple(skip)
         self._observers: list[BaseObserver] = []
 
     def start(self) -> None:
         for source in self._sources:
-            handler = _SourceEvents(source, self._on_path, self._skip)
+            handler = _SourceEvents(source, self._on_path, self._skip, self._on_gone)
             try:
                 self._observers.append(self._observe(source, handler, polling=source.polling))
             except OSError as exc:
