@@ -293,7 +293,11 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     os.rename(src / "a.jpg", src / "renamed.jpg")
     (src / "copies").mkdir()
     (src / "copies" / "dup.jpg").write_bytes(first)
-    daemon.wait_for(lambda: done_count() >= 3, 60, "renamed.jpg and copies/dup.jpg done")
+    def done(name: str) -> bool:
+        return rows().get(name, {}).get("status") == "done"
+
+    # (a.jpg's row is "gone" from now on, its cloaked copy kept: this source copies on a rename)
+    daemon.wait_for(lambda: done("renamed.jpg") and done("copies/dup.jpg"), 60, "renamed.jpg and copies/dup.jpg done")
     state = rows()
     for name in ("renamed.jpg", "copies/dup.jpg"):
         assert state[name]["duplicate_of"] == "cam/a.jpg" and state[name]["seconds"] == 0

@@ -211,9 +211,9 @@ class Daemon:
                 code = self._run()
             finally:
                 self.state.close()
-        if self.worker.alive:
-            # A batch abandoned at shutdown is still inside torch, which aborts the process if the
-            # interpreter is torn down under it. Everything is recorded and closed: leave at once.
+        if self.worker.alive or self.fast.alive:
+            # A batch (or a look for faces) abandoned at shutdown is still inside torch, which aborts the
+            # process if the interpreter is torn down under it. Everything is recorded and closed: leave at once.
             logging.shutdown()
             os._exit(code)
         return code
