@@ -238,3 +238,27 @@ def test_links_out_of_the_source_fifos_and_devices_are_handed_out_unopened(tmp_p
     # Handed out at the first look (a FIFO is never opened, so this cannot block), the good one waits to settle.
     assert sorted(p.name for _, p in settling.take()) == ["fifo.jpg", "outside.jpg", "zero.jpg"]
     assert len(settling) == 1
+
+
+def test_a_read_that_hangs_gives_up_in_bounded_time_and_then_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowkeyd.daemon import candidate
+
+    # A read that never returns, as on a hung network mount: it keeps its reader thread, not the caller.
+    monkeypatch.setattr(candidate, "READ_SECONDS", 0.5)
+    readers = candidate._Readers(1)
+    released = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(OSError, match="no answer in 0.5 s"):
+        readers.run(released.wait, Path("/mnt/hung/a.jpg"))
+    assert time.monotonic() - start < 5
+    with pytest.raises(OSError, match="stopped answering"):
+        readers.run(lambda: "never run", Path("/mnt/hung/b.jpg"))
+    released.set()  # the mount answers again
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert readers.run(lambda: "read", Path("/mnt/hung/c.jpg")) == "read"
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

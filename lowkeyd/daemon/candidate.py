@@ -7,17 +7,24 @@ of its watched folder (the rule ``POST /v1/jobs`` applies to its roots), it is
 refused unless it is a regular file, and it is read only through a descriptor
 opened without following a final symlink and without blocking, checked with
 fstat before a byte is read, and never read past the size it had then. A stat
-never opens the file, so it cannot block on a FIFO either.
+never opens the file, so it cannot block on a FIFO either. Reads are bounded in
+time too: they run in a small pool of reader threads and the caller waits at
+most :data:`READ_SECONDS` (a hung network mount stalls a reader, not the daemon).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from lowkeyd.daemon.config import is_within
 from lowkeyd.daemon.state import FileKey
@@ -35,8 +42,44 @@ _KINDS = {
 }
 
 
+# A read of a local file up to MAX_FILE_BYTES is done well within this; a network mount that does
+# not answer for this long is hung, and the file is looked at again on its next event or scan.
+READ_SECONDS = 20.0
+_READERS = 2
+T = TypeVar("T")
+
+
 class Refused(LowkeydError):
     """A file in a watched folder that lowkeyd will not read, let alone publish."""
+
+
+class _Readers:
+    """The reader threads: a stalled read keeps its thread, so when all are stalled, reads fail at once."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lowkeyd-read")
+        self._lock = threading.Lock()
+        self._busy = 0
+
+    def run(self, read: Callable[[], T], what: Path) -> T:
+        with self._lock:
+            if self._busy >= self._threads:
+                raise OSError(errno.ETIMEDOUT, "the file system stopped answering (a hung mount?)", str(what))
+            self._busy += 1
+        future = self._pool.submit(read)
+        future.add_done_callback(lambda _: self._done())
+        try:
+            return future.result(timeout=READ_SECONDS)
+        except FutureTimeout:
+            raise OSError(errno.ETIMEDOUT, f"no answer in {READ_SECONDS:g} s (a hung mount?)", str(what)) from None
+
+    def _done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+
+
+_readers = _Readers(_READERS)
 
 
 def inspect(path: Path, root: Path) -> tuple[Path, FileKey]:
@@ -73,13 +116,17 @@ def _open(real: Path) -> Iterator[tuple[int, os.stat_result]]:
 
 def content_hash(real: Path) -> str:
     """SHA-256 of the file :func:`inspect` resolved, read no further than its size when opened."""
-    digest = hashlib.sha256()
-    with _open(real) as (fd, st):
-        left = st.st_size
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+
+    def read() -> str:
+        digest = hashlib.sha256()
+        with _open(real) as (fd, st):
+            left = st.st_size
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                digest.update(chunk)
+                left -= len(chunk)
+        return digest.hexdigest()
+
+    return _readers.run(read, real)
 
 
 def is_complete(real: Path) -> bool:
@@ -87,9 +134,12 @@ def is_complete(real: Path) -> bool:
 
     Read rather than mapped: a writer truncating a mapped file would kill the daemon with SIGBUS.
     """
-    try:
+    def read() -> bytes:
         with _open(real) as (fd, st), os.fdopen(os.dup(fd), "rb") as file:
-            data = file.read(st.st_size)
+            return file.read(st.st_size)
+
+    try:
+        data = _readers.run(read, real)
     except (OSError, LowkeydError):
         return False
     return looks_complete(data)
