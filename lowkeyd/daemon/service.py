@@ -144,7 +144,7 @@ class _Pending:
     key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
     dest: Path
     job: FileJob
-    pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._pass_on)
+    pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
 
 
 def load_protector(config: DaemonConfig) -> PhotoProtector:
@@ -407,7 +407,7 @@ class Daemon:
         except (OSError, LowkeydError) as exc:
             if (cause := transient_cause(exc)) is None:
                 raise
-            self._hold(source, rel_path, path, key.size, cause, exc)
+            self._hold(source, rel_path, key.size, cause, exc)
             return
         pending = _Pending(source, rel_path, key, dest, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
@@ -490,7 +490,7 @@ class Daemon:
                 self._in_flight.pop((pending.source, pending.rel_path), None)
                 self.outbox.discard(pending.job.staged)
                 self.state.release(pending.source, pending.rel_path)
-                self.settling.add(pending.source, pending.job.src)
+                self.settling.add(pending.source, self._roots[pending.source] / pending.rel_path)
                 return
         cloaked.add_done_callback(lambda f: self._finish(pending, f))
 
@@ -521,7 +521,7 @@ class Daemon:
         if error is not None:
             self.outbox.discard(job.staged)
             if (cause := transient_cause(error)) is not None:
-                self._hold(source, rel_path, job.src, pending.key.size, cause, error)
+                self._hold(source, rel_path, pending.key.size, cause, error)
                 return None
             if not isinstance(error, LowkeydError):
                 log.error("%s/%s: unexpected error", source, rel_path, exc_info=error)
@@ -535,7 +535,7 @@ class Daemon:
             # Written to while it was read: what was cloaked may be half a photo. Start over.
             self.outbox.discard(job.staged)
             self.state.release(source, rel_path)
-            self.settling.add(source, job.src)
+            self.settling.add(source, self._roots[source] / rel_path)  # the watched path (job.src is resolved)
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()
@@ -546,7 +546,7 @@ class Daemon:
         except (OSError, LowkeydError) as exc:
             self.outbox.discard(job.staged)
             if (cause := transient_cause(exc)) is not None:
-                self._hold(source, rel_path, job.src, pending.key.size, cause, exc)
+                self._hold(source, rel_path, pending.key.size, cause, exc)
             else:
                 self._record_failure(source, rel_path, f"cannot publish: {exc}")
             return None
@@ -575,10 +575,10 @@ class Daemon:
         if self.hook is not None:
             self.hook.published(photo)
 
-    def _hold(self, source: str, rel_path: str, path: Path, size: int, cause: Cause, error: BaseException) -> None:
+    def _hold(self, source: str, rel_path: str, size: int, cause: Cause, error: BaseException) -> None:
         """Put a photo back, no attempt counted, and pause publishing: the outbox, not the photo, is at fault."""
         self.state.release(source, rel_path)
-        self.settling.add(source, path)
+        self.settling.add(source, self._roots[source] / rel_path)
         reason = {"space": "the outbox's disk is full", "missing": str(error)}.get(cause) or f"cannot write: {error}"
         # Twice the source's size: a re-encoded photo can come out larger than it went in.
         if self._pause.hold(reason, cause=cause, free=self.outbox.free_bytes(), needed=2 * size):
