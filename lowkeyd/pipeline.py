@@ -5,24 +5,29 @@ applies the same rules:
 
 * the original is only ever read;
 * a face that could not be protected is never written: the photo fails instead;
-* a photo lowkeyd already cloaked (its XMP marker says so) is not cloaked twice;
+* a photo lowkeyd already cloaked is not cloaked twice, but only when the caller knows
+  this exact file (its content hash) as lowkeyd's output: the XMP marker alone is no
+  proof, anyone can write it;
+* every published file is sanitised (GPS, thumbnails, face regions...), and what was left
+  out is reported in the outcome;
 * a photo without faces is published sanitised (metadata rules applied) or
   skipped, as the ``no_face`` policy says.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lowkeyd import __version__
+from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import EngineError, LowkeydError
-from lowkeyd.photo import Photo, encode_photo, read_photo, write_photo
-from lowkeyd.photo.atomic import atomic_write
+from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
 
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import Cloaker, CloakResult, FaceReport
@@ -42,6 +47,8 @@ class Outcome:
     written: Path | None  # None when nothing was written (skipped, or bytes returned instead)
     message: str
     faces: list[FaceReport] = field(default_factory=list)
+    dropped: tuple[str, ...] = ()  # what the published file leaves out of the original, in words
+    sha256: str | None = None  # content hash of what was written or returned, for "lowkeyd wrote this"
 
 
 class PhotoProtector:
@@ -54,11 +61,15 @@ class PhotoProtector:
         strip_gps: bool = True,
         no_face: NoFacePolicy = "copy",
         max_pixels: int | None = None,
+        is_own_output: Callable[[str], bool] | None = None,
     ) -> None:
+        """``is_own_output(sha256_hex)`` says whether lowkeyd wrote a file with that content (the
+        daemon's state knows); without it a marked photo is cloaked like any other."""
         self.cloaker = cloaker
         self.strip_gps = strip_gps
         self.no_face = no_face
         self.max_pixels = max_pixels
+        self.is_own_output = is_own_output
 
     # -- public ----------------------------------------------------------------------
 
@@ -84,7 +95,7 @@ class PhotoProtector:
                 photos.append(src if isinstance(src, Photo) else self.read(Path(src), follow_symlinks=follow_symlinks))
             except LowkeydError as exc:
                 photos.append(exc)
-        cloaked = self._cloak([p for p in photos if isinstance(p, Photo) and p.cloak_marker is None])
+        cloaked = self._cloak([p for p in photos if isinstance(p, Photo) and not self._own(p)])
         results: list[Outcome | LowkeydError] = []
         for (_, dest), photo in zip(jobs, photos):
             if isinstance(photo, LowkeydError):
@@ -109,27 +120,29 @@ class PhotoProtector:
         """
         start = time.perf_counter()
         result = None
-        if photo.cloak_marker is None:
+        if not self._own(photo):
             if self.cloaker.detector is None or self.cloaker.detector.detect(photo.rgb):
                 return None
             from lowkeyd.engine.cloak import CloakResult
 
-            result = CloakResult(photo.rgb, [], 0.0, self.cloaker.preset.name)
+            members = tuple(m.name for m in self.cloaker.models)
+            result = CloakResult(photo.rgb, [], 0.0, self.cloaker.preset.name, members)
         return self._publish_file(photo, dest, result, start)
 
     def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
         """The protected photo's bytes (same format), or None where the no-face policy skips it."""
         photo = read_photo(data, max_pixels=self.max_pixels)
         start = time.perf_counter()
-        if photo.cloak_marker is not None:
-            return data, self._outcome("already_cloaked", None, None, start)
+        if self._own(photo):
+            encoded = self._encode(photo, None)
+            return encoded, self._outcome(photo, "already_cloaked", None, None, start, encoded)
         result = self._cloak([photo])[id(photo)]
         if isinstance(result, LowkeydError):
             raise result
         if self._skipped(result):
-            return None, self._outcome("no_face", result, None, start)
-        encoded = encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result))
-        return encoded, self._outcome(_status(result), result, None, start)
+            return None, self._outcome(photo, "no_face", result, None, start, None)
+        encoded = self._encode(photo, result)
+        return encoded, self._outcome(photo, _status(result), result, None, start, encoded)
 
     # -- inside ------------------------------------------------------------------------
 
@@ -152,37 +165,77 @@ class PhotoProtector:
     def _publish_file(
         self, photo: Photo, dest: Path, result: CloakResult | LowkeydError | None, start: float
     ) -> Outcome:
-        if photo.cloak_marker is not None:
-            # lowkeyd wrote this file: publish it as it is rather than cloak twice.
-            assert photo.source_path is not None
-            atomic_write(dest, photo.source_path.read_bytes(), like=photo.source_stat)
-            return self._outcome("already_cloaked", None, dest, start)
+        if self._own(photo):
+            encoded = self._encode(photo, None)
+            write_bytes(photo, encoded, dest)
+            return self._outcome(photo, "already_cloaked", None, dest, start, encoded)
         if isinstance(result, LowkeydError):
             raise result
         assert result is not None
         if self._skipped(result):
-            return self._outcome("no_face", result, None, start)
-        write_photo(photo, result.rgb, dest, strip_gps=self.strip_gps, marker=self._marker(result))
-        return self._outcome(_status(result), result, dest, start)
+            return self._outcome(photo, "no_face", result, None, start, None)
+        encoded = self._encode(photo, result)
+        write_bytes(photo, encoded, dest)
+        return self._outcome(photo, _status(result), result, dest, start, encoded)
+
+    def _own(self, photo: Photo) -> bool:
+        """True for a file lowkeyd itself wrote, by its content hash: the marker alone proves nothing."""
+        if photo.cloak_marker is None or self.is_own_output is None:
+            return False
+        return self.is_own_output(hashlib.sha256(photo.source_bytes).hexdigest())
+
+    def _encode(self, photo: Photo, result: CloakResult | None) -> bytes:
+        """The published bytes; lowkeyd's own output keeps its pixels and marker, sanitised again."""
+        if result is None:
+            return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker or {})
+        return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result))
 
     def _skipped(self, result: CloakResult) -> bool:
         return not result.faces and self.no_face == "skip"
 
     def _marker(self, result: CloakResult) -> dict[str, str]:
-        return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked)}
+        return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked), "models": ",".join(result.members)}
 
-    def _outcome(self, status: Status, result: CloakResult | None, written: Path | None, start: float) -> Outcome:
+    def _outcome(
+        self,
+        photo: Photo,
+        status: Status,
+        result: CloakResult | None,
+        written: Path | None,
+        start: float,
+        encoded: bytes | None,
+    ) -> Outcome:
         seconds = time.perf_counter() - start
+        dropped = photo.drops(strip_gps=self.strip_gps) if encoded is not None else ()
+        sha256 = hashlib.sha256(encoded).hexdigest() if encoded is not None else None
+        removed = f"; removed: {'; '.join(dropped)}" if dropped else ""
         if status == "already_cloaked":
-            return Outcome(status, 0, 0, seconds, written, "already cloaked by lowkeyd; published as it is")
+            message = f"already cloaked by lowkeyd; published with its pixels as they are{removed}"
+            return Outcome(status, 0, 0, seconds, written, message, dropped=dropped, sha256=sha256)
         assert result is not None
         if status == "no_face":
-            what = "published without changes to its pixels" if written or self.no_face == "copy" else "skipped"
-            return Outcome(status, 0, 0, seconds, written, f"no face found; {what}")
+            what = f"published with {_unchanged(photo)}{removed}" if encoded is not None else "skipped"
+            return Outcome(status, 0, 0, seconds, written, f"no face found; {what}", dropped=dropped, sha256=sha256)
         message = f"{result.cloaked} face{'s' * (result.cloaked != 1)} cloaked"
         if result.too_small:
             message += f", {result.too_small} too small to matter left alone"
-        return Outcome(status, result.cloaked, result.too_small, seconds, written, message, result.faces)
+        if result.cloaked:
+            # Passing the attack's own members is white-box; say what is known about the rest.
+            estimate = transfer_estimate(result.preset)
+            message += f"; past all {len(result.members)} attack members ({', '.join(result.members)})"
+            message += f"; {estimate.short()}" if estimate else "; no holdout estimate for this preset"
+        return Outcome(
+            status, result.cloaked, result.too_small, seconds, written, message + removed, result.faces, dropped, sha256
+        )
+
+
+def _unchanged(photo: Photo) -> str:
+    """What stays of a photo whose pixels lowkeyd did not change, in words."""
+    if photo.format == "JPEG":
+        return "its image data byte for byte, metadata sanitised"
+    if photo.format == "PNG" or photo.encoding.lossless:
+        return "the same pixels (recompressed losslessly), metadata sanitised"
+    return f"the same pixels re-encoded as {photo.format} (lossy: they may differ slightly), metadata sanitised"
 
 
 def _status(result: CloakResult) -> Status:

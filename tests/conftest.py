@@ -15,7 +15,7 @@ PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "astronaut.png")
 SAME_PERSON = ("obama.jpg", "obama2.jpg", "obama3.jpg")
 OTHER_PEOPLE = ("biden.jpg", "astronaut.png")
 
-# Two cores: torch's default thread count fights with anything else running (ENGINE-NOTES).
+# Two cores: torch's default thread count fights with anything else running (see engine/device.py).
 torch.set_num_threads(2)
 
 

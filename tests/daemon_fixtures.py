@@ -66,4 +66,14 @@ def assert_protected(evaluator, original: bytes, published: Path) -> None:
     evaluation = evaluator.compare(read_photo(original).rgb, photo.rgb)
     assert evaluation.faces, f"{published}: no face in the original?"
     for face in evaluation.faces:
-        assert face.protected_by_verifier, f"{published}: dlib still matches ({face.dlib_distance:.2f})"
+        assert face.protected["dlib"], f"{published}: dlib still matches (distance {face.scores['dlib']:.2f})"
+
+
+def stop_daemon(process: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it has not stopped within a minute."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)

@@ -259,6 +259,7 @@ def removed_from_xmp(fact: tuple[str, str], *, strip_gps: bool) -> bool:
         any(part in path for part in ("/regions/}", "photo/1.2/}RegionInfo", "}PersonInImage"))
         or value in (PERSON, f"People|{PERSON}")
         or (strip_gps and "}GPS" in path)
+        or (strip_gps and any(f"photoshop/1.0/}}{place}" in path for place in ("City", "State", "Country")))
     )
 
 

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
+from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, stop_daemon, wait_until
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.engine.evaluate import Evaluator
 from lowkeyd.photo import read_photo
@@ -165,12 +165,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
             running.wait_for(lambda: _serving(running.socket_path), START_TIMEOUT, "the API")
             yield running
         finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+            stop_daemon(process)
 
 
 @pytest.fixture(scope="module")

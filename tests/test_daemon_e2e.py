@@ -24,12 +24,19 @@ from pathlib import Path
 import piexif
 import pytest
 import yaml
+from daemon_fixtures import (
+    FAST_ATTACK,
+    assert_protected,
+    face_photo,
+    faceless_photo,
+    wait_until,
+)
 
-from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.daemon.memory import BYTES_PER_PIXEL
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import read_photo
+from lowkeyd.photo import encode_photo, read_photo
+from lowkeyd.photo.jpeg import image_data
 
 pytestmark = pytest.mark.slow
 
@@ -454,6 +461,31 @@ def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_
     assert rows()["face.jpg"]["status"] != "done" and outbox_files(out) == {"cam/empty.jpg"}, "it went first"
     daemon.wait_for(lambda: rows()["face.jpg"]["status"] == "done", 10 * PHOTO_SECONDS, "face.jpg published")
     assert_protected(evaluator, face, out / "cam" / "face.jpg")
+    assert daemon.stop() == 0
+
+
+def test_the_marker_is_trusted_only_on_a_file_the_state_knows_as_published(start_daemon, env: Path, evaluator) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon()
+    original = face_photo(5)
+    (src / "a.jpg").write_bytes(original)
+    daemon.wait_for(lambda: rows().get("a.jpg", {}).get("status") == "done", 3 * PHOTO_SECONDS, "a.jpg done")
+    published = (out / "cam" / "a.jpg").read_bytes()
+
+    # lowkeyd's own output copied back into a watched folder: known by its content, not cloaked twice
+    (src / "again.jpg").write_bytes(published)
+    # an uncloaked face carrying a copied marker: anyone can write one, so it is cloaked like any photo
+    forged = encode_photo(read_photo(face_photo(6)), read_photo(face_photo(6)).rgb, marker=read_photo(published).cloak_marker)
+    assert read_photo(forged).cloak_marker is not None
+    (src / "forged.jpg").write_bytes(forged)
+    finished = ("again.jpg", "forged.jpg")
+    daemon.wait_for(lambda: all(rows().get(n, {}).get("status") == "done" for n in finished), 3 * PHOTO_SECONDS, "both done")
+    state = rows()
+    assert state["again.jpg"]["outcome"] == "already_cloaked" and state["again.jpg"]["faces"] == 0
+    assert image_data((out / "cam" / "again.jpg").read_bytes()) == image_data(published), "its pixels left alone"
+    assert state["forged.jpg"]["outcome"] == "cloaked" and state["forged.jpg"]["faces"] == 1
+    assert (out / "cam" / "forged.jpg").read_bytes() != forged
+    assert_protected(evaluator, forged, out / "cam" / "forged.jpg")
     assert daemon.stop() == 0
 
 

@@ -63,6 +63,21 @@ def test_a_finished_file_stays_finished_across_a_restart(state_dir: Path, photo:
     assert again.faces_cloaked() == 1
 
 
+def test_a_published_outputs_hash_is_known_after_its_row_is_replaced(state_dir: Path, photo: Path) -> None:
+    key, sha = FileKey.of(photo), content_hash(photo)
+    db = StateDB()
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_done("cam", "a.jpg", outcome="no_face", faces=0, faces_too_small=0, seconds=1.0, output=None, output_sha256="0" * 64)
+    assert not db.is_own_output("0" * 64), "nothing was published, so no content is lowkeyd's"
+    db.mark_done(
+        "cam", "a.jpg", outcome="cloaked", faces=1, faces_too_small=0, seconds=1.0, output=Path("/o/a.jpg"), output_sha256="a" * 64
+    )
+    db.mark_queued("cam", "a.jpg", key, sha)  # cloaked again: the row is replaced, an older copy is still lowkeyd's
+    db.close()
+    again = StateDB()
+    assert again.is_own_output("a" * 64) and not again.is_own_output(sha)
+
+
 def test_failures_back_off_then_fail_for_good(state_dir: Path, photo: Path) -> None:
     db = StateDB()
     key, sha = FileKey.of(photo), content_hash(photo)

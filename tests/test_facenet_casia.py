@@ -71,7 +71,7 @@ def test_graph_residual_scales_are_facenet_pytorchs(graph):
 
 def test_state_dict_fills_every_facenet_weight(graph_path):
     state = casia_state_dict(graph_path)
-    reference = FaceNet("facenet_casia", 512, 0.45, standardisation="fixed").state_dict()
+    reference = FaceNet("facenet_casia", 512, 0.45, 0.168, standardisation="fixed").state_dict()
     assert state.keys() == reference.keys()
     assert all(state[k].shape == reference[k].shape for k in state)
 
@@ -134,7 +134,7 @@ def test_vggface2_release_layout_maps_onto_facenet(tmp_path):
     path = tmp_path / "20180402-114759-vggface2.pt"
     torch.save(release, path)
     state = vggface2_state_dict(path)
-    model = FaceNet("facenet_vggface2", 512, 0.45, standardisation="fixed")
+    model = FaceNet("facenet_vggface2", 512, 0.45, 0.168, standardisation="fixed")
     model.load_state_dict(state)  # strict: every key present, none left over
     assert not any("logits" in k for k in state)
     assert torch.equal(model.net.last_linear.weight, release["last_linear.weight"])

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import photo_fixtures as fx
 import pytest
 from PIL import Image
 
-import photo_fixtures as fx
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import is_photo_path, read_photo, write_photo
 
@@ -52,24 +52,6 @@ def animated(fmt: str) -> bytes:
     return save(frames[0], format=fmt, save_all=True, append_images=frames[1:], duration=100)
 
 
-def sixteen_bit_rgb_png() -> bytes:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", (np.asarray(fx.face(0.05)).astype(np.uint16) * 257))
-    assert ok
-    return encoded.tobytes()
-
-
-def ten_bit_heic() -> bytes:
-    import pillow_heif
-
-    pixels = (np.asarray(fx.face(0.1)).astype(np.uint16) * 257).astype("<u2")
-    heif = pillow_heif.from_bytes(mode="RGB;16", size=(pixels.shape[1], pixels.shape[0]), data=pixels.tobytes())
-    out = io.BytesIO()
-    heif.save(out, quality=80)
-    return out.getvalue()
-
-
 def burst_heic() -> bytes:
     frames = [fx.face(0.1), fx.face(0.1).rotate(5)]
     return save(frames[0], format="HEIF", save_all=True, append_images=frames[1:], quality=60)
@@ -92,10 +74,6 @@ BAD_INPUTS: dict[str, tuple[str, Callable[[], bytes], str]] = {
     "animated WebP": ("anim.webp", lambda: animated("WEBP"), "WebP is animated (3 frames)"),
     "animated PNG": ("anim.png", lambda: animated("PNG"), "PNG is animated (3 frames)"),
     "HEIF burst": ("burst.heic", burst_heic, "holds 2 images"),
-    "CMYK JPEG": ("print.jpg", lambda: save(fx.face(0.05).convert("CMYK"), format="JPEG"), "CMYK"),
-    "16-bit PNG": ("deep.png", sixteen_bit_rgb_png, "16-bit PNG"),
-    "16-bit grey PNG": ("deep-grey.png", lambda: save(fx.face(0.05).convert("I;16"), format="PNG"), "16-bit PNG"),
-    "10-bit HEIC": ("deep.heic", ten_bit_heic, "10-bit HEIF"),
 }
 
 

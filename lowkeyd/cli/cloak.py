@@ -30,10 +30,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files or folders, or - for stdin")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder, or - for stdout")
+    # None, not "default": an explicit choice must not be handed to a daemon that may run another preset.
+    p.add_argument("--preset", default=None, help="attack preset: paper, default or strong (default: default)")
     add_engine_options(p)
     p.add_argument("--keep-gps", action="store_true", help="keep GPS position in EXIF and XMP (removed by default)")
     p.add_argument(
-        "--no-face", choices=("copy", "skip"), default="copy", help="photos without a face: copy sanitised, or skip"
+        "--no-face", choices=("copy", "skip"), default=None, help="photos without a face: copy sanitised (default), or skip"
     )
     p.add_argument(
         "--no-daemon",
@@ -66,7 +68,7 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
 
 def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
-    asked = args.preset != "default" or args.overrides or args.device or args.keep_gps or args.no_face != "copy"
+    asked = args.preset is not None or args.overrides or args.device or args.keep_gps or args.no_face is not None
     if args.no_daemon or asked:
         return None
     from lowkeyd.daemon.client import DaemonProtector, find_daemon
@@ -85,8 +87,8 @@ def _protector(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.pipeline import PhotoProtector
 
-    cloaker = Cloaker(args.preset, args.device, **parse_overrides(args.overrides))
-    return PhotoProtector(cloaker, strip_gps=not args.keep_gps, no_face=args.no_face)
+    cloaker = Cloaker(args.preset or "default", args.device, **parse_overrides(args.overrides))
+    return PhotoProtector(cloaker, strip_gps=not args.keep_gps, no_face=args.no_face or "copy")
 
 
 def _stdio(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from lowkeyd.errors import LowkeydError
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="default", help="attack preset: paper, default or strong (default: %(default)s)")
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -39,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lowkeyd import __version__
@@ -49,6 +49,7 @@ from lowkeyd.daemon.openapi import openapi_document
 from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.service import FileJob
 from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
+from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import LowkeydError, PhotoError
 from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
@@ -100,6 +101,7 @@ def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
         for face in outcome.faces
     ]
     members = sorted({m for face in outcome.faces if face.status == "cloaked" for m in face.similarity})
+    estimate = transfer_estimate(preset)
     return {
         "status": outcome.status,
         "message": outcome.message,
@@ -112,6 +114,14 @@ def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
             m: all(f.protected_against[m] for f in outcome.faces if f.status == "cloaked") for m in members
         },
         "faces": faces,
+        # Every member above is white-box; what an unseen recogniser does is the holdout bench's estimate.
+        "holdout_estimate": None if estimate is None else {
+            "self_social": round(estimate.self_social, 3),
+            "self_social_worst_fold": round(estimate.self_social_worst, 3),
+            "cross_social": round(estimate.cross_social, 3),
+            "folds": estimate.folds,
+            "faces": estimate.faces,
+        },
     }
 
 
@@ -204,6 +214,7 @@ class LocalApi:
         timeout: float,
         on_published: Callable[[Published], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        extra_routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.worker = worker
         self.outbox = outbox
@@ -213,6 +224,7 @@ class LocalApi:
         self.timeout = timeout
         self.on_published = on_published
         self._status = status
+        self.extra_routes = list(extra_routes)  # the status page's login route
         self.jobs = _JobBook()
         self._seconds_per_photo = _FIRST_GUESS_SECONDS
         self._started = time.time()
@@ -233,6 +245,7 @@ class LocalApi:
                 Route("/v1/jobs/{job_id}", self._get_job, methods=["GET"]),
                 Route("/v1/status", self._get_status, methods=["GET"]),
                 Route("/v1/openapi.json", openapi, methods=["GET"]),
+                *self.extra_routes,
             ],
             exception_handlers={HTTPException: _json_error},
         )

@@ -23,13 +23,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from lowkeyd.daemon.api import LocalApi
 from lowkeyd.daemon.client import API_SOCKET_NAME, TOKEN_ENV
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.paths import config_dir
+
+if TYPE_CHECKING:
+    from lowkeyd.daemon.status_page import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +147,10 @@ class ApiServer:
         socket_path: Path | None = None,
         tcp: TcpListener | None = None,
         max_connections: int = 64,
+        page: StatusPage | None = None,
     ) -> None:
         self.api = api
+        self.page = page
         self.socket_path = socket_path
         self.tcp = tcp
         self.max_connections = max_connections
@@ -152,9 +159,9 @@ class ApiServer:
         self._socket_inode: int | None = None
         self.tcp_address: tuple[str, int] | None = None
 
-    def _server(self, token: str | None) -> uvicorn.Server:
+    def _server(self, app: ASGIApp) -> uvicorn.Server:
         config = uvicorn.Config(
-            self.api.app(token),
+            app,
             http="h11",
             ws="none",
             lifespan="off",
@@ -190,11 +197,16 @@ class ApiServer:
         if self.socket_path is not None:
             sock = bind_unix_socket(self.socket_path)
             self._socket_inode = self.socket_path.stat().st_ino
-            self._servers.append((self._server(None), sock))
+            self._servers.append((self._server(self.api.app(None)), sock))
         if self.tcp is not None:
             sock = bind_tcp(self.tcp.host, self.tcp.port)
             self.tcp_address = sock.getsockname()[:2]
-            self._servers.append((self._server(self.tcp.token), sock))
+            self._servers.append((self._server(self.api.app(self.tcp.token)), sock))
+        if self.page is not None:
+            # The status page: loopback only, whatever the API's TCP settings; it checks its own sessions.
+            sock = bind_tcp(self.page.host, self.page.port)
+            self.page.serving_at(*sock.getsockname()[:2])
+            self._servers.append((self._server(self.page.app()), sock))
 
     def _serve(self) -> None:
         async def serve_all() -> None:

@@ -28,6 +28,7 @@ API_SOCKET_NAME = "api.sock"
 URL_ENV = "LOWKEYD_URL"
 TOKEN_ENV = "LOWKEYD_API_TOKEN"
 SUMMARY_HEADER = "X-Lowkeyd-Summary"
+STATUS_PAGE_LOGIN = "/v1/status-page/login"
 # Waiting for room in a busy daemon's queue: at most this many tries, each after its Retry-After.
 BUSY_TRIES = 5
 MAX_RETRY_WAIT = 60.0
@@ -146,6 +147,10 @@ class DaemonClient:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self._request("GET", f"/v1/jobs/{job_id}")).json()
+
+    def status_page_login(self) -> str:
+        """A one-time URL that signs a browser in to the daemon's status page."""
+        return str(self._check(self._request("POST", STATUS_PAGE_LOGIN)).json()["url"])
 
 
 def find_daemon(timeout: float = 600.0) -> DaemonClient | None:

@@ -54,9 +54,23 @@ _SUMMARY = {
         "protected_against": {
             "type": "object",
             "additionalProperties": {"type": "boolean"},
-            "description": "ensemble member -> every cloaked face is past its match threshold",
+            "description": "attack member -> every cloaked face is past its match threshold (white-box: the "
+            "attack optimised against these very models)",
         },
         "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
+        "holdout_estimate": {
+            "type": ["object", "null"],
+            "description": "what `lowkeyd bench --holdout` measured for this preset: the fraction of faces a "
+            "recogniser left out of the attack fails to match after resize + JPEG (mean and worst fold), and "
+            "against the person's other photos; null for a preset it has not measured",
+            "properties": {
+                "self_social": {"type": "number"},
+                "self_social_worst_fold": {"type": "number"},
+                "cross_social": {"type": "number"},
+                "folds": {"type": "integer"},
+                "faces": {"type": "integer"},
+            },
+        },
     },
 }
 

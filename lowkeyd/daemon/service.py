@@ -50,6 +50,7 @@ from lowkeyd.photo import Photo
 if TYPE_CHECKING:
     from lowkeyd.daemon.api_server import ApiServer
     from lowkeyd.daemon.pause import Cause
+    from lowkeyd.daemon.status_page import StatusPage
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ class _Pending:
     pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
 
 
-def load_protector(config: DaemonConfig) -> PhotoProtector:
-    """The models, loaded once for the daemon's lifetime."""
+def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
+    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`."""
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.engine.device import set_cpu_threads
     from lowkeyd.pipeline import PhotoProtector
@@ -161,14 +162,18 @@ def load_protector(config: DaemonConfig) -> PhotoProtector:
         "models loaded on %s (preset %s); photos up to %.0f megapixels",
         cloaker.device, cloaker.preset.name, max_pixels / 1e6,
     )
-    return PhotoProtector(cloaker, strip_gps=config.strip_gps, no_face=config.no_face, max_pixels=max_pixels)
+    return PhotoProtector(
+        cloaker, strip_gps=config.strip_gps, no_face=config.no_face, max_pixels=max_pixels, is_own_output=is_own_output
+    )
 
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.worker: Worker[PhotoProtector] = Worker(
-            lambda: load_protector(config), queue_size=config.work.queue_size, batch_size=config.work.batch_size
+            # The state database (open before the worker starts) knows which contents lowkeyd published.
+            lambda: load_protector(config, lambda sha256: self.state.is_own_output(sha256)),
+            queue_size=config.work.queue_size, batch_size=config.work.batch_size
         )
         # The fast lane, on the same resident models: each watched photo is read here once; one that needs
         # no attack is published at once, one with a face is passed on, pixels and all, to the worker.
@@ -194,6 +199,7 @@ class Daemon:
         self.hook: PublishHook | None = None
         self.api: ApiServer | None = None
         self.follower: Follower
+        self.page: StatusPage | None = None
 
     # ---- lifecycle
 
@@ -258,14 +264,15 @@ class Daemon:
                     last_pause_check = time.monotonic()
                     self._maybe_resume()
             else:
-                # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
-                # Every photo the fast lane passes on must find room in the worker's queue.
-                room = min(self.fast.room(), self.worker.room() - self.fast.busy)
-                for source, path in self.settling.take(limit=max(0, room)):
-                    self._consider(source, path)
-                for record in self.state.due_retries():
-                    if record.source in self._roots and self.worker.room():
-                        self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+                if not self.worker.paused:  # paused on the status page: no new photo is read or looked at either
+                    # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
+                    # Every photo the fast lane passes on must find room in the worker's queue.
+                    room = min(self.fast.room(), self.worker.room() - self.fast.busy)
+                    for source, path in self.settling.take(limit=max(0, room)):
+                        self._consider(source, path)
+                    for record in self.state.due_retries():
+                        if record.source in self._roots and self.worker.room():
+                            self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
                 self.follower.apply_due(settled=len(self.settling) == 0 and self.fast.busy == 0)
             self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
@@ -311,7 +318,9 @@ class Daemon:
         from lowkeyd.daemon.api import JobRoot, LocalApi
         from lowkeyd.daemon.api_server import ApiServer, TcpListener, load_token
         from lowkeyd.daemon.client import default_socket_path
+        from lowkeyd.daemon.status_page import StatusPage
 
+        self.page = StatusPage(state=self.state, worker=self.worker, roots=self._roots, outbox=self.outbox.root)
         local = LocalApi(
             self.worker,
             self.outbox,
@@ -321,9 +330,12 @@ class Daemon:
             timeout=api.timeout,
             on_published=None if self.hook is None else self.hook.published,
             status=self._api_status,
+            extra_routes=self.page.api_routes(),
         )
         tcp = None if api.tcp is None else TcpListener(api.tcp.host, api.tcp.port, load_token(api.tcp.token_file))
-        server = ApiServer(local, socket_path=default_socket_path(), tcp=tcp, max_connections=api.max_connections)
+        server = ApiServer(
+            local, socket_path=default_socket_path(), tcp=tcp, max_connections=api.max_connections, page=self.page
+        )
         server.start()
         return server
 
@@ -560,7 +572,10 @@ class Daemon:
             faces_too_small=outcome.faces_too_small,
             seconds=outcome.seconds,
             output=written,
+            output_sha256=outcome.sha256,
         )
+        if self.page is not None:
+            self.page.record(source, rel_path, outcome, self._preset())
         if written is not None:
             self._hand_on(
                 Published(

@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS history (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_file ON history (source, rel_path, at);
+-- What lowkeyd published, by content: a file carrying lowkeyd's XMP marker is taken as already
+-- cloaked only when its hash is here (anyone can write the marker). Kept after its row is replaced:
+-- an older output copied back into a watched folder is still lowkeyd's.
+CREATE TABLE IF NOT EXISTS outputs (
+    sha256 TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,
@@ -212,6 +219,10 @@ class StateDB:
         )
         return FileRecord._from_row(rows[0]) if rows else None
 
+    def is_own_output(self, sha256: str) -> bool:
+        """Whether lowkeyd published a file with exactly this content."""
+        return bool(self._query("SELECT 1 FROM outputs WHERE sha256 = ?", (sha256,)))
+
     def done_under(self, source: str, rel_path: str = "") -> list[FileRecord]:
         """Finished rows of ``source`` at ``rel_path`` or in the folder it names (all of them for "")."""
         rows = self._query(
@@ -307,9 +318,13 @@ class StateDB:
         key: FileKey | None = None,
         sha256: str | None = None,
         duplicate_of: str | None = None,
+        output_sha256: str | None = None,
     ) -> None:
-        """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate)."""
+        """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate);
+        ``output_sha256``, the content hash of the published ``output``, makes it known as lowkeyd's."""
         with self._lock, self._db:
+            if output is not None and output_sha256 is not None:
+                self._db.execute("INSERT OR REPLACE INTO outputs (sha256, at) VALUES (?, ?)", (output_sha256, time.time()))
             if key is not None and sha256 is not None:
                 self._db.execute(
                     """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, updated)
@@ -367,6 +382,16 @@ class StateDB:
             """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, error, updated)
                VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)""",
             (source, rel_path, key.size, key.mtime_ns, key.inode, Status.FAILED.value, reason, time.time()),
+        )
+
+    def retry_now(self, source: str, rel_path: str) -> bool:
+        """A failed file asked for again by its user: due at once, with a fresh set of attempts."""
+        return bool(
+            self._write(
+                "UPDATE files SET status = ?, attempts = 0, next_attempt = ?, updated = ? "
+                "WHERE source = ? AND rel_path = ? AND status = ?",
+                (Status.RETRY.value, time.time(), time.time(), source, rel_path, Status.FAILED.value),
+            )
         )
 
     def interrupted(self) -> list[FileRecord]:

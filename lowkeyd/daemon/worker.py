@@ -69,6 +69,7 @@ class Worker(Generic[R]):
         self._running = 0  # jobs in the batch being run
         self._changed = threading.Condition()
         self._stopping = False
+        self._paused = False
         self._thread: threading.Thread | None = None
         self.resource: R | None = None
 
@@ -109,6 +110,20 @@ class Worker(Generic[R]):
         with self._changed:
             return self._queue_size - len(self._waiting)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Start no new batch (the running one finishes); jobs keep queueing until :meth:`resume`."""
+        with self._changed:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._changed:
+            self._paused = False
+            self._changed.notify_all()
+
     def stop(self, timeout: float = 0.0) -> None:
         """Take no more jobs and cancel the waiting ones; give the running batch up to ``timeout`` seconds.
 
@@ -127,7 +142,7 @@ class Worker(Generic[R]):
 
     def _next_batch(self) -> list[tuple[Job[R, object], Future[object]]] | None:
         with self._changed:
-            while not self._waiting and not self._stopping:
+            while (self._paused or not self._waiting) and not self._stopping:
                 self._changed.wait()
             if self._stopping:
                 return None

@@ -10,6 +10,13 @@ blur and D_i the squared distance of the unit embeddings (scaled per
 each face (the engine cuts and puts them back); a blend mask per crop says
 where the perturbation may live, so everything the models see is exactly what
 will be published.
+
+For transfer to recognisers outside the ensemble the objective is taken in
+expectation over input diversity (random view, rescale and small affine
+misalignment: DI, Xie et al. 2019), over thinned members (feature-map dropout,
+:mod:`lowkeyd.engine.surrogate`), optionally with an intermediate-feature term,
+and the step is smoothed (translation invariance, Dong et al. 2019) and
+accumulated with momentum (MI, Dong et al. 2018).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.align import warp_faces
-from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.models.base import FaceEmbedder
+from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.presets import Preset
+from lowkeyd.engine.surrogate import Surrogates
 
 # ITU-R BT.601 YCbCr -> RGB for differences (no offsets): chroma can be damped
 # independently of luma, since colour blotches on skin are what people notice.
@@ -57,12 +65,64 @@ def texture_weight(x: torch.Tensor, flat_weight: float, window: int = 7, texture
     return flat_weight + (1 - flat_weight) * texture
 
 
+def feature_guard(landmarks: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+    """``(B, 1, H, W)``: ``weight`` over the eyes, brows and nose bridge, 1 elsewhere, soft-edged.
+
+    Those are the features people read a face by, and high-contrast texture, so a
+    texture mask alone sends the change straight to them: darker brows and eye
+    creases are the first thing someone who knows the face notices. Each eye's
+    ellipse reaches up over its brow; one more covers the bridge between them.
+    """
+    h, w = size
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=landmarks.device),
+        torch.arange(w, dtype=torch.float32, device=landmarks.device),
+        indexing="ij",
+    )
+    left, right = landmarks[:, 0], landmarks[:, 1]
+    d = (right - left).norm(dim=-1).clamp_min(1.0)[:, None, None]
+    eye_line = right - left
+    up = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1) / d[:, :, 0]  # unit vector towards the brows (-y)
+    guard = torch.zeros(landmarks.shape[0], h, w, device=landmarks.device)
+    for centre, ax, ay in ((left + 0.2 * up * d[:, :, 0], 0.36, 0.42), (right + 0.2 * up * d[:, :, 0], 0.36, 0.42),
+                           ((left + right) / 2 - 0.05 * up * d[:, :, 0], 0.16, 0.34)):
+        # Axis-aligned ellipses are enough: the roll of a face the attack keeps is small.
+        r = ((xs - centre[:, 0, None, None]) / (ax * d)) ** 2 + ((ys - centre[:, 1, None, None]) / (ay * d)) ** 2
+        t = ((1.3 - r.sqrt()) / 0.5).clamp(0, 1)
+        guard = torch.maximum(guard, t * t * (3 - 2 * t))
+    return (1 - (1 - weight) * guard)[:, None]
+
+
 @dataclass
 class AttackResult:
     adversarial: torch.Tensor  # (B, 3, H, W) in [0, 1]
     similarity: dict[str, torch.Tensor]  # model name -> (B,) cosine to the original, plain view, at the end
     lpips: torch.Tensor  # (B,) over each face region
     steps: torch.Tensor  # (B,) steps each face took
+
+
+@dataclass
+class _Batch:
+    """What stays fixed for one batch of faces while the attack runs."""
+
+    crops: torch.Tensor
+    landmarks: torch.Tensor
+    regions: torch.Tensor
+    weight: torch.Tensor  # where and how much each pixel may change
+    area: torch.Tensor  # (B, 1, 1, 1): pixels x channels the face may change
+    reference: dict[str, torch.Tensor]  # model -> (F, B, D) clean embeddings
+    taps: dict[str, torch.Tensor]  # model -> (F*B, C) clean intermediate features
+
+
+@dataclass
+class _State:
+    """What the attack moves: the perturbation and the bookkeeping of who is done."""
+
+    param: torch.Tensor
+    velocity: torch.Tensor
+    steps: torch.Tensor  # (B,) steps taken per face
+    active: torch.Tensor  # (B,) still being attacked
+    past: dict[str, torch.Tensor]  # model -> (B,) past its target at its last look
 
 
 class LowKey:
@@ -81,13 +141,150 @@ class LowKey:
         self.models = list(models)
         self.lpips = lpips
         self.preset = preset
+        self.surrogates = Surrogates(self.models, preset.dropout, preset.tap_depth if preset.tap_weight else None)
         # Models sharing a template and input size share one warp per step.
         key = lambda m: (tuple(m.template.flatten().tolist()), tuple(m.input_size))  # noqa: E731
         self._groups = [list(g) for _, g in groupby(sorted(self.models, key=key), key=key)]
+        # Each member's target on its own scale: ``target`` of the way from its threshold to a stranger.
+        self._targets = {m.name: m.threshold - (preset.target or 0) * (m.threshold - m.stranger) for m in self.models}
 
-    # -- pieces of the objective ---------------------------------------------------------
+    def __call__(
+        self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor
+    ) -> AttackResult:
+        generator = torch.Generator(device=crops.device)
+        if self.preset.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.preset.seed)
+        with self.surrogates.attached(generator):
+            batch = self._prepare(crops, landmarks, masks, regions)
+            state = self._start(batch, generator)
+            for step in range(self.preset.steps):
+                idx = state.active.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                grad, plain_seen = self._gradient(batch, state, idx, generator)
+                if self.preset.target is not None and step >= self.preset.min_steps and plain_seen:
+                    idx, grad = self._retire_done(state, idx, grad)
+                self._step(batch, state, idx, grad)
+        return self._finish(batch, state)
 
-    def _autocast(self, device: torch.device):
+    # -- start and finish --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _prepare(self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor) -> _Batch:
+        p = self.preset
+        weight = masks
+        if p.flat_weight < 1:
+            weight = weight * texture_weight(crops, p.flat_weight)
+        if p.eye_weight < 1:
+            weight = weight * feature_guard(landmarks, tuple(crops.shape[-2:]), p.eye_weight)
+        reference = self._embeddings(crops, landmarks, None)
+        taps = dict(self.surrogates.taps)
+        area = masks.sum((1, 2, 3), keepdim=True).clamp_min(1) * crops.shape[1]
+        return _Batch(crops, landmarks, regions, weight, area, reference, taps)
+
+    def _start(self, batch: _Batch, generator: torch.Generator) -> _State:
+        p, n = self.preset, batch.crops.shape[0]
+        # At x' = x the feature and LPIPS terms have zero gradient: start from a little noise.
+        init = torch.rand(batch.crops.shape, generator=generator, device=batch.crops.device) * 2 - 1
+        zeros = torch.zeros(n, dtype=torch.bool, device=batch.crops.device)
+        return _State(
+            param=init * p.init_noise,
+            velocity=torch.zeros_like(batch.crops),
+            steps=torch.zeros(n, dtype=torch.long, device=batch.crops.device),
+            active=~zeros,
+            past={m.name: zeros.clone() for m in self.models},
+        )
+
+    @torch.no_grad()
+    def _finish(self, batch: _Batch, state: _State) -> AttackResult:
+        adversarial = self._perturbed(state.param, batch.crops, batch.weight)
+        final = self._embeddings(adversarial, batch.landmarks, None)
+        similarity = {n: (e[0] * batch.reference[n][0]).sum(-1) for n, e in final.items()}
+        lp = self._region_lpips(adversarial, batch.crops, batch.regions, None)
+        return AttackResult(adversarial, similarity, lp, state.steps)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _gradient(
+        self, batch: _Batch, state: _State, idx: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, bool]:
+        """The objective's gradient for faces ``idx`` on one random view, and whether that view was the published one."""
+        p = self.preset
+        x = batch.crops[idx]
+        sub = state.param[idx].requires_grad_()
+        xp = self._perturbed(sub, x, batch.weight[idx])
+        views, view_scale, plain_seen = self._views(xp, generator)
+        members = None
+        if p.focus_members and not plain_seen:
+            # A member past its target for every face at its last look adds nothing to this step;
+            # the published view's steps look at every member again.
+            members = {n for n, v in state.past.items() if not v[idx].all()} or None
+        self.surrogates.drop = True
+        try:
+            emb = self._embeddings(views, batch.landmarks[idx], generator, members)
+        finally:
+            self.surrogates.drop = False
+        feature = view_scale * self._pull(batch, state, idx, emb)
+        objective = feature
+        if p.lpips_weight:
+            objective = objective - p.lpips_weight * self._region_lpips(xp, x, batch.regions[idx], generator)
+        (grad,) = torch.autograd.grad(objective.sum(), sub)
+        return grad, plain_seen
+
+    def _pull(self, batch: _Batch, state: _State, idx: torch.Tensor, emb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(b,)`` the ensemble's feature term; updates which members are past their target."""
+        p = self.preset
+        terms = []
+        for name, e in emb.items():
+            ref = batch.reference[name][:, idx]
+            with torch.no_grad():
+                cos = (e * ref.repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
+                state.past[name][idx] = cos.view(-1, idx.numel()).amax(0) <= self._targets[name]
+            distance = self._feature_distance(e, ref)
+            if name in self.surrogates.taps:
+                distance = distance + p.tap_weight * self._tap_distance(self.surrogates.taps[name], batch.taps[name], idx)
+            # Focus: a member already past its target gets no more of the step; the budget
+            # goes to the members still behind (and to LPIPS once none is).
+            terms.append(distance * ~state.past[name][idx] if p.focus_members else distance)
+        return sum(terms) / len(self.models)
+
+    def _retire_done(self, state: _State, idx: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Faces whose every member (and view, the published one included) is past its target stop here;
+        they keep the perturbation that got them there."""
+        done = torch.stack([v[idx] for v in state.past.values()]).all(0)
+        state.active[idx[done]] = False
+        return idx[~done], grad[~done]
+
+    @torch.no_grad()
+    def _step(self, batch: _Batch, state: _State, idx: torch.Tensor, grad: torch.Tensor) -> None:
+        p = self.preset
+        if idx.numel() == 0:
+            return
+        if p.ti_kernel:
+            # Translation invariance: the step for every small shift of the face at once.
+            grad = gaussian_blur(grad, p.ti_kernel, p.ti_kernel / 4)
+        if p.step_rule == "sign":
+            direction = grad.sign()
+        else:
+            # RMS over the face's own pixels, not the crop: how much of the crop a
+            # face fills must not change how far each of its pixels moves.
+            rms = (grad.pow(2).sum((1, 2, 3), keepdim=True) / batch.area[idx]).sqrt().clamp_min(1e-12)
+            direction = grad / rms
+        state.velocity[idx] = p.momentum * state.velocity[idx] + direction
+        state.param[idx] += p.step_size * state.velocity[idx]
+        state.steps[idx] += 1
+
+    # -- pieces of the objective ---------------------------------------------------------------
+
+    def _perturbed(self, param: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.preset.chroma_scale < 1:
+            scale = torch.tensor([1.0, self.preset.chroma_scale, self.preset.chroma_scale], device=x.device)
+            param = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x.device) * scale, param)
+        return (x + weight * param).clamp(0, 1)
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         p = self.preset.precision
         if p == "bf16" or (p == "auto" and device.type == "cuda"):
             return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -114,6 +311,19 @@ class LowKey:
             out = F.interpolate(out, size=xp.shape[-2:], mode="bilinear", align_corners=False)
         return out, scale, use_plain
 
+    def _jitter(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
+        """``(n, 2, 3)`` random small affine maps (shift, rotation, scale) in aligned-face coordinates."""
+        p = self.preset
+        if generator is None or not (p.jitter_px or p.jitter_deg or p.jitter_scale):
+            return None
+        noise = torch.randn(n, 4, generator=generator, device=device)
+        angle = noise[:, 0] * math.radians(p.jitter_deg)
+        scale = 1 + noise[:, 1] * p.jitter_scale
+        # Shifts in px of a ~112 px model input, as 2 px / size in normalised units.
+        shift = noise[:, 2:] * (2 * p.jitter_px / 112)
+        cos, sin = scale * angle.cos(), scale * angle.sin()
+        return torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
+
     def _embeddings(
         self,
         images: torch.Tensor,
@@ -122,16 +332,10 @@ class LowKey:
         members: set[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per model (of ``members``, default all), ``(F, N, D)`` unit embeddings of ``images`` (N)
-        with F = 2 if flipped copies are used."""
+        with F = 2 if flipped copies are used. Intermediate features land in ``self.surrogates.taps``."""
         n_views = images.shape[0] // landmarks.shape[0]
         lm = landmarks.repeat(n_views, 1, 1)
-        jitter = None
-        if self.preset.jitter_px and generator is not None:
-            # Translation jitter in the normalised coordinates of a ~model-sized face.
-            jitter = torch.zeros(images.shape[0], 2, 3, device=images.device)
-            jitter[:, :, 2] = torch.randn(images.shape[0], 2, generator=generator, device=images.device) * (
-                2 * self.preset.jitter_px / 112
-            )
+        jitter = self._jitter(images.shape[0], generator, images.device)
         out = {}
         for group in self._groups:
             group = [m for m in group if members is None or m.name in members]
@@ -176,6 +380,17 @@ class LowKey:
         d2 = d2 / (emb.shape[-1] if self.preset.feature_scale == "per_dim" else 4.0)
         return d2.mean(0).view(-1, batch).sum(0)
 
+    def _tap_distance(self, tap: torch.Tensor, reference: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``(b,)``: 1 - cosine of pooled intermediate features, flips averaged and views summed.
+
+        ``tap`` rows are ordered (flip, view, face) as :meth:`_embeddings` fed them;
+        ``reference`` rows (flip, face) for the whole batch.
+        """
+        flips = 1 + self.preset.flip
+        ref = reference.view(flips, -1, reference.shape[-1])[:, idx]  # (F, b, C)
+        cur = tap.view(flips, -1, idx.numel(), tap.shape[-1])  # (F, V, b, C)
+        return (1 - F.cosine_similarity(cur, ref[:, None], dim=-1)).mean(0).sum(0)
+
     def _region_lpips(
         self, a: torch.Tensor, b: torch.Tensor, regions: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
@@ -197,99 +412,6 @@ class LowKey:
             h, w = fa.shape[-2] - 3, fa.shape[-1] - 3
             values.append(self.lpips(fa[..., dy : dy + h, dx : dx + w], fb[..., dy : dy + h, dx : dx + w]).mean())
         return torch.stack(values)
-
-    # -- the attack -----------------------------------------------------------------------
-
-    def __call__(
-        self, crops: torch.Tensor, landmarks: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor
-    ) -> AttackResult:
-        p = self.preset
-        device = crops.device
-        batch = crops.shape[0]
-        generator = torch.Generator(device=device)
-        if p.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(p.seed)
-
-        with torch.no_grad():
-            reference = self._embeddings(crops, landmarks, None)
-            weight = masks * (texture_weight(crops, p.flat_weight) if p.flat_weight < 1 else 1.0)
-            if p.chroma_scale < 1:
-                basis = _YCBCR_TO_RGB.to(device) * torch.tensor([1.0, p.chroma_scale, p.chroma_scale], device=device)
-            else:
-                basis = None
-            thresholds = {m.name: m.threshold for m in self.models}
-            area = masks.sum((1, 2, 3), keepdim=True).clamp_min(1) * crops.shape[1]
-
-        def perturbed(param: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-            delta = param if basis is None else torch.einsum("ij,bjhw->bihw", basis, param)
-            return (x + w * delta).clamp(0, 1)
-
-        init = torch.rand(crops.shape, generator=generator, device=device) * 2 - 1
-        param = (init * p.init_noise).requires_grad_(p.steps > 0)
-        velocity = torch.zeros_like(crops)
-        steps = torch.zeros(batch, dtype=torch.long, device=device)
-        active = torch.ones(batch, dtype=torch.bool, device=device)
-        past = {m.name: torch.zeros(batch, dtype=torch.bool, device=device) for m in self.models}
-
-        for step in range(p.steps):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            x, lm, w = crops[idx], landmarks[idx], weight[idx]
-            sub = param.detach()[idx].requires_grad_()
-            xp = perturbed(sub, x, w)
-            views, view_scale, has_plain = self._views(xp, generator)
-            members = None
-            if p.focus_members and not has_plain:
-                # A member that was past its target for every face at its last look adds
-                # nothing to this step; the published view's steps look at every member again.
-                members = {n for n, v in past.items() if not v[idx].all()} or None
-            emb = self._embeddings(views, lm, generator, members)
-            with torch.no_grad():
-                # Per member and face: is every view (and flip) already past the member's target?
-                for name, e in emb.items():
-                    cos = (e * reference[name][:, idx].repeat(1, e.shape[1] // idx.numel(), 1)).sum(-1)
-                    past[name][idx] = cos.view(-1, idx.numel()).amax(0) <= thresholds[name] - (p.target_margin or 0)
-            terms = []
-            for name, e in emb.items():
-                distance = self._feature_distance(e, reference[name][:, idx])
-                # Focus: a member already past its target gets no more of the step; the
-                # budget goes to the members still behind (and to LPIPS once none is).
-                terms.append(distance * ~past[name][idx] if p.focus_members else distance)
-            feature = view_scale * sum(terms) / len(self.models)
-            perceptual = self._region_lpips(xp, x, regions[idx], generator) if p.lpips_weight else 0
-            objective = feature - p.lpips_weight * perceptual
-            (grad,) = torch.autograd.grad(objective.sum(), sub)
-
-            with torch.no_grad():
-                if p.target_margin is not None and step >= p.min_steps and has_plain:
-                    # Faces whose every member (and view, the published one included) is already
-                    # far enough are done; they keep the perturbation that got them there.
-                    done = torch.stack([v[idx] for v in past.values()]).all(0)
-                    active[idx[done]] = False
-                    keep = ~done
-                    idx, grad = idx[keep], grad[keep]
-                    if idx.numel() == 0:
-                        break
-                if p.step_rule == "sign":
-                    direction = grad.sign()
-                else:
-                    # RMS over the face's own pixels, not the crop: how much of the crop a
-                    # face fills must not change how far each of its pixels moves.
-                    rms = (grad.pow(2).sum((1, 2, 3), keepdim=True) / area[idx]).sqrt().clamp_min(1e-12)
-                    direction = grad / rms
-                velocity[idx] = p.momentum * velocity[idx] + direction
-                param.data[idx] += p.step_size * velocity[idx]
-                steps[idx] += 1
-
-        with torch.no_grad():
-            adversarial = perturbed(param.detach(), crops, weight)
-            final = self._embeddings(adversarial, landmarks, None)
-            similarity = {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
-            lp = self._region_lpips(adversarial, crops, regions, None)
-        return AttackResult(adversarial, similarity, lp, steps)
 
     @staticmethod
     def crop_size(preset: Preset) -> int:

@@ -50,6 +50,7 @@ class CloakResult:
     faces: list[FaceReport]
     seconds: float
     preset: str
+    members: tuple[str, ...]  # the recognisers the attack ran against: a check by one of them is white-box
 
     @property
     def cloaked(self) -> int:
@@ -120,6 +121,16 @@ class Cloaker:
         other._use(preset)
         return other
 
+    def with_members(self, names: Sequence[str]) -> Cloaker:
+        """A cloaker attacking with the resident recognisers ``names`` alone (a holdout fold's ensemble)."""
+        unknown = set(names) - {m.name for m in self.models}
+        if unknown:
+            raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
+        other = copy.copy(self)
+        other.models = [m for m in self.models if m.name in names]
+        other._use(self.preset)
+        return other
+
     def _use(self, preset: Preset) -> None:
         self.preset = preset
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
@@ -169,7 +180,7 @@ class Cloaker:
             report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
         seconds = time.perf_counter() - start
         return [
-            CloakResult(output, found, seconds / len(images), self.preset.name)
+            CloakResult(output, found, seconds / len(images), self.preset.name, tuple(m.name for m in self.models))
             for output, found in zip(outputs, reports)
         ]
 

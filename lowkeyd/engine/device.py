@@ -35,7 +35,7 @@ def default_cpu_threads() -> int:
     the idle cores, each barrier waits for a descheduled thread. On the 2-core
     development machine with other work running, 10 attack steps took 135 s
     with 2 threads and 20 s with 1 (one forward+backward up to 25x slower,
-    ENGINE-NOTES.md), so a busy machine gets fewer threads, never more than
+    measured on that machine), so a busy machine gets fewer threads, never more than
     the cores that are idle.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

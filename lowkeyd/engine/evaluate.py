@@ -2,8 +2,14 @@
 
 Every face of the original is looked for again in the cloaked photo (as a
 scraper would: fresh detection, fresh alignment), then compared by each
-ensemble member and by the independent dlib verifier, which the attack never
-saw. A face the detector no longer finds counts as protected: nothing matches it.
+judge: every loaded recogniser through its own template alignment, and dlib's
+ResNet through dlib's own runtime and landmark predictor. A face the detector
+no longer finds counts as protected: nothing matches it.
+
+Each judge reports a *margin*: how far past its match threshold the pair is,
+positive when it no longer calls them the same person (cosine: threshold -
+similarity; dlib: distance - 0.6). One sign convention lets the holdout bench
+and ``lowkeyd verify`` treat every recogniser alike.
 """
 
 from __future__ import annotations
@@ -22,9 +28,61 @@ from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.social import social_pipeline
 from lowkeyd.engine.verifier import DlibVerifier
 
-VERIFIER = "dlib"
+# dlib's ResNet, judged through dlib's own runtime (its torch port, when it is an
+# attack member, has the same name: a fold that holds "dlib" out holds out both).
+DLIB = "dlib"
 # The face region whose LPIPS is reported: the detector's box, grown by this fraction of its size.
 FACE_MARGIN = 0.1
+
+
+class EmbedderJudge:
+    """A torch recogniser as a judge: template alignment on fresh landmarks, cosine against its threshold."""
+
+    measure = "cosine"
+
+    def __init__(self, model: FaceEmbedder, device: torch.device) -> None:
+        self.model = model
+        self.name = model.name
+        self.device = device
+        self.rule = f">= {model.threshold:.3f}"
+
+    @torch.no_grad()
+    def identities(self, rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        if not faces:
+            return np.zeros((0, self.model.embedding_dim))
+        image = _tensor(rgb, self.device)
+        landmarks = torch.from_numpy(np.stack([f.landmarks for f in faces])).float().to(self.device)
+        aligned = warp_faces(image.expand(len(faces), -1, -1, -1), landmarks, self.model.template, self.model.input_size)
+        return self.model(aligned).float().cpu().numpy()
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.dot(a, b))
+
+    def margin(self, score: float) -> float:
+        return self.model.threshold - score
+
+
+class DlibJudge:
+    """dlib's ResNet in dlib's own runtime (dlib-bin): its landmarks, its alignment, L2 distance."""
+
+    name = DLIB
+    measure = "L2 distance"
+
+    def __init__(self, verifier: DlibVerifier | None = None) -> None:
+        self.verifier = verifier or DlibVerifier()
+        self.rule = f"<= {self.verifier.threshold:.2f}"
+
+    def identities(self, rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return self.verifier.descriptors(rgb, [f.box for f in faces])
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        return self.verifier.distance(a, b)
+
+    def margin(self, score: float) -> float:
+        return score - self.verifier.threshold
+
+
+Judge = EmbedderJudge | DlibJudge
 
 
 @dataclass
@@ -32,22 +90,14 @@ class FaceCheck:
     box: tuple[float, float, float, float]
     size: float
     found: bool  # detected again in the cloaked photo
-    similarity: dict[str, float] = field(default_factory=dict)  # ensemble member -> cosine
-    thresholds: dict[str, float] = field(default_factory=dict)
-    dlib_distance: float | None = None
-    dlib_threshold: float = DlibVerifier.threshold
+    scores: dict[str, float] = field(default_factory=dict)  # judge -> cosine or distance
+    margins: dict[str, float] = field(default_factory=dict)  # judge -> how far past "no match" (> 0: protected)
     lpips: float | None = None  # face region, native resolution
 
     @property
     def protected(self) -> dict[str, bool]:
-        """Per recogniser (ensemble members and ``dlib``): does it fail to match the face?"""
-        verdict = {n: (not self.found) or s < self.thresholds[n] for n, s in self.similarity.items()}
-        verdict[VERIFIER] = (not self.found) or (self.dlib_distance or 0.0) > self.dlib_threshold
-        return verdict
-
-    @property
-    def protected_by_verifier(self) -> bool:
-        return self.protected[VERIFIER]
+        """Per judge: does it fail to match the face? (Every judge, when the face is not found again.)"""
+        return {n: (not self.found) or m > 0 for n, m in self.margins.items()}
 
 
 @dataclass
@@ -74,47 +124,40 @@ def _tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None].div(255).to(device)
 
 
-class Evaluator:
-    """Ensemble + independent verifier + LPIPS; reuse a :class:`Cloaker`'s resident models with :meth:`sharing`."""
+def judges_for(models: Sequence[FaceEmbedder], device: torch.device) -> list[Judge]:
+    """One judge per recogniser; dlib's through its own runtime (a torch port of it is not used to judge)."""
+    return [EmbedderJudge(m, device) for m in models if m.name != DLIB] + [DlibJudge()]
 
-    def __init__(
-        self,
-        detector: FaceDetector,
-        models: Sequence[FaceEmbedder],
-        lpips: torch.nn.Module,
-        device: torch.device,
-    ) -> None:
+
+class Evaluator:
+    """Detector + judges + LPIPS; reuse a :class:`Cloaker`'s resident models with :meth:`sharing`."""
+
+    def __init__(self, detector: FaceDetector, judges: Sequence[Judge], lpips: torch.nn.Module, device: torch.device) -> None:
         self.detector = detector
-        self.models = list(models)
+        self.judges = list(judges)
         self.lpips = lpips
         self.device = device
-        self.verifier = DlibVerifier()
 
     @classmethod
     def sharing(cls, cloaker) -> Evaluator:  # noqa: ANN001 - a lowkeyd.engine.cloak.Cloaker
         """An evaluator on a cloaker's resident models (no second load)."""
-        return cls(cloaker.detector, cloaker.models, cloaker.lpips, cloaker.device)
+        return cls(cloaker.detector, judges_for(cloaker.models, cloaker.device), cloaker.lpips, cloaker.device)
 
     @classmethod
     def load(cls, device: str | None = None) -> Evaluator:
         """Load the detector, every available recogniser and LPIPS."""
-        from lowkeyd.engine.device import pick_device, set_cpu_threads
-        from lowkeyd.engine.models.zoo import available_embedders, load_embedder
-        from lowkeyd.engine.perceptual import load_lpips
+        from lowkeyd.engine.cloak import Cloaker
 
-        dev = pick_device(device)
-        if dev.type == "cpu":
-            set_cpu_threads()
-        models = [load_embedder(n, dev) for n in available_embedders()]
-        return cls(FaceDetector(dev), models, load_lpips(dev, spatial=True), dev)
+        return cls.sharing(Cloaker(device=device))
 
-    @torch.no_grad()
-    def _embed(self, rgb: np.ndarray, face: Face) -> dict[str, torch.Tensor]:
-        image = _tensor(rgb, self.device)
-        landmarks = torch.from_numpy(face.landmarks)[None].to(self.device)
-        return {
-            m.name: m(warp_faces(image, landmarks, m.template, m.input_size))[0] for m in self.models
-        }
+    def identities(self, rgb: np.ndarray, faces: Sequence[Face]) -> dict[str, np.ndarray]:
+        """Per judge, ``(N, D)`` identity vectors of ``faces`` in ``rgb``."""
+        return {j.name: j.identities(rgb, faces) for j in self.judges}
+
+    def match(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
+        """Scores and margins of two faces' identity vectors (one face each, per judge)."""
+        scores = {j.name: j.score(a[j.name], b[j.name]) for j in self.judges}
+        return scores, {j.name: j.margin(s) for j, s in zip(self.judges, scores.values(), strict=True)}
 
     @torch.no_grad()
     def _face_lpips(self, original: np.ndarray, cloaked: np.ndarray, face: Face) -> float:
@@ -134,36 +177,47 @@ class Evaluator:
         b = _tensor(cloaked[ya:yb, xa:xb], self.device) * 2 - 1
         return float(phase_averaged_lpips(self.lpips, a, b))
 
-    def compare(self, original: np.ndarray, cloaked: np.ndarray, *, social: bool = False) -> Evaluation:
-        """Each face of ``original`` against its counterpart in ``cloaked`` (after the social pipeline if asked)."""
+    def compare(
+        self,
+        original: np.ndarray,
+        cloaked: np.ndarray,
+        *,
+        social: bool = False,
+        faces: Sequence[Face] | None = None,
+        before: dict[str, np.ndarray] | None = None,
+    ) -> Evaluation:
+        """Each face of ``original`` against its counterpart in ``cloaked`` (after the social pipeline if asked).
+
+        ``faces`` and ``before`` (the original's faces and their :meth:`identities`)
+        may be passed in when one original is compared with several cloaks.
+        """
         seen = social_pipeline(cloaked) if social else cloaked
         scale = seen.shape[1] / original.shape[1]
-        faces = self.detector.detect(original)
+        faces = self.detector.detect(original) if faces is None else faces
+        before = self.identities(original, faces) if before is None else before
         found = self.detector.detect(seen)
-        same_size = cloaked.shape == original.shape
-        thresholds = {m.name: m.threshold for m in self.models}
-        checks = []
-        for face in faces:
-            check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=False, thresholds=thresholds)
-            check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
+        twins = {}
+        for i, face in enumerate(faces):
             ious = [_iou(face.box * scale, f.box) for f in found]
             if ious and max(ious) > 0.3:
-                twin = found[int(np.argmax(ious))]
-                check.found = True
-                before, after = self._embed(original, face), self._embed(seen, twin)
-                check.similarity = {n: float((before[n] * after[n]).sum()) for n in before}
-                d0 = self.verifier.descriptors(original, [face.box])[0]
-                d1 = self.verifier.descriptors(seen, [twin.box])[0]
-                check.dlib_distance = self.verifier.distance(d0, d1)
+                twins[i] = found[int(np.argmax(ious))]
+        after = self.identities(seen, list(twins.values()))
+        same_size = cloaked.shape == original.shape
+        checks = []
+        for i, face in enumerate(faces):
+            check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=i in twins)
+            check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
+            if check.found:
+                k = list(twins).index(i)
+                check.scores, check.margins = self.match(
+                    {n: v[i] for n, v in before.items()}, {n: v[k] for n, v in after.items()}
+                )
+            else:
+                check.margins = {j.name: math.inf for j in self.judges}
             checks.append(check)
         return Evaluation(checks, psnr(original, cloaked) if same_size else math.nan, social)
 
-    def verifier_distance(self, a: np.ndarray, b: np.ndarray) -> float | None:
-        """dlib distance between the largest faces of two photos (cross-photo identity), None if one has none."""
-        descriptors = []
-        for rgb in (a, b):
-            faces = self.detector.detect(rgb)
-            if not faces:
-                return None
-            descriptors.append(self.verifier.descriptors(rgb, [faces[0].box])[0])
-        return self.verifier.distance(*descriptors)
+    def largest_face(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Identity vectors of the largest face of ``rgb`` (a cross-photo probe or gallery entry), None if none."""
+        faces = self.detector.detect(rgb)
+        return {n: v[0] for n, v in self.identities(rgb, faces[:1]).items()} if faces else None

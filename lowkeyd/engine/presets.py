@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lowkeyd.errors import EngineError
 
@@ -66,23 +66,45 @@ class Preset(BaseModel):
         0.1, ge=0, le=1, description="perturbation weight on flat areas (skin) relative to textured ones; 1 = no mask"
     )
     jitter_px: float = Field(1.0, ge=0, description="random misalignment (px at model input) averaged over")
+    jitter_deg: float = Field(0.0, ge=0, le=30, description="random in-plane rotation (degrees, std) averaged over")
+    jitter_scale: float = Field(0.0, ge=0, le=0.3, description="random scale change (fraction, std) averaged over")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="feature-map dropout inside the members on attack steps (model augmentation)"
+    )
+    ti_kernel: int = Field(0, ge=0, le=31, description="Gaussian smoothing of each step (translation invariance); 0 = off")
+    tap_weight: float = Field(0.0, ge=0, description="weight of the intermediate-feature term; 0 = off")
+    tap_depth: float = Field(0.5, ge=0, le=1, description="where the intermediate feature is taken (0 = first conv, 1 = last)")
+    eye_weight: float = Field(
+        1.0, ge=0, le=1, description="perturbation weight over eyes, brows and nose bridge relative to the rest; 1 = no guard"
+    )
     rescale_min: float = Field(1.0, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
-    target_margin: float | None = Field(
-        0.2,
+    target: float | None = Field(
+        1.0,
         ge=0,
-        description="stop a face once every member's cosine similarity is this far below its threshold; None = run all steps",
+        le=3,
+        description="stop a face once every member sees it this far past its match threshold, measured from the "
+        "threshold (0) to a typical stranger's similarity (1); beyond 1 the face looks less like the original "
+        "than a stranger does. None = run all steps",
     )
     focus_members: bool = Field(
         True,
-        description="a member already past its target (threshold - target_margin, or the threshold itself "
-        "when there is no margin) stops pulling, leaving the step to those behind",
+        description="a member already past its target (or its threshold when there is no target) stops pulling, "
+        "leaving the step to those behind",
     )
     min_steps: int = Field(0, ge=0, description="never stop a face before this many steps")
     init_noise: float = Field(1 / 255, ge=0, description="uniform random start; at x' = x most terms have zero gradient")
     precision: Literal["fp32", "bf16", "auto"] = Field("auto", description="'auto': bf16 on CUDA, fp32 elsewhere")
     min_face_px: int = Field(32, ge=8, description="faces smaller than this (box side, px) are left alone and reported")
     seed: int | None = Field(0, description="random seed for the start and the expectation; None = random")
+
+    @field_validator("blur_kernel", "ti_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        # An even kernel has no centre pixel: the blurred image would shift by half a pixel and grow by one.
+        if v and v % 2 == 0:
+            raise ValueError(f"must be odd (or 0 for off), got {v}")
+        return v
 
 
 # The paper's attack works on the photo's own pixels: a working face size no
@@ -103,7 +125,7 @@ _PAPER = Preset(
     chroma_scale=1.0,
     flat_weight=1.0,
     work_face_px=1024,
-    target_margin=None,
+    target=None,
     focus_members=False,
     precision="fp32",
 )
@@ -113,7 +135,7 @@ _DEFAULT = Preset(name="default")
 PRESETS: dict[str, Preset] = {
     "paper": _PAPER,
     "default": _DEFAULT,
-    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target_margin": 0.35, "flip": True}),
+    "strong": _DEFAULT.model_copy(update={"name": "strong", "steps": 80, "target": 1.5, "flip": True}),
 }
 
 

@@ -217,7 +217,7 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile(
             name="dlib_resnet_v1",
             filename="dlib_face_recognition_resnet_model_v1.dat",
-            role="verifier: dlib ResNet",
+            role="verifier, and attack model 'dlib': dlib ResNet",
             sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
             size=22466066,
             licence="CC0 (dlib); trained on faces scraped from the web (VGG, FaceScrub)",

@@ -7,6 +7,7 @@ nothing more. Each raises ValueError on a malformed container.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ class JpegLayout:
 
     segments: tuple[tuple[int, bytes], ...]  # (marker byte, payload without the length field)
     end: int
+    starts: tuple[int, ...] = ()  # offset of each segment's 0xFF marker byte, in the same order
 
     def app(self, n: int) -> Iterator[bytes]:
         """Payloads of the APPn segments, in file order."""
@@ -42,6 +44,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         raise ValueError("no JPEG start-of-image marker")
     pos = start + 2
     segments: list[tuple[int, bytes]] = []
+    starts: list[int] = []
     while True:
         if pos >= n or data[pos] != 0xFF:
             raise ValueError("JPEG marker expected")
@@ -52,7 +55,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         marker = data[pos]
         pos += 1
         if marker == 0xD9:
-            return JpegLayout(tuple(segments), pos)
+            return JpegLayout(tuple(segments), pos, tuple(starts))
         if marker in _STANDALONE:
             continue
         if pos + 2 > n:
@@ -61,6 +64,7 @@ def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:
         if length < 2 or pos + length > n:
             raise ValueError("JPEG segment overruns the file")
         segments.append((marker, data[pos + 2 : pos + length]))
+        starts.append(pos - 2)
         pos += length
         if marker == SOS:
             pos = _end_of_entropy_data(data, pos)
@@ -145,3 +149,26 @@ def bmff_boxes(data: bytes) -> list[bytes]:
         kinds.append(kind)
         pos += size
     return kinds
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC of type and payload."""
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def png_with_image(carrier: bytes, picture: bytes) -> bytes:
+    """``carrier``'s chunks with its header and image data (IHDR, IDAT) replaced by ``picture``'s.
+
+    Lets one encoder code the samples and another write the ancillary chunks around them.
+    """
+    coded = png_chunks(picture)
+    header = [payload for kind, payload in coded if kind == b"IHDR"]
+    data = b"".join(png_chunk(kind, payload) for kind, payload in coded if kind == b"IDAT")
+    out = [PNG_SIGNATURE, png_chunk(b"IHDR", header[0])]
+    for kind, payload in png_chunks(carrier):
+        if kind == b"IDAT":
+            out.append(data)
+            data = b""
+        elif kind != b"IHDR":
+            out.append(png_chunk(kind, payload))
+    return b"".join(out)

@@ -11,18 +11,22 @@ import os
 import stat
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers
+from lowkeyd.photo import containers, jpeg
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
+from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.model import Photo, SourceEncoding
-from lowkeyd.photo.orientation import TO_UPRIGHT
+from lowkeyd.photo.orientation import TO_UPRIGHT, transpose_array
+from lowkeyd.photo.samples import Samples
 from lowkeyd.photo.xmp import Xmp
 
 pillow_heif.register_heif_opener()
@@ -58,9 +62,15 @@ _MODES = {
     "1": (True, False),
     "P": (False, False),
     "PA": (False, True),
+    "CMYK": (False, False),
+    "I;16": (True, False),
 }
+# Modes whose samples the output keeps (see lowkeyd.photo.samples) instead of 8-bit pixels.
+_DEEP_MODES = {"CMYK", "I;16"}
 # Secondary HEIF items pillow-heif reports; lowkeyd writes the primary image only.
 _HEIF_EXTRAS = {"thumbnails": "thumbnails", "depth_images": "depth maps", "aux": "auxiliary images (mattes, gain maps)"}
+# Lossy formats written at the source's size (lowkeyd.photo.sizing).
+_SIZE_MATCHED = {"WEBP", "HEIF", "AVIF"}
 _PNG_COPIED = {b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI", b"pHYs", b"tIME", b"tEXt", b"zTXt", b"iTXt"}
 
 
@@ -151,25 +161,16 @@ def _decode(
         raise PhotoError(f"{name}: the {label} {what}; lowkeyd cloaks still photos only")
     dropped: list[str] = []
     has_video, encoding = _inspect_container(fmt, image, data, name, dropped)
+    if fmt in _SIZE_MATCHED:
+        metadata = sum(len(image.info.get(key) or b"") for key in ("exif", "xmp", "icc_profile"))
+        encoding = replace(encoding, image_bytes=len(data) - metadata)
     if image.mode not in _MODES:
-        raise PhotoError(f"{name}: {_mode_reason(image.mode)}; lowkeyd cloaks 8-bit RGB and grayscale photos")
+        raise PhotoError(f"{name}: {_mode_reason(image.mode)}; lowkeyd cloaks RGB, grayscale and CMYK photos")
     orientation = _orientation(image)
     try:
         image.load()
-        grayscale, has_alpha = _MODES[image.mode]
-        if image.mode == "P":
-            has_alpha = "transparency" in image.info
-            dropped.append("the colour palette (written as full colour)")
-        # Each conversion is a full copy of the pixels (gigabytes at 100 MP): only those needed are made.
-        mode = ("L" if grayscale else "RGB") + ("A" if has_alpha else "")
-        upright = image if image.mode == mode else image.convert(mode)
-        if (transpose := TO_UPRIGHT.get(orientation)) is not None:  # FLIP_LEFT_RIGHT is 0
-            upright = upright.transpose(transpose)
-        # asarray: a read-only view of the pixel bytes rather than one more copy of them.
-        rgb = np.asarray(upright if upright.mode == "RGB" else upright.convert("RGB"))
-        alpha = np.asarray(upright.getchannel("A")) if has_alpha else None
-        del upright
-    except _DECODE_ERRORS as exc:
+        rgb, alpha, grayscale, samples = _pixels(image, data, fmt, orientation, dropped)
+    except _DECODE_ERRORS + (cv2.error,) as exc:
         raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
 
     exif = _read_exif(image.info.get("exif"), dropped)
@@ -177,6 +178,11 @@ def _decode(
     has_video = has_video or video_in_xmp
     if has_video:
         dropped.append("the attached motion video")
+    has_location = bool(
+        (exif is not None and exif.has_gps)
+        or (xmp is not None and xmp.copy().remove_gps())
+        or (encoding.photoshop is not None and encoding.photoshop.has_location)
+    )
     return Photo(
         rgb=rgb,
         alpha=alpha,
@@ -192,13 +198,72 @@ def _decode(
         cloak_marker=marker,
         has_motion_video=has_video,
         dropped=tuple(dropped),
+        has_location=has_location,
+        samples=samples,
         source_stat=source_stat,
+        source_bytes=data,
     )
 
 
+def _pixels(
+    image: Image.Image, data: bytes, fmt: str, orientation: int, dropped: list[str]
+) -> tuple[np.ndarray, np.ndarray | None, bool, Samples | None]:
+    """(upright 8-bit RGB, alpha, grayscale, the source's own samples where the output keeps them)."""
+    upright = TO_UPRIGHT.get(orientation)
+    deep = _deep_samples(image, data, fmt)
+    if deep is not None:
+        samples = Samples(transpose_array(deep[0], upright), deep[1])
+        view = samples.to_8bit()
+        rgb = np.repeat(view[..., :1], 3, axis=2) if samples.colours == 1 else view[..., :3]
+        alpha = view[..., samples.colours] if view.shape[2] > samples.colours else None
+        return np.ascontiguousarray(rgb), alpha, samples.colours == 1, samples
+    grayscale, has_alpha = _MODES[image.mode]
+    if image.mode == "P":
+        has_alpha = "transparency" in image.info
+        dropped.append("the colour palette (written as full colour)")
+    if image.mode in _DEEP_MODES:
+        stored = image if upright is None else image.transpose(upright)
+        array = np.array(stored)
+        samples = Samples(array[..., None] if array.ndim == 2 else array, 16 if image.mode == "I;16" else 8, image.mode == "CMYK")
+        eight = Image.fromarray(samples.to_8bit()[..., 0]) if image.mode == "I;16" else stored.convert("RGB")
+        return np.array(eight.convert("RGB")), None, grayscale, samples
+    # Each conversion is a full copy of the pixels (gigabytes at 100 MP): only those needed are made.
+    mode = ("L" if grayscale else "RGB") + ("A" if has_alpha else "")
+    converted = image if image.mode == mode else image.convert(mode)
+    if upright is not None:  # FLIP_LEFT_RIGHT is 0
+        converted = converted.transpose(upright)
+    # asarray: a read-only view of the pixel bytes rather than one more copy of them.
+    rgb = np.asarray(converted if converted.mode == "RGB" else converted.convert("RGB"))
+    return rgb, np.asarray(converted.getchannel("A")) if has_alpha else None, grayscale, None
+
+
+def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, int] | None:
+    """(stored (H, W, C) uint16 samples, significant bits) of a 16-bit PNG or a 10/12-bit HEIF; else None.
+
+    Pillow decodes these to 8 bits (or not at all), so OpenCV and pillow-heif read them instead.
+    """
+    if fmt == "PNG" and _png_bit_depth(data) == 16:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise ValueError("OpenCV cannot decode it")
+        if array.ndim == 2:
+            return array[..., None], 16
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB), 16
+    bits = image.info.get("bit_depth", 8) if fmt == "HEIF" else 8
+    if bits <= 8:
+        return None
+    heif = pillow_heif.open_heif(data, convert_hdr_to_8bit=False)
+    array = np.asarray(heif)  # pillow-heif scales the samples up to 16 bits
+    array = array >> (16 - bits)
+    return (array[..., None] if array.ndim == 2 else array), bits
+
+
+def _png_bit_depth(data: bytes) -> int:
+    """Bit depth from a PNG's IHDR (signature 8, length 4, type 4, width 4, height 4, depth 1)."""
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
+
+
 def _mode_reason(mode: str) -> str:
-    if mode in ("CMYK", "YCCK"):
-        return "CMYK colour is for print files"
     if mode.startswith(("I", "F")):
         return f"{mode} samples are 16-bit or wider"
     return f"colour mode {mode} is not supported"
@@ -228,8 +293,6 @@ def _inspect_container(
             lossless = False
         return False, SourceEncoding(lossless=lossless)
     if fmt == "HEIF":
-        if image.info.get("bit_depth", 8) > 8:
-            raise PhotoError(f"{name}: {image.info['bit_depth']}-bit HEIF; lowkeyd writes 8 bits per channel only")
         extras = [label for key, label in _HEIF_EXTRAS.items() if image.info.get(key)]
         if extras:
             dropped.append("the HEIF " + " and ".join(extras))
@@ -249,6 +312,8 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         dpi=image.info.get("dpi"),
         comment=image.info.get("comment"),
     )
+    if image.mode == "CMYK":
+        dropped.append("block-exact writing (a cloaked CMYK JPEG is re-encoded whole, at its own quantisation)")
     if image.format == "MPO":
         count = image.n_frames - 1
         dropped.append(f"{count} MPF secondary image(s) (depth map, HDR gain map or second view)")
@@ -256,14 +321,17 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         layout = containers.jpeg_layout(data)
     except ValueError:
         return False, encoding  # Pillow decoded it; the layout only feeds the report below
-    if any(True for _ in layout.app(13)):
-        dropped.append("the Photoshop/IPTC block (APP13; it can hold a thumbnail of the original)")
-    if any(p.startswith(b"http://ns.adobe.com/xmp/extension/") for p in layout.app(1)):
-        dropped.append("extended XMP")
-    if any(True for _ in layout.app(11)):
-        dropped.append("JUMBF/C2PA content credentials (APP11; they vouch for the original pixels)")
-    if any(p.startswith(b"JFXX") for p in layout.app(0)):
-        dropped.append("the JFIF thumbnail")
+    for marker, payload in jpeg.metadata_segments(data, layout):
+        fate = jpeg.segment_fate(marker, payload)
+        if fate == jpeg.PHOTOSHOP:
+            try:
+                encoding = replace(encoding, photoshop=PhotoshopBlock.parse(payload))
+            except ValueError:
+                fate = "the Photoshop/IPTC block (APP13; unreadable)"
+            else:
+                dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
+        if fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
+            dropped.append(fate)
     trailer = data[layout.end :]
     has_video = b"ftyp" in trailer or b"MotionPhoto_Data" in trailer
     if trailer.strip(b"\x00") and image.format != "MPO" and not has_video:
@@ -276,8 +344,6 @@ def _inspect_png(data: bytes, name: str, dropped: list[str]) -> SourceEncoding:
         chunks = containers.png_chunks(data)
     except ValueError:
         chunks = []  # Pillow decoded it; without a chunk list only the extra chunks are lost
-    if chunks and chunks[0][0] == b"IHDR" and len(chunks[0][1]) > 8 and chunks[0][1][8] == 16:
-        raise PhotoError(f"{name}: 16-bit PNG; lowkeyd writes 8 bits per channel and would lose precision")
     copied = []
     for kind, payload in chunks:
         keyword = payload.split(b"\0", 1)[0]

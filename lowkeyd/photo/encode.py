@@ -1,36 +1,37 @@
 """Writing cloaked pixels back in the source's format, with its metadata and lowkeyd's marker.
 
-Only what lowkeyd chose to carry is written: EXIF (new thumbnail, GPS optional), ICC, the
-cleaned XMP and a few format details. MPF images, gain maps, trailing data, motion videos,
-HEIF thumbnails/depth/auxiliary images and any other segment of the source are not.
+A JPEG is the source file itself with its metadata sanitised and only the changed blocks
+re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`). Other formats are
+encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new thumbnail,
+GPS optional), ICC, the cleaned XMP and a few format details. MPF images, gain maps,
+trailing data, motion videos and HEIF thumbnails/depth/auxiliary images are never written.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pillow_heif
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lowkeyd.errors import PhotoError
+from lowkeyd.photo import containers, jpeg, jpegblocks
 from lowkeyd.photo.atomic import atomic_write
 from lowkeyd.photo.formats import LABELS
 from lowkeyd.photo.model import Photo
-from lowkeyd.photo.orientation import TO_STORED
+from lowkeyd.photo.orientation import TO_STORED, transpose_array
+from lowkeyd.photo.sizing import match_size
 from lowkeyd.photo.xmp import Xmp
 
-# libjpeg quality the output never goes below: the cloak is a small perturbation that coarser
-# quantisation would wash out. A source encoded finer keeps its own tables.
-JPEG_QUALITY = 92
-WEBP_QUALITY = 95  # lossy WebP sources only; lossless sources stay lossless
-HEIF_QUALITY = 90
-AVIF_QUALITY = 90
+# pillow-heif's names for 16-bit sample layouts, by channel count.
+_HEIF_DEEP_MODES = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}
 
 
 def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marker: dict[str, str]) -> bytes:
@@ -44,27 +45,29 @@ def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marke
     if strip_gps:
         xmp.remove_gps()
     xmp.set_marker(marker)
-    out = io.BytesIO()
     try:
-        exif = (
-            photo.exif.dump(orientation=photo.orientation, strip_gps=strip_gps, thumbnail_of=image)
-            if photo.exif is not None
-            else None
-        )
-        _SAVERS[photo.format](image, out, photo, exif, xmp.to_bytes())
-    except (OSError, ValueError) as exc:
+        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image) if photo.exif is not None else None
+        samples = _stored_samples(photo, rgb)
+        if photo.format == "JPEG":
+            return _encode_jpeg(photo, image, samples, exif, xmp, strip_gps=strip_gps)
+        return _ENCODERS[photo.format](image, samples, photo, exif, xmp.to_bytes())
+    except (OSError, ValueError, cv2.error) as exc:
         raise PhotoError(f"{photo.name}: cannot encode the {LABELS[photo.format]} output ({exc})") from exc
-    return out.getvalue()
 
 
 def write_photo(
     photo: Photo, rgb: np.ndarray, dest: Path | str, *, strip_gps: bool = True, marker: dict[str, str]
 ) -> Path:
     """Encode like :func:`encode_photo` and write ``dest`` atomically with the source's mtime and mode."""
+    return write_bytes(photo, encode_photo(photo, rgb, strip_gps=strip_gps, marker=marker), dest)
+
+
+def write_bytes(photo: Photo, data: bytes, dest: Path | str) -> Path:
+    """Write ``data`` (encoded from ``photo``) to ``dest`` atomically with the source's mtime and mode."""
     dest = Path(dest)
     if photo.source_path is not None and _same_file(photo.source_path, dest):
         raise PhotoError(f"{dest}: refusing to overwrite the original photo")
-    atomic_write(dest, encode_photo(photo, rgb, strip_gps=strip_gps, marker=marker), like=photo.source_stat)
+    atomic_write(dest, data, like=photo.source_stat)
     return dest
 
 
@@ -89,6 +92,18 @@ def _stored_image(photo: Photo, rgb: np.ndarray) -> Image.Image:
     return image
 
 
+def _stored_samples(photo: Photo, rgb: np.ndarray) -> np.ndarray | None:
+    """The output's own samples (deep or CMYK) in stored orientation, or None for an 8-bit RGB/gray source."""
+    if photo.samples is None:
+        return None
+    return transpose_array(photo.samples.cloaked(photo.rgb, rgb), TO_STORED.get(photo.orientation))
+
+
+def _source_samples(photo: Photo) -> np.ndarray:
+    assert photo.samples is not None  # only called for photos that have them
+    return transpose_array(photo.samples.array, TO_STORED.get(photo.orientation))
+
+
 def _common(photo: Photo, exif: bytes | None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if exif:
@@ -98,69 +113,106 @@ def _common(photo: Photo, exif: bytes | None) -> dict[str, Any]:
     return options
 
 
-@functools.cache
-def _reference_qtables() -> tuple[tuple[int, ...], ...]:
-    """libjpeg's tables at JPEG_QUALITY, taken from the encoder itself."""
+def _encode_jpeg(
+    photo: Photo, image: Image.Image, samples: np.ndarray | None, exif: bytes | None, xmp: Xmp, *, strip_gps: bool
+) -> bytes:
+    """The source file with sanitised metadata; only the blocks holding changed pixels are re-encoded."""
+    if samples is not None:
+        picture = None if np.array_equal(samples, _source_samples(photo)) else _cmyk_picture(photo, samples)
+    else:
+        before, after = np.asarray(_stored_image(photo, photo.rgb).convert(image.mode)), np.asarray(image)
+        picture = jpegblocks.reencode(photo.source_bytes, before, after, progressive=photo.encoding.progressive)
+    block = photo.encoding.photoshop
+    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
+    return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
+
+
+def _cmyk_picture(photo: Photo, cmyk: np.ndarray) -> bytes:
+    """A CMYK JPEG's image data re-encoded whole with the source's own quantisation tables.
+
+    Not block by block: jpeglib does not write a changed black channel back. Pillow writes
+    the inks inverted with its own Adobe segment, which travels with the image data.
+    """
     out = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(out, format="JPEG", quality=JPEG_QUALITY)
-    with Image.open(out) as im:
-        return tuple(tuple(im.quantization[k]) for k in sorted(im.quantization))
+    tables = [list(table) for table in photo.encoding.jpeg_qtables or ()] or None
+    Image.fromarray(cmyk, "CMYK").save(out, format="JPEG", qtables=tables, progressive=photo.encoding.progressive, optimize=True)
+    return jpeg.image_data(out.getvalue())
 
 
-def _jpeg_quantisation(photo: Photo) -> dict[str, Any]:
-    source = photo.encoding.jpeg_qtables
-    reference = _reference_qtables()
-    if source and all(sum(t) <= sum(reference[min(i, len(reference) - 1)]) for i, t in enumerate(source)):
-        return {"qtables": [list(t) for t in source]}
-    return {"quality": JPEG_QUALITY}
-
-
-def _save_jpeg(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
-    options = _common(photo, exif) | _jpeg_quantisation(photo)
-    if photo.encoding.dpi:
-        options["dpi"] = photo.encoding.dpi
-    if photo.encoding.comment:
-        options["comment"] = photo.encoding.comment
-    image.save(
-        out,
-        format="JPEG",
-        subsampling="4:4:4",
-        optimize=True,
-        progressive=photo.encoding.progressive,
-        xmp=xmp,
-        **options,
-    )
-
-
-def _save_png(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
+def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
     info = PngInfo()
     for kind, payload in photo.encoding.png_chunks:
         info.add(kind, payload)
     info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+    out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, **_common(photo, exif))
+    if samples is None:
+        return out.getvalue()
+    # Pillow has no 16-bit colour mode: OpenCV codes the samples, Pillow's file lends the chunks.
+    bgr = samples[..., 0] if samples.shape[2] == 1 else cv2.cvtColor(samples, cv2.COLOR_RGBA2BGRA if samples.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, coded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise ValueError("OpenCV could not encode the 16-bit PNG")
+    return containers.png_with_image(out.getvalue(), coded.tobytes())
 
 
-def _save_webp(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
-    quality = {"lossless": True} if photo.encoding.lossless else {"quality": WEBP_QUALITY, "alpha_quality": 100}
-    # exact: keep the colour under fully transparent pixels, as the source had it
-    image.save(out, format="WEBP", exact=True, xmp=xmp, **quality, **_common(photo, exif))
+def _size_target(photo: Photo, exif: bytes | None, xmp: bytes) -> int:
+    """The source's size less its metadata plus the output's: the same bits per pixel for the picture."""
+    assert photo.encoding.image_bytes is not None  # set for every size-matched format
+    return max(1, photo.encoding.image_bytes + len(exif or b"") + len(xmp) + len(photo.icc_profile or b""))
 
 
-def _save_heif(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
-    options = _common(photo, exif)
+def _encode_webp(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
+    def at(quality: int | None) -> bytes:
+        out = io.BytesIO()
+        level = {"lossless": True} if quality is None else {"quality": quality, "alpha_quality": 100}
+        # exact: keep the colour under fully transparent pixels, as the source had it
+        image.save(out, format="WEBP", exact=True, xmp=xmp, **level, **_common(photo, exif))
+        return out.getvalue()
+
+    if photo.encoding.lossless:
+        return at(None)
+    return match_size(at, _size_target(photo, exif, xmp))[0]
+
+
+def _encode_heif(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
+    if samples is None:
+        heif = pillow_heif.from_pillow(image)
+    else:  # pillow-heif takes deep samples scaled to 16 bits and stores them at 10 or 12
+        wide = samples.astype(np.uint16) << (16 - photo.bit_depth)
+        heif = pillow_heif.from_bytes(mode=_HEIF_DEEP_MODES[wide.shape[2]], size=image.size, data=wide.tobytes())
+    heif.info.pop("exif", None)
+    if photo.icc_profile:
+        heif.info["icc_profile"] = photo.icc_profile
     if photo.encoding.nclx_profile:
-        options["nclx_profile"] = photo.encoding.nclx_profile
-    image.save(out, format="HEIF", quality=HEIF_QUALITY, xmp=xmp, **options)
+        heif.info["nclx_profile"] = photo.encoding.nclx_profile
+    chroma = {"chroma": photo.encoding.chroma} if photo.encoding.chroma else {}
+    save_12 = pillow_heif.options.SAVE_HDR_TO_12_BIT
+    pillow_heif.options.SAVE_HDR_TO_12_BIT = photo.bit_depth > 10
+
+    def at(quality: int) -> bytes:
+        out = io.BytesIO()
+        heif.save(out, quality=quality, exif=exif, xmp=xmp, **chroma)
+        return out.getvalue()
+
+    try:
+        return match_size(at, _size_target(photo, exif, xmp))[0]
+    finally:
+        pillow_heif.options.SAVE_HDR_TO_12_BIT = save_12
 
 
-def _save_avif(image: Image.Image, out: io.BytesIO, photo: Photo, exif: bytes | None, xmp: bytes) -> None:
-    image.save(out, format="AVIF", quality=AVIF_QUALITY, subsampling="4:4:4", xmp=xmp, **_common(photo, exif))
+def _encode_avif(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
+    def at(quality: int) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format="AVIF", quality=quality, xmp=xmp, **_common(photo, exif))
+        return out.getvalue()
+
+    return match_size(at, _size_target(photo, exif, xmp))[0]
 
 
-_SAVERS: dict[str, Callable[[Image.Image, io.BytesIO, Photo, bytes | None, bytes], None]] = {
-    "JPEG": _save_jpeg,
-    "PNG": _save_png,
-    "WEBP": _save_webp,
-    "HEIF": _save_heif,
-    "AVIF": _save_avif,
+_ENCODERS: dict[str, Callable[[Image.Image, np.ndarray | None, Photo, bytes | None, bytes], bytes]] = {
+    "PNG": _encode_png,
+    "WEBP": _encode_webp,
+    "HEIF": _encode_heif,
+    "AVIF": _encode_avif,
 }

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.iptc import PhotoshopBlock
+from lowkeyd.photo.samples import Samples
 from lowkeyd.photo.xmp import Xmp
 
 
@@ -23,11 +25,17 @@ class SourceEncoding:
     comment: bytes | None = None  # JPEG: COM segment
     png_chunks: tuple[tuple[bytes, bytes], ...] = ()  # PNG ancillary chunks copied verbatim
     nclx_profile: dict | None = None  # HEIF: colour description when given as NCLX, not ICC
+    photoshop: PhotoshopBlock | None = None  # JPEG: the APP13 block with its IPTC record
+    image_bytes: int | None = None  # HEIF/AVIF/WebP: the file less its EXIF, XMP and ICC, the output's target
+    chroma: int | None = None  # HEIF: chroma subsampling (420, 422, 444), kept by the output
 
 
 @dataclass(frozen=True, eq=False)
 class Photo:
     """A photo ready to cloak: upright 8-bit pixels plus everything needed to write it back.
+
+    ``rgb`` is what the engine cloaks; a source deeper than 8 bits or in CMYK also keeps its
+    own ``samples``, onto which the output carries the cloak's change.
 
     ``rgb`` and ``alpha`` are upright (the EXIF orientation is already applied) and in the
     source's own colour space (see ``icc_profile``); treat them as read-only.
@@ -46,7 +54,21 @@ class Photo:
     cloak_marker: dict[str, str] | None  # lowkeyd's marker fields when lowkeyd wrote this file
     has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
     dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
+    has_location: bool = False  # GPS in EXIF or XMP, or IPTC location fields
+    samples: Samples | None = None  # the source's own samples when deeper than 8 bits or CMYK
     source_stat: os.stat_result | None = field(default=None, repr=False)
+    source_bytes: bytes = field(default=b"", repr=False)  # the file as read: a JPEG output is made from it
+
+    def drops(self, *, strip_gps: bool) -> tuple[str, ...]:
+        """What the output written with ``strip_gps`` leaves out, in words, for messages and reports."""
+        if strip_gps and self.has_location:
+            return ("the GPS position and location fields", *self.dropped)
+        return self.dropped
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the source, and of the output."""
+        return self.samples.bits if self.samples is not None else 8
 
     @property
     def size(self) -> tuple[int, int]:

@@ -5,6 +5,7 @@ with the same Orientation tag, so the output displays exactly like the input in 
 viewer, including those that ignore the tag.
 """
 
+import numpy as np
 from PIL import Image
 
 T = Image.Transpose
@@ -25,3 +26,19 @@ TO_STORED: dict[int, Image.Transpose] = {
     6: T.ROTATE_90,
     8: T.ROTATE_270,
 }
+
+# The same transpositions on (H, W, ...) arrays, for samples Pillow has no mode for (16-bit RGB).
+_ARRAY_OPS = {
+    T.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+    T.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+    T.ROTATE_90: lambda a: np.rot90(a, 1),
+    T.ROTATE_180: lambda a: a[::-1, ::-1],
+    T.ROTATE_270: lambda a: np.rot90(a, -1),
+    T.TRANSPOSE: lambda a: a.swapaxes(0, 1),
+    T.TRANSVERSE: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+}
+
+
+def transpose_array(array: np.ndarray, transpose: Image.Transpose | None) -> np.ndarray:
+    """``array`` transposed as Pillow's ``Image.transpose(transpose)`` would; None leaves it as it is."""
+    return array if transpose is None else np.ascontiguousarray(_ARRAY_OPS[transpose](array))

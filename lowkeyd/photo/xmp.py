@@ -93,6 +93,13 @@ _EMBEDDED_MEDIA: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     (_XMP_NOTE, ("HasExtendedXMP",)),
 )
 
+# Place names, the words for what GPS says in numbers; they go with it.
+_LOCATION_PROPERTIES = (
+    ("http://ns.adobe.com/photoshop/1.0/", ("City", "State", "Country")),
+    ("http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/", ("Location", "CountryCode")),
+    (_IPTC_EXT, ("LocationCreated", "LocationShown")),
+)
+
 _NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -114,6 +121,7 @@ class Xmp:
     def __init__(self, root: ET.Element, prefixes: dict[str, str]) -> None:
         self._root = root
         self._prefixes = prefixes  # namespace URI -> prefix as first declared in the file
+        self.person_names: set[str] = set()  # names of people shown, as remove_people() found them
         rdf = root.find(_q(RDF, "RDF"))
         if rdf is None:
             raise ValueError("XMP packet has no rdf:RDF element")
@@ -150,7 +158,9 @@ class Xmp:
         return cls(root, {})
 
     def copy(self) -> Xmp:
-        return Xmp(copy.deepcopy(self._root), dict(self._prefixes))
+        twin = Xmp(copy.deepcopy(self._root), dict(self._prefixes))
+        twin.person_names = set(self.person_names)
+        return twin
 
     def _descriptions(self) -> list[ET.Element]:
         return self._rdf.findall(_q(RDF, "Description"))
@@ -195,6 +205,7 @@ class Xmp:
                 if (item.text or "").strip() in names:
                     self._remove_item(item)
                     removed.append(self._label(ns, local))
+        self.person_names |= names
         return sorted(set(removed))
 
     def remove_embedded_media(self) -> list[str]:
@@ -205,8 +216,10 @@ class Xmp:
         return sorted(removed)
 
     def remove_gps(self) -> bool:
-        """Remove every GPS property, top-level or inside a structure (exif:GPS*, *:Gps*)."""
-        found = False
+        """Remove every GPS property, top-level or inside a structure (exif:GPS*, *:Gps*), and the
+        place names (city, state, country, location) that say the same in words."""
+        places = [self._pop_properties(ns, locals_) for ns, locals_ in _LOCATION_PROPERTIES]
+        found = any(places)
         for element in list(self._rdf.iter()):
             for name in list(element.attrib):
                 if _is_gps(name):
@@ -264,7 +277,11 @@ class Xmp:
             if not _NCNAME.fullmatch(key):
                 raise ValueError(f"marker field {key!r} is not a valid XML name")
         self._pop_properties(MARKER_NS, (MARKER_PROPERTY,))
-        desc = ET.SubElement(self._rdf, _q(RDF, "Description"), {_q(RDF, "about"): ""})
+        # Every rdf:Description of a packet must be about the same resource; readers warn otherwise.
+        # (old packets write it unqualified, as plain "about")
+        abouts = (d.get(_q(RDF, "about")) or d.get("about") for d in self._descriptions())
+        about = next((a for a in abouts if a), "")
+        desc = ET.SubElement(self._rdf, _q(RDF, "Description"), {_q(RDF, "about"): about})
         struct = ET.SubElement(desc, _q(MARKER_NS, MARKER_PROPERTY), {_q(RDF, "parseType"): "Resource"})
         for key, value in fields.items():
             ET.SubElement(struct, _q(MARKER_NS, key)).text = str(value)

@@ -21,13 +21,19 @@ class FaceEmbedder(nn.Module):
     ``template`` is where the five landmarks (order: :data:`LANDMARKS`) sit in
     the model's input, in pixels ``(x, y)``, shape ``(5, 2)``; the attack warps
     each face onto it. ``threshold`` is the cosine similarity at or above which
-    the model calls two faces the same person.
+    the model calls two faces the same person; ``stranger`` the typical cosine
+    between two different people's faces. Models differ widely in both (dlib's
+    strangers sit at 0.82, Keras FaceNet's at 0.02), so how far the attack
+    pushes a face is measured on each model's own scale between the two.
     """
 
     name: str
     input_size: tuple[int, int]
     embedding_dim: int
     threshold: float
+    # Mean cosine over the 7 different-person pairs of the bundled sample faces (3 people),
+    # with lowkeyd's alignment: a small sample, but it fixes each model's scale.
+    stranger: float
     channels_last: bool = False  # weights stored NHWC (see zoo.load_embedder): feed them NHWC too
 
     def __init__(self, template: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ from lowkeyd.engine.models.base import FaceEmbedder
 
 # Neither FaceNet was trained on landmark-aligned faces (they crop the detector
 # box with a margin); this 160 px template is where the five landmarks fall in
-# such crops of the project's sample photos (ENGINE-NOTES.md).
+# such crops of the project's sample photos.
 FACENET_TEMPLATE = torch.tensor(
     [[58.4, 65.4], [108.8, 69.3], [82.0, 88.3], [54.6, 105.1], [103.2, 108.0]]
 )
@@ -57,12 +57,14 @@ class FaceNet(FaceEmbedder):
         name: str,
         embedding_dim: int,
         threshold: float,
+        stranger: float,
         standardisation: Literal["prewhiten", "fixed"] = "prewhiten",
     ) -> None:
         super().__init__(FACENET_TEMPLATE)
         self.name = name
         self.embedding_dim = embedding_dim
         self.threshold = threshold
+        self.stranger = stranger
         self._standardise = prewhiten if standardisation == "prewhiten" else fixed_standardisation
         self.net = InceptionResnetV1(pretrained=None, classify=False)
         if embedding_dim != 512:

@@ -131,7 +131,7 @@ def _keras_source(key: str, names: dict[str, str]) -> tuple[str, str]:
 
 
 def _new_model() -> FaceNet:
-    return FaceNet(name="keras_facenet", embedding_dim=EMBEDDING_DIM, threshold=THRESHOLD, standardisation="prewhiten")
+    return FaceNet(name="keras_facenet", embedding_dim=EMBEDDING_DIM, threshold=THRESHOLD, stranger=0.021, standardisation="prewhiten")
 
 
 def keras_facenet_state_dict(path: Path) -> dict[str, torch.Tensor]:

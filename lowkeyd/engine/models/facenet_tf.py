@@ -149,8 +149,13 @@ def vggface2_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {"net." + key: value for key, value in release.items() if not key.startswith("logits.")}
 
 
+# CASIA's, measured on the sample faces; VGGFace2's weights are not to be had offline, so it
+# borrows CASIA's (same network, loss and threshold) until someone measures it.
+_STRANGER = 0.168
+
+
 def _loaded(name: str, state: dict[str, torch.Tensor], device: str | torch.device) -> FaceNet:
-    model = FaceNet(name, embedding_dim=512, threshold=SANDBERG_THRESHOLD, standardisation="fixed")
+    model = FaceNet(name, embedding_dim=512, threshold=SANDBERG_THRESHOLD, stranger=_STRANGER, standardisation="fixed")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches

@@ -102,6 +102,7 @@ class SFace(FaceEmbedder):
     input_size = (112, 112)
     embedding_dim = 128
     threshold = 0.363  # cosine; OpenCV's documented SFace threshold
+    stranger = 0.145
 
     def __init__(self) -> None:
         super().__init__(ARCFACE_TEMPLATE)

@@ -1,7 +1,9 @@
 """The face recognisers lowkeyd can attack with, by name.
 
-The dlib ResNet is deliberately absent: it is the independent verifier
-(:mod:`lowkeyd.engine.verifier`) and never part of an attack ensemble.
+dlib's ResNet is here as a torch port (:mod:`lowkeyd.engine.models.dlib_resnet`),
+so it can be attacked and used in holdout folds; whether it joins the default
+:data:`ENSEMBLE` is decided by the holdout bench. dlib's own runtime remains the
+verifier (:mod:`lowkeyd.engine.verifier`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from lowkeyd.engine.weights import cached_path, explicit_path
 from lowkeyd.errors import EngineError
 
 # The default attack ensemble: every member can be fetched from the package index.
-ENSEMBLE = ("sface", "facenet_casia", "keras_facenet")
+ENSEMBLE = ("sface", "facenet_casia", "keras_facenet", "dlib")
 
 # name -> (module, loader); imported only when that model is wanted.
 _LOADERS = {
@@ -23,6 +25,7 @@ _LOADERS = {
     "facenet_casia": ("lowkeyd.engine.models.facenet_tf", "load_facenet_casia"),
     "keras_facenet": ("lowkeyd.engine.models.facenet_keras", "load_keras_facenet"),
     "facenet_vggface2": ("lowkeyd.engine.models.facenet_tf", "load_facenet_vggface2"),
+    "dlib": ("lowkeyd.engine.models.dlib_resnet", "load_dlib_resnet"),
 }
 # Optional members have no package-index source: offered only once their file is here.
 _OPTIONAL_WEIGHTS = {"facenet_vggface2": "facenet_vggface2_pt"}

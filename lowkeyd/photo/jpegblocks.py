@@ -1,0 +1,110 @@
+"""Block-exact JPEG: re-quantise only the MCUs whose pixels changed, keep every other DCT coefficient.
+
+Decoding and re-encoding a whole JPEG changes every block (3-83 % of the pixels of a photo, up
+to 30 levels) and, at any fixed quality, its size. Working on the coefficients instead
+(``jpeglib`` reads and writes them through libjpeg) leaves every block outside the cloaked
+faces exactly as the camera stored it, with the photo's own quantisation tables and chroma
+subsampling; only the minimum coded units that hold a changed pixel are transformed and
+quantised again from the cloaked pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import jpeglib
+import numpy as np
+
+from lowkeyd.photo.jpeg import image_data
+
+# JFIF's full-range YCbCr, the colour transform of every YCbCr JPEG.
+_TO_YCC = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float64
+)
+_YCC_OFFSET = np.array([0.0, 128.0, 128.0])
+
+
+@functools.cache
+def _dct_matrix() -> np.ndarray:
+    """The orthonormal 8-point DCT-II; C @ B @ C.T is JPEG's forward DCT of a level-shifted block."""
+    k = np.arange(8)
+    matrix = np.cos((2 * k[None, :] + 1) * k[:, None] * np.pi / 16) * np.sqrt(2 / 8)
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
+
+def changed_mcus(before: np.ndarray, after: np.ndarray, mcu: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) bool grid of the MCUs of size ``mcu`` (height, width) holding a pixel that differs."""
+    diff = before != after
+    if diff.ndim == 3:
+        diff = diff.any(axis=2)
+    padded = _pad(diff, mcu)
+    return padded.reshape(padded.shape[0] // mcu[0], mcu[0], padded.shape[1] // mcu[1], mcu[1]).any(axis=(1, 3))
+
+
+def _pad(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad by repeating the last row and column to a multiple of ``size``, as libjpeg does."""
+    rows = -plane.shape[0] % size[0]
+    cols = -plane.shape[1] % size[1]
+    return np.pad(plane, ((0, rows), (0, cols)) + ((0, 0),) * (plane.ndim - 2), mode="edge")
+
+
+def reencode(source: bytes, before: np.ndarray, after: np.ndarray, *, progressive: bool) -> bytes | None:
+    """:func:`~lowkeyd.photo.jpeg.image_data` of ``source`` with the changed MCUs re-quantised, or None if none changed.
+
+    ``before`` is the source as decoded and ``after`` the cloaked pixels, both in stored
+    orientation: (H, W, 3) RGB for a colour JPEG, (H, W) for a grayscale one.
+    ValueError for a JPEG whose colour transform lowkeyd does not model (CMYK, YCCK).
+    """
+    if np.array_equal(before, after):
+        return None
+    with tempfile.TemporaryDirectory(prefix="lowkeyd-") as folder:
+        path = Path(folder) / "source.jpg"
+        path.write_bytes(source)
+        jpeg = jpeglib.read_dct(str(path))
+        jpeg.load()
+        components = [jpeg.Y] + ([jpeg.Cb, jpeg.Cr] if jpeg.has_chrominance else [])
+        if jpeg.has_black or len(components) != (3 if after.ndim == 3 else 1):
+            raise ValueError("only YCbCr and grayscale JPEGs are re-quantised block by block")
+        factors = np.asarray(jpeg.samp_factor)[: len(components)]  # (vertical, horizontal) per component
+        vmax, hmax = factors.max(axis=0)
+        mcus = changed_mcus(before, after, (8 * vmax, 8 * hmax))
+        if not mcus.any():
+            return None
+        planes = _ycc(_pad(after.astype(np.float64), (8 * vmax, 8 * hmax)))
+        for index, (component, plane) in enumerate(zip(components, planes)):
+            v, h = factors[index]
+            blocks = _quantised_blocks(_downsample(plane, vmax // v, hmax // h), jpeg.get_component_qt(index))
+            mask = np.repeat(np.repeat(mcus, v, axis=0), h, axis=1)[: component.shape[0], : component.shape[1]]
+            component[mask] = blocks[: component.shape[0], : component.shape[1]][mask]
+        jpeg.Y = components[0]
+        if len(components) == 3:
+            jpeg.Cb, jpeg.Cr = components[1], components[2]
+        out = Path(folder) / "out.jpg"
+        jpeg.write_dct(str(out), flags=["OPTIMIZE_CODING"] + (["PROGRESSIVE_MODE"] if progressive else []))
+        return image_data(out.read_bytes())
+
+
+def _ycc(rgb: np.ndarray) -> list[np.ndarray]:
+    if rgb.ndim == 2:
+        return [rgb]
+    ycc = rgb @ _TO_YCC.T + _YCC_OFFSET
+    return [ycc[..., 0], ycc[..., 1], ycc[..., 2]]
+
+
+def _downsample(plane: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if rows == cols == 1:
+        return plane
+    height, width = plane.shape
+    return plane.reshape(height // rows, rows, width // cols, cols).mean(axis=(1, 3))
+
+
+def _quantised_blocks(plane: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(rows, cols, 8, 8) int16 quantised DCT coefficients of a plane whose sides are multiples of 8."""
+    rows, cols = plane.shape[0] // 8, plane.shape[1] // 8
+    blocks = (plane - 128.0).reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)
+    dct = _dct_matrix()
+    coefficients = dct @ blocks @ dct.T
+    return np.round(coefficients / table).astype(np.int16)

@@ -1,0 +1,105 @@
+"""Formats beyond 8-bit RGB, and lossy formats at the source's size, on third-party files.
+
+The files come from pillow-heif's and Pillow's own test images (tests/data/cameras/SOURCES.md).
+A block of pixels is changed as a cloak would; outside it a lossless output keeps the source's
+samples bit for bit, bit depth and colour model are kept, and a lossy output is about the
+source's size.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import photo_fixtures as fx
+import pytest
+from PIL import Image
+
+from lowkeyd.photo import encode_photo, read_photo
+
+CAMERAS = fx.DATA / "cameras"
+MARKER = {"version": "0.1.0", "preset": "default"}
+
+
+def cloak_block(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(changed pixels, mask of the pixels well away from the change)."""
+    out = rgb.copy()
+    h, w = rgb.shape[:2]
+    out[h // 4 : h // 2, w // 4 : w // 2] = 255 - out[h // 4 : h // 2, w // 4 : w // 2] // 2
+    away = np.ones((h, w), bool)
+    away[max(0, h // 4 - 16) : h // 2 + 16, max(0, w // 4 - 16) : w // 2 + 16] = False
+    return out, away
+
+
+@pytest.mark.parametrize("name", ["RGB_16__128x128.png", "RGBA_16__128x128.png", "L_16__128x128.png"])
+def test_16bit_png_keeps_its_samples_outside_the_cloak(name: str) -> None:
+    photo = read_photo(CAMERAS / name)
+    assert photo.bit_depth == 16
+    rgb, away = cloak_block(photo.rgb)
+    out = read_photo(encode_photo(photo, rgb, marker=MARKER))
+    assert out.bit_depth == 16 and out.samples is not None and photo.samples is not None
+    assert out.samples.array.shape == photo.samples.array.shape
+    assert np.array_equal(out.samples.array[away], photo.samples.array[away])
+    assert np.array_equal(out.rgb, rgb if not photo.grayscale else out.rgb)  # a changed pixel reads back as cloaked
+    assert (out.exif is not None) == (photo.exif is not None)
+    assert out.cloak_marker == MARKER
+
+
+@pytest.mark.parametrize("name", ["RGB_10__128x128.heif", "RGBA_12__29x100.heif"])
+def test_deep_heif_is_written_at_its_bit_depth(name: str) -> None:
+    photo = read_photo(CAMERAS / name)
+    assert photo.bit_depth in (10, 12)
+    rgb, away = cloak_block(photo.rgb)
+    out = read_photo(encode_photo(photo, rgb, marker=MARKER))
+    assert out.bit_depth == photo.bit_depth
+    assert np.abs(out.rgb.astype(int) - rgb)[away].mean() < 1.0  # lossy, but close to the source
+    assert (out.alpha is None) == (photo.alpha is None)
+
+
+def test_cmyk_jpeg_stays_cmyk_with_its_metadata() -> None:
+    photo = read_photo(CAMERAS / "pil_sample_cmyk.jpg")
+    assert photo.samples is not None and photo.samples.cmyk
+    assert any("CMYK" in note for note in photo.dropped)  # the whole-picture re-encode is said
+    rgb, _ = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "CMYK"
+    out = read_photo(data)
+    assert np.abs(out.rgb.astype(int) - rgb).max() <= 8  # re-quantised at the source's own tables
+    assert out.exif is not None and out.cloak_marker == MARKER
+    assert 0.7 < len(data) / len(photo.source_bytes) < 1.15
+
+
+def test_cmyk_jpeg_without_a_face_keeps_its_image_data() -> None:
+    photo = read_photo(CAMERAS / "pil_sample_cmyk.jpg")
+    data = encode_photo(photo, photo.rgb, marker=MARKER)
+    out = read_photo(data)
+    assert out.samples is not None and np.array_equal(out.samples.array, photo.samples.array)
+
+
+@pytest.mark.parametrize("name", ["flower.webp", "exif.avif", "icc_profile.avif"])
+def test_lossy_output_is_about_the_source_size(name: str) -> None:
+    photo = read_photo(CAMERAS / name)
+    rgb, _ = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert 0.85 <= len(data) / len(photo.source_bytes) <= 1.15
+    out = read_photo(data)
+    assert out.icc_profile == photo.icc_profile
+    assert out.cloak_marker == MARKER
+
+
+def test_phone_heic_drops_its_depth_and_gain_maps_and_says_so() -> None:
+    photo = read_photo(CAMERAS / "pug.heic")
+    assert any("depth maps" in note and "gain maps" in note for note in photo.dropped)
+
+
+@pytest.mark.slow
+def test_phone_heic_is_written_at_its_size_with_its_metadata() -> None:
+    photo = read_photo(CAMERAS / "pug.heic")
+    rgb, _ = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    # The source also holds a depth map, a gain map and a thumbnail the output leaves out.
+    assert 0.85 * 0.85 <= len(data) / len(photo.source_bytes) <= 1.15
+    out = read_photo(data)
+    assert out.icc_profile == photo.icc_profile and out.exif is not None and out.xmp is not None
+    assert out.encoding.chroma == photo.encoding.chroma

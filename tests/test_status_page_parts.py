@@ -1,0 +1,91 @@
+"""The status page's parts without a daemon: its sign-in tokens, redirects and pictures, on real photos."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lowkeyd.daemon.status_page.app import _back
+from lowkeyd.daemon.status_page.auth import Gate
+from lowkeyd.daemon.status_page.images import (
+    PictureCache,
+    PictureUnavailable,
+    crop_box,
+    render,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_login_token_signs_in_once_and_only_itself() -> None:
+    gate = Gate()
+    token = gate.new_login()
+    assert gate.use_login("forged") is None
+    session = gate.use_login(token)
+    assert session is not None and session != token
+    assert gate.use_login(token) is None
+    assert gate.csrf_token(session) != gate.csrf_token(gate.use_login(gate.new_login()) or "")
+
+
+def test_only_the_page_s_own_host_names_are_accepted() -> None:
+    gate = Gate()
+    gate.allow_hosts("127.0.0.1", 8123)
+    assert gate.hosts == {"127.0.0.1:8123", "localhost:8123"}
+    gate.allow_hosts("::1", 8123)
+    assert gate.hosts == {"[::1]:8123", "localhost:8123"}
+
+
+@pytest.mark.parametrize(
+    ("given", "back"),
+    [("/photos?status=failed", "/photos?status=failed"), ("//evil.example/", "/"), ("http://evil.example", "/"),
+     ("/\\evil.example", "/"), (None, "/")],
+)
+def test_forms_return_only_to_a_page_of_this_site(given: str | None, back: str) -> None:
+    assert _back(given) == back
+
+
+def test_the_difference_of_a_photo_with_itself_is_black_and_crops_are_1_to_1(tmp_path: Path) -> None:
+    photo = tmp_path / "obama.jpg"
+    shutil.copy(DATA / "obama.jpg", photo)
+    whole = Image.open(io.BytesIO(render("diff", photo, photo, None).data))
+    assert whole.getextrema() == ((0, 0), (0, 0), (0, 0))
+    box = (100.0, 80.0, 300.0, 320.0)
+    crop = Image.open(io.BytesIO(render("original", photo, photo, box).data))
+    left, top, right, bottom = crop_box(box, *Image.open(photo).size)
+    assert crop.size == (right - left, bottom - top) == (300, 360)
+    with Image.open(photo) as im:
+        expected = np.asarray(im.convert("RGB"))[top:bottom, left:right]
+    assert np.array_equal(np.asarray(crop.convert("RGB")), expected), "a crop is the photo's own pixels, lossless"
+    with pytest.raises(PictureUnavailable, match="gone"):
+        render("cloaked", photo, tmp_path / "missing.jpg", None)
+
+
+def test_crops_at_the_edge_are_clipped_to_the_photo() -> None:
+    assert crop_box((-10.0, -10.0, 40.0, 40.0), 100, 80) == (0, 0, 53, 53)
+    assert crop_box((60.0, 50.0, 100.0, 80.0), 100, 80) == (50, 42, 100, 80)
+    with pytest.raises(PictureUnavailable):
+        crop_box((200.0, 200.0, 300.0, 300.0), 100, 80)
+
+
+def test_the_picture_cache_is_private_and_bounded(tmp_path: Path) -> None:
+    photo = tmp_path / "astronaut.png"
+    shutil.copy(DATA / "astronaut.png", photo)
+    cache = PictureCache(tmp_path / "cache", limit=1)  # every new picture evicts the ones before it
+    first = cache.get("thumb", photo, None, None)
+    assert first.media_type == "image/jpeg"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # over the limit at once: nothing kept
+    cache.limit = 10**9
+    again = cache.get("thumb", photo, None, None)
+    kept = list((tmp_path / "cache").iterdir())
+    assert again.data == first.data and len(kept) == 1
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700 and kept[0].stat().st_mode & 0o777 == 0o600
+    assert cache.get("thumb", photo, None, None).data == first.data
+    with Image.open(photo) as im:
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)  # the file changed: a picture of it as it is now
+    assert cache.get("thumb", photo, None, None).data != first.data
+    assert len(list((tmp_path / "cache").iterdir())) == 2

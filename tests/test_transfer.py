@@ -1,0 +1,158 @@
+"""The transfer techniques each do what they say, on real models and real faces; the holdout bench end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import aligned_face, detected_face, load_rgb
+from lowkeyd.engine.align import warp_faces
+from lowkeyd.engine.attack import LowKey, feature_guard
+from lowkeyd.engine.presets import get_preset
+from lowkeyd.engine.surrogate import Surrogates
+
+
+@pytest.fixture(scope="module")
+def sface():
+    from lowkeyd.engine.models.zoo import load_embedder
+
+    return load_embedder("sface")
+
+
+@pytest.fixture(scope="module")
+def face(sface) -> torch.Tensor:
+    return aligned_face("obama.jpg", sface.template, sface.input_size)
+
+
+def test_dropout_thins_the_member_differently_each_step_and_only_while_attacking(sface, face):
+    plain = sface(face)
+    surrogates = Surrogates([sface], dropout=0.03, tap_depth=None)
+    with surrogates.attached(torch.Generator().manual_seed(0)):
+        assert torch.equal(sface(face), plain)  # hooks attached but off: the reference view is the real model
+        surrogates.drop = True
+        first, second = sface(face), sface(face)
+    assert not torch.allclose(first, second)  # a new mask every forward
+    # Thinned, not broken: still the same person for the thinned model.
+    assert float((first * plain).sum()) > sface.threshold
+    assert torch.equal(sface(face), plain)  # detached: the resident model is untouched
+
+
+def test_the_tap_records_a_pooled_intermediate_feature_that_moves_with_the_face(sface, face):
+    surrogates = Surrogates([sface], dropout=0.0, tap_depth=0.5)
+    with surrogates.attached(torch.Generator().manual_seed(0)):
+        sface(face)
+        clean = surrogates.taps["sface"]
+        sface(aligned_face("biden.jpg", sface.template, sface.input_size))
+        other = surrogates.taps["sface"]
+    assert clean.ndim == 2 and clean.shape[0] == 1 and clean.shape[1] > 8
+    assert float(torch.nn.functional.cosine_similarity(clean, other)) < 0.999
+    assert surrogates.taps == {}  # nothing kept after the attack
+
+
+def test_the_tap_term_has_a_finite_gradient_that_starts_at_zero_distance(sface):
+    from lowkeyd.engine.cloak import Cloaker
+
+    cloaker = Cloaker("default", "cpu", models=["sface"], steps=1, tap_weight=1.0, target=None)
+    rgb = load_rgb("astronaut.png")
+    crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+    attack = cloaker.attack
+    with attack.surrogates.attached(torch.Generator().manual_seed(0)):
+        batch = attack._prepare(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+        idx = torch.tensor([0])
+        x = crop.pixels[None].clone().requires_grad_()
+        attack._embeddings(x, batch.landmarks, None)
+        distance = attack._tap_distance(attack.surrogates.taps["sface"], batch.taps["sface"], idx)
+        assert float(distance.detach()) < 1e-6
+        noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+        attack._embeddings(noisy, batch.landmarks, None)
+        moved = attack._tap_distance(attack.surrogates.taps["sface"], batch.taps["sface"], idx)
+        (grad,) = torch.autograd.grad(moved.sum(), x)
+    assert float(moved.detach()) > 1e-4
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_affine_jitter_rotates_and_scales_the_aligned_face(sface):
+    rgb = torch.from_numpy(load_rgb("obama.jpg").copy()).permute(2, 0, 1)[None].float() / 255
+    landmarks = torch.from_numpy(detected_face("obama.jpg").landmarks)[None].float()
+    size = sface.input_size
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    straight = warp_faces(rgb, landmarks, sface.template, size)
+    assert torch.allclose(warp_faces(rgb, landmarks, sface.template, size, identity), straight, atol=1e-5)
+    preset = get_preset("default", jitter_px=0, jitter_deg=5, jitter_scale=0.05)
+    jitter = LowKey([sface], torch.nn.Identity(), preset)._jitter(64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    linear = jitter[:, :, :2]
+    scale = linear.det().sqrt()
+    angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0])
+    assert torch.allclose(jitter[:, :, 2], torch.zeros(64, 2))  # no shift asked for
+    assert 0.02 < float(scale.std()) < 0.08 and 0.05 < float(angle.std()) < 0.15  # ~5% and ~5 degrees
+    moved = warp_faces(rgb, landmarks, sface.template, size, jitter[:1])
+    assert (moved - straight).abs().mean() > 0.01
+
+
+def test_translation_invariant_steps_are_smoother(sface):
+    from lowkeyd.engine.cloak import Cloaker
+
+    rgb = load_rgb("astronaut.png")
+
+    def step(ti: int) -> torch.Tensor:
+        cloaker = Cloaker("default", "cpu", models=["sface"], steps=1, target=None, ti_kernel=ti, init_noise=0.0,
+                          flat_weight=1.0, chroma_scale=1.0, blur_kernel=0)
+        crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+        result = cloaker.attack(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+        return (result.adversarial - crop.pixels[None])[0]
+
+    def roughness(delta: torch.Tensor) -> float:
+        # Energy of neighbour differences relative to the change itself: high for pixel noise.
+        dx, dy = delta.diff(dim=-1), delta.diff(dim=-2)
+        return float((dx.pow(2).mean() + dy.pow(2).mean()) / delta.pow(2).mean())
+
+    plain, smoothed = step(0), step(7)
+    assert smoothed.abs().sum() > 0
+    assert roughness(smoothed) < 0.5 * roughness(plain), (roughness(plain), roughness(smoothed))
+
+
+def test_the_feature_guard_spares_eyes_brows_and_bridge_not_cheeks():
+    landmarks = torch.tensor([[[40.0, 50.0], [80.0, 50.0], [60.0, 75.0], [45.0, 95.0], [75.0, 95.0]]])
+    guard = feature_guard(landmarks, (128, 128), weight=0.2)[0, 0]
+    for x, y in ((40, 50), (80, 50), (40, 40), (60, 50)):  # eyes, a brow, the bridge
+        assert guard[y, x] < 0.25, (x, y, float(guard[y, x]))
+    for x, y in ((30, 90), (90, 90), (60, 120), (5, 5)):  # cheeks, chin, background
+        assert guard[y, x] > 0.99, (x, y, float(guard[y, x]))
+
+
+def test_targets_sit_between_threshold_and_a_stranger_on_each_models_own_scale(sface):
+    class Dlibish(torch.nn.Module):
+        name, threshold, stranger = "dlibish", 0.9, 0.8
+        template, input_size = sface.template, sface.input_size
+
+    at = {t: LowKey([sface, Dlibish()], torch.nn.Identity(), get_preset("default", target=t))._targets for t in (0.0, 1.0, 2.0)}
+    assert at[0.0] == {"sface": sface.threshold, "dlibish": 0.9}
+    assert at[1.0]["sface"] == pytest.approx(sface.stranger) and at[1.0]["dlibish"] == pytest.approx(0.8)
+    assert at[2.0]["dlibish"] == pytest.approx(0.7)
+
+
+@pytest.mark.slow
+def test_holdout_bench_end_to_end_on_one_photo(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "holdout.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "bench", "--holdout", "--presets", "default", "--photos", "astronaut.png",
+         "--folds", "keras_facenet,dlib", "--set", "steps=2", "--json", str(report)],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 8}
+    assert {"keras_facenet", "dlib", "mean", "worst fold"} <= set(rows), done.stdout
+    assert "sface, facenet_casia, dlib" in rows["keras_facenet"]  # the held-out model is not attacked with
+    folds = json.loads(report.read_text())["default(steps=2)"]
+    assert [f["heldout"] for f in folds] == ["keras_facenet", "dlib"]
+    for fold in folds:
+        assert "dlib" not in fold["members"] if fold["heldout"] == "dlib" else "dlib" in fold["members"]
+        assert fold["faces"] == 1 and 0 <= fold["self_social"] <= 1 and math.isfinite(fold["margin_social"])
+        assert fold["steps"] == 2 and np.isfinite(fold["lpips"])
