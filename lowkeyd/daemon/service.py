@@ -258,21 +258,24 @@ class Daemon:
         watchdog = systemd.watchdog_interval()
         last_ping = last_beat = last_pause_check = 0.0
         while not self._stop.wait(TICK_SECONDS):
+            # Paused on the status page (the cloaking worker): the fast lane, reading photos and looking
+            # for faces, pauses with it, so new photos wait queued and nothing is published meanwhile.
+            if self.fast.paused != self.worker.paused:
+                (self.fast.pause if self.worker.paused else self.fast.resume)()
             if self._pause.reason is not None:
                 # New photos keep settling; nothing is taken until the outbox can take it.
                 if time.monotonic() - last_pause_check >= PAUSE_CHECK_SECONDS:
                     last_pause_check = time.monotonic()
                     self._maybe_resume()
             else:
-                if not self.worker.paused:  # paused on the status page: no new photo is read or looked at either
-                    # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
-                    # Every photo the fast lane passes on must find room in the worker's queue.
-                    room = min(self.fast.room(), self.worker.room() - self.fast.busy)
-                    for source, path in self.settling.take(limit=max(0, room)):
-                        self._consider(source, path)
-                    for record in self.state.due_retries():
-                        if record.source in self._roots and self.worker.room():
-                            self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+                # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
+                # Every photo the fast lane passes on must find room in the worker's queue.
+                room = min(self.fast.room(), self.worker.room() - self.fast.busy)
+                for source, path in self.settling.take(limit=max(0, room)):
+                    self._consider(source, path)
+                for record in self.state.due_retries():
+                    if record.source in self._roots and self.worker.room():
+                        self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
                 self.follower.apply_due(settled=len(self.settling) == 0 and self.fast.busy == 0)
             self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
