@@ -97,7 +97,7 @@ class PhotoProtector:
                 photos.append(exc)
         cloaked = self._cloak([p for p in photos if isinstance(p, Photo) and not self._own(p)])
         results: list[Outcome | LowkeydError] = []
-        for (_, dest), photo in zip(jobs, photos):
+        for (_, dest), photo in zip(jobs, photos, strict=True):
             if isinstance(photo, LowkeydError):
                 results.append(photo)
                 continue
@@ -158,7 +158,7 @@ class PhotoProtector:
             except LowkeydError as exc:
                 out.update({id(p): exc for p in group})
                 continue
-            for photo, result in zip(group, results):
+            for photo, result in zip(group, results, strict=True):
                 out[id(photo)] = _unprotected(photo, result) or result
         return out
 

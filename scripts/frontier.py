@@ -18,10 +18,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import matplotlib.pyplot as plt
 
 
-def _panel(ax, points: dict[str, list[dict]], title: str) -> None:  # noqa: ANN001 - a matplotlib Axes
+def _panel(ax, points: dict[str, list[dict]], title: str) -> None:
     for name, folds in sorted(points.items()):
         values = [100 * f["self_social"] for f in folds]
         x = statistics.mean(f["lpips"] for f in folds)

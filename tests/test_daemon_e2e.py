@@ -400,7 +400,7 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
 
     assert outbox_files(out) == {"cam/later.jpg"}, "nothing but the real photo is published"
     state = rows()
-    for name, why in zip(refused, ("a FIFO", "outside the watched folder", "outside the watched folder", "a FIFO")):
+    for name, why in zip(refused, ("a FIFO", "outside the watched folder", "outside the watched folder", "a FIFO"), strict=True):
         assert state[name]["status"] == "failed" and why in state[name]["error"], name
         assert daemon.log().count(f"service: cam/{name}:") == 1, f"{name} reported once, not at every rescan"
     assert status_report()["running"], "the heartbeat went on"

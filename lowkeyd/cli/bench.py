@@ -76,12 +76,12 @@ def _sample(name: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _dlib_distance(check) -> float:  # noqa: ANN001 - a FaceCheck
+def _dlib_distance(check) -> float:
     # A face that is not even found again cannot be matched: count it as infinitely far.
     return check.scores["dlib"] if check.found else math.inf
 
 
-def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarray], console: Console) -> PresetRun:  # noqa: ANN001
+def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarray], console: Console) -> PresetRun:
     from lowkeyd.engine.evaluate import Evaluator
 
     evaluator = Evaluator.sharing(cloaker)
@@ -120,7 +120,7 @@ def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarra
     return run
 
 
-def _save_crop(folder: Path, photo: str, preset: str, original: np.ndarray, cloaked: np.ndarray, faces) -> None:  # noqa: ANN001
+def _save_crop(folder: Path, photo: str, preset: str, original: np.ndarray, cloaked: np.ndarray, faces) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     stem = Path(photo).stem
     for i, face in enumerate(faces):
@@ -129,7 +129,7 @@ def _save_crop(folder: Path, photo: str, preset: str, original: np.ndarray, cloa
         Image.fromarray(cloaked[y1:y2, x1:x2]).save(folder / f"{stem}-{i}-{preset}.png")
 
 
-def _scaling(cloaker) -> float:  # noqa: ANN001
+def _scaling(cloaker) -> float:
     """Time for one face in a 12 MP photo over the same face in the ~1 MP original.
 
     Both run the preset's full step count (early stop off) after a warm-up run:
@@ -205,7 +205,7 @@ def _print_runs(runs: list[PresetRun], photos: dict[str, np.ndarray], console: C
             console.print(f"{r.name}: one face in a 12 MP photo takes {r.scaling:.2f}x the time of the ~1 MP original", highlight=False)
 
 
-def _run_holdout(base, presets, photos: dict[str, np.ndarray], args: argparse.Namespace, console: Console) -> int:  # noqa: ANN001
+def _run_holdout(base, presets, photos: dict[str, np.ndarray], args: argparse.Namespace, console: Console) -> int:
     from lowkeyd.engine.holdout import Subject, holdout
 
     subjects = [Subject(n, rgb, SAMPLES[n]) for n, rgb in photos.items()]

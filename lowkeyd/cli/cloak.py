@@ -80,7 +80,7 @@ def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     return DaemonProtector(client)
 
 
-def _protector(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
+def _protector(args: argparse.Namespace):
     daemon = _daemon(args)
     if daemon is not None:
         return daemon

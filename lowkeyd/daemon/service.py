@@ -117,7 +117,7 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
             sources.append(job.photo or job.src)
             job.photo = None  # the pixels live as long as this batch, not as long as the job
         # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
-        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs])), follow_symlinks=False))
+        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs], strict=True)), follow_symlinks=False))
 
 
 @dataclass

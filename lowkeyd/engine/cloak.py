@@ -175,13 +175,13 @@ class Cloaker:
         outputs = [rgb.copy() for rgb in images]
         thresholds = {m.name: m.threshold for m in self.models}
         results = self._run(crops, self._luma_attack if luma_only else self.attack)
-        for crop, report, (adversarial, similarity, lp, steps) in zip(crops, attacked, results):
+        for crop, report, (adversarial, similarity, lp, steps) in zip(crops, attacked, results, strict=True):
             self._paste(outputs[crop.image], crop, adversarial)
             report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
         seconds = time.perf_counter() - start
         return [
             CloakResult(output, found, seconds / len(images), self.preset.name, tuple(m.name for m in self.models))
-            for output, found in zip(outputs, reports)
+            for output, found in zip(outputs, reports, strict=True)
         ]
 
     # -- crops --------------------------------------------------------------------------

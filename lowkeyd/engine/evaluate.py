@@ -139,7 +139,7 @@ class Evaluator:
         self.device = device
 
     @classmethod
-    def sharing(cls, cloaker) -> Evaluator:  # noqa: ANN001 - a lowkeyd.engine.cloak.Cloaker
+    def sharing(cls, cloaker) -> Evaluator:
         """An evaluator on a cloaker's resident models (no second load)."""
         return cls(cloaker.detector, judges_for(cloaker.models, cloaker.device), cloaker.lpips, cloaker.device)
 

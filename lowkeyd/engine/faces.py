@@ -154,7 +154,7 @@ class FaceDetector:
         """The faces of :meth:`detect`, and the candidates turned down as not faces (logged, with the reason)."""
         candidates = self._candidates(rgb)
         found = Detections()
-        for face, looks in zip(candidates, self._second_look(rgb, candidates)):
+        for face, looks in zip(candidates, self._second_look(rgb, candidates), strict=True):
             reason = landmark_problem(face.landmarks, face.box)
             if reason is None and float(np.median(looks)) < _MIN_SECOND_LOOK:
                 reason = f"second look {np.median(looks):.2f}"
@@ -195,7 +195,7 @@ class FaceDetector:
                 score=float(p),
                 landmarks=np.asarray(pt, dtype=np.float64) * scale_back,
             )
-            for b, p, pt in zip(boxes, probs, points)
+            for b, p, pt in zip(boxes, probs, points, strict=True)
             if p is not None and p >= self.min_score
         ]
         faces = [f for f in faces if f.size >= self.min_face]

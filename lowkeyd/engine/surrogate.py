@@ -68,7 +68,7 @@ class Surrogates:
         keep = torch.rand(output.shape, generator=self.generator, device=output.device) >= self.dropout
         return output * keep.to(output.dtype) / (1 - self.dropout)
 
-    def _tap_hook(self, name: str):  # noqa: ANN202 - a forward hook
+    def _tap_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             self.taps[name] = output.float().mean((2, 3))
 

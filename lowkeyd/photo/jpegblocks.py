@@ -74,7 +74,7 @@ def reencode(source: bytes, before: np.ndarray, after: np.ndarray, *, progressiv
         if not mcus.any():
             return None
         planes = _ycc(_pad(after.astype(np.float64), (8 * vmax, 8 * hmax)))
-        for index, (component, plane) in enumerate(zip(components, planes)):
+        for index, (component, plane) in enumerate(zip(components, planes, strict=True)):
             v, h = factors[index]
             blocks = _quantised_blocks(_downsample(plane, vmax // v, hmax // h), jpeg.get_component_qt(index))
             mask = np.repeat(np.repeat(mcus, v, axis=0), h, axis=1)[: component.shape[0], : component.shape[1]]

@@ -232,7 +232,7 @@ def read_dlib_net(path: Path) -> DlibNet:
 
 def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` the way dlib's add_prev does it: each zero-padded at the end of every dimension to the larger size."""
-    size = [max(x, y) for x, y in zip(a.shape[1:], b.shape[1:])]
+    size = [max(x, y) for x, y in zip(a.shape[1:], b.shape[1:], strict=True)]
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         (c, h, w), (tc, th, tw) = size, t.shape[1:]

@@ -165,7 +165,7 @@ def _list(buf: memoryview) -> list[Any]:
 
 def _attr(buf: memoryview) -> Any:
     """One AttrValue as a Python value: bytes, int, float, bool, shape tuple, ndarray or list; None if not decoded."""
-    for number, wire, value in _fields(buf):
+    for number, _wire, value in _fields(buf):
         if number == _ATTR_LIST:
             return _list(value)
         if number == _ATTR_S:
