@@ -117,6 +117,6 @@ class Notifier:
                 # plyer warns about each backend it cannot use before settling on one.
                 warnings.simplefilter("ignore")
                 notification.notify(title=title, message=message, app_name="lowkeyd", timeout=10)
-        except Exception as exc:
+        except Exception as exc:  # any backend failure: notifications are a nicety, the log has them
             log.warning("desktop notifications unavailable (%s: %s); logging only", type(exc).__name__, exc)
             self._desktop = False
