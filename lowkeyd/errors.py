@@ -20,6 +20,14 @@ class PhotoError(LowkeydError):
     """A photo could not be read, understood or written."""
 
 
+class WriteError(PhotoError):
+    """A photo could not be written; ``errno`` says why (a full disk passes, a bad photo does not)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class EngineError(LowkeydError):
     """The cloaking engine could not process an image."""
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lowkeyd import __version__
-from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.engine.transfer import transfer_estimate
+from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
 
 if TYPE_CHECKING:
@@ -80,26 +80,54 @@ class PhotoProtector:
             raise result
         return result
 
-    def protect_files(self, jobs: Sequence[tuple[Path, Path]]) -> list[Outcome | LowkeydError]:
-        """Protect several photos, their faces sharing the engine's batches; one failure spoils no other."""
+    def protect_files(
+        self, jobs: Sequence[tuple[Path | Photo, Path]], *, follow_symlinks: bool = True
+    ) -> list[Outcome | LowkeydError]:
+        """Protect several photos, their faces sharing the engine's batches; one failure spoils no other.
+
+        A source is a path, or a photo already read with :meth:`read` (it is not decoded again).
+        ``follow_symlinks`` False refuses a source path that is a symbolic link (the daemon hands resolved paths).
+        """
         start = time.perf_counter()
         photos: list[Photo | LowkeydError] = []
         for src, _ in jobs:
             try:
-                photos.append(read_photo(Path(src), max_pixels=self.max_pixels))
+                photos.append(src if isinstance(src, Photo) else self.read(Path(src), follow_symlinks=follow_symlinks))
             except LowkeydError as exc:
                 photos.append(exc)
         cloaked = self._cloak([p for p in photos if isinstance(p, Photo) and not self._own(p)])
         results: list[Outcome | LowkeydError] = []
-        for (src, dest), photo in zip(jobs, photos, strict=True):
+        for (_, dest), photo in zip(jobs, photos, strict=True):
             if isinstance(photo, LowkeydError):
                 results.append(photo)
                 continue
             try:
-                results.append(self._publish_file(photo, Path(src), Path(dest), cloaked.get(id(photo)), start))
+                results.append(self._publish_file(photo, Path(dest), cloaked.get(id(photo)), start))
             except LowkeydError as exc:
                 results.append(exc)
         return results
+
+    def read(self, src: Path, *, follow_symlinks: bool = True) -> Photo:
+        """Decode ``src`` under this protector's pixel limit."""
+        return read_photo(src, max_pixels=self.max_pixels, follow_symlinks=follow_symlinks)
+
+    def protect_without_attack(self, photo: Photo, dest: Path) -> Outcome | None:
+        """Write ``photo`` to ``dest`` when it needs no attack (lowkeyd's own, or without a face); None when it has one.
+
+        The daemon's fast lane: such a photo does not wait behind faces being cloaked. The faces are
+        looked for exactly as :meth:`protect_files` would (the engine's own detector), so a photo
+        published here would have had none cloaked there either.
+        """
+        start = time.perf_counter()
+        result = None
+        if not self._own(photo):
+            if self.cloaker.detector is None or self.cloaker.detector.detect(photo.rgb):
+                return None
+            from lowkeyd.engine.cloak import CloakResult
+
+            members = tuple(m.name for m in self.cloaker.models)
+            result = CloakResult(photo.rgb, [], 0.0, self.cloaker.preset.name, members)
+        return self._publish_file(photo, dest, result, start)
 
     def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
         """The protected photo's bytes (same format), or None where the no-face policy skips it."""
@@ -135,7 +163,7 @@ class PhotoProtector:
         return out
 
     def _publish_file(
-        self, photo: Photo, src: Path, dest: Path, result: CloakResult | LowkeydError | None, start: float
+        self, photo: Photo, dest: Path, result: CloakResult | LowkeydError | None, start: float
     ) -> Outcome:
         if self._own(photo):
             encoded = self._encode(photo, None)

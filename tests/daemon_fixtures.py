@@ -37,10 +37,10 @@ def face_photo(i: int) -> bytes:
     return jpeg_bytes(image)
 
 
-def faceless_photo(*, gps: bool) -> bytes:
-    """A real photograph without a face (the legs of a full-body shot), optionally geotagged."""
+def faceless_photo(*, gps: bool, variant: int = 0) -> bytes:
+    """A real photograph without a face (the legs of a full-body shot), optionally geotagged; each variant its own."""
     with Image.open(DATA / "obama3.jpg") as im:
-        image = im.convert("RGB").crop((0, 1300, 1434, 2333))
+        image = im.convert("RGB").crop((2 * variant, 1300, 1434, 2333))
     if not gps:
         return jpeg_bytes(image)
     exif = piexif.dump({"GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N", piexif.GPSIFD.GPSLatitude: ((38, 1), (53, 1), (23, 1))}})

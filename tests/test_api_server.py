@@ -117,6 +117,8 @@ def test_tcp_needs_the_token(server: ApiServer) -> None:
     assert httpx.post(f"{url}/v1/cloak", content=b"x" * 10).status_code == 401
     right = httpx.get(f"{url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
     assert right.status_code == 200
+    assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     assert right.json()["ready"] is False
     # The socket needs none: its file permissions are the access control.
     assert unix_client(server).get("/v1/status").status_code == 200

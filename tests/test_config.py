@@ -79,6 +79,15 @@ def test_example_config_is_valid(folders: Path, monkeypatch: pytest.MonkeyPatch)
         ("sources: [{path: phone}, {path: phone/DCIM}]\noutbox: out\n", "sources[0] and sources[1] overlap"),
         ("sources: [{path: camera}, {path: phone, name: camera}]\noutbox: out\n", "share the outbox folder 'camera'"),
         ("sources: [{path: camera, name: ../up}]\noutbox: out\n", "sources[0].name: must be a plain"),
+        (
+            "sources: [{path: camera, on_original_deleted: delete}]\noutbox: out\n",
+            "sources[0].on_original_deleted: Input should be 'keep' or 'remove'",
+        ),
+        (
+            "sources: [{path: camera, on_original_renamed: rename}]\noutbox: out\n",
+            "sources[0].on_original_renamed: Input should be 'copy' or 'move'",
+        ),
+        ("sources: [{path: camera}]\noutbox: out\nwork: {max_megapixels: 0}\n", "work.max_megapixels: Input should be"),
         ("sources: [{path: camera}\noutbox: out\n", "not valid YAML at line 2"),
         ("- camera\n", "expected a mapping of settings"),
     ],

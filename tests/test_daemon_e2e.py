@@ -8,9 +8,11 @@ daemon process a test starts is killed in teardown.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -22,11 +24,19 @@ from pathlib import Path
 import piexif
 import pytest
 import yaml
+from daemon_fixtures import (
+    FAST_ATTACK,
+    assert_protected,
+    face_photo,
+    faceless_photo,
+    wait_until,
+)
 
-from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, wait_until
 from lowkeyd.cli.daemon import status_report
+from lowkeyd.daemon.memory import BYTES_PER_PIXEL
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import read_photo
+from lowkeyd.photo import encode_photo, read_photo
+from lowkeyd.photo.jpeg import image_data
 
 pytestmark = pytest.mark.slow
 
@@ -279,7 +289,7 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     assert daemon.stop() == 0
 
     # A restart reprocesses nothing
-    daemon = start_daemon()
+    daemon = start_daemon(sources=[{"path": str(src), "name": "cam", "on_original_renamed": "copy"}])
     daemon.wait_for(lambda: "scan found 0 photo(s)" in daemon.log(), 60, "the start-up scan")
     time.sleep(2)
     assert rows()["a.jpg"] == before
@@ -290,7 +300,11 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     os.rename(src / "a.jpg", src / "renamed.jpg")
     (src / "copies").mkdir()
     (src / "copies" / "dup.jpg").write_bytes(first)
-    daemon.wait_for(lambda: done_count() >= 3, 60, "renamed.jpg and copies/dup.jpg done")
+    def done(name: str) -> bool:
+        return rows().get(name, {}).get("status") == "done"
+
+    # (a.jpg's row is "gone" from now on, its cloaked copy kept: this source copies on a rename)
+    daemon.wait_for(lambda: done("renamed.jpg") and done("copies/dup.jpg"), 60, "renamed.jpg and copies/dup.jpg done")
     state = rows()
     for name in ("renamed.jpg", "copies/dup.jpg"):
         assert state[name]["duplicate_of"] == "cam/a.jpg" and state[name]["seconds"] == 0
@@ -365,3 +379,227 @@ def test_corrupt_and_faceless_photos_follow_policy_and_show_in_status(start_daem
     assert (row["outcome"], row["output"]) == ("no_face", None)
     assert outbox_files(out) == {"cam/empty.jpg"}
     assert daemon.stop() == 0
+
+
+def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_nothing_up(start_daemon, env: Path) -> None:
+    src, out = env / "src", env / "out"
+    (env / "private").mkdir()
+    (env / "private" / "secret.jpg").write_bytes(faceless_photo(gps=False))
+    # Already there at the start-up scan, where a hang would repeat at every restart.
+    os.mkfifo(src / "fifo.jpg")
+    (src / "devzero.jpg").symlink_to("/dev/zero")
+    daemon = start_daemon(watch={"settle_seconds": 1, "rescan_interval": 2})
+    # Written by a "sync peer" while it runs.
+    (src / "innocent.jpg").symlink_to(env / "private" / "secret.jpg")
+    os.mkfifo(src / "fifo2.jpg")
+    (src / "later.jpg").write_bytes(faceless_photo(gps=True))
+    refused = ("fifo.jpg", "devzero.jpg", "innocent.jpg", "fifo2.jpg")
+    daemon.wait_for(lambda: rows().get("later.jpg", {}).get("status") == "done", 60, "later.jpg published")
+    daemon.wait_for(lambda: set(refused) <= set(rows()), 30, "the refused files recorded")
+    daemon.wait_for(lambda: daemon.log().count("scan found") >= 3, 60, "two more rescans")
+
+    assert outbox_files(out) == {"cam/later.jpg"}, "nothing but the real photo is published"
+    state = rows()
+    for name, why in zip(refused, ("a FIFO", "outside the watched folder", "outside the watched folder", "a FIFO"), strict=True):
+        assert state[name]["status"] == "failed" and why in state[name]["error"], name
+        assert daemon.log().count(f"service: cam/{name}:") == 1, f"{name} reported once, not at every rescan"
+    assert status_report()["running"], "the heartbeat went on"
+    assert daemon.log().count("desktop notifications are off: no D-Bus session bus") == 1, "said once"
+    for name in ("state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"):
+        path = env / "state" / name
+        assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    stopping = time.monotonic()
+    assert daemon.stop(timeout=30) == 0
+    assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"
+
+
+@pytest.fixture
+def small_disk(env: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs of its own (root only); the test is skipped where it cannot be mounted."""
+    vol = env / "vol"
+    vol.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(vol)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small file system of its own; cannot mount a tmpfs: {mounted.stderr.strip()}")
+    yield vol
+    subprocess.run(["umount", "-l", str(vol)], check=False)
+
+
+def test_a_full_outbox_pauses_publishing_and_loses_no_photo(start_daemon, env: Path, small_disk: Path) -> None:
+    src, out, staging = env / "src", small_disk / "out", small_disk / ".lowkeyd-staging"
+    filler = small_disk / "filler"
+    filler.write_bytes(bytes(1400 * 1024))  # leaves room for about two of the five photos
+    daemon = start_daemon(outbox=str(out))
+    assert staging.is_dir(), "staging is on the outbox's file system, beside the outbox, not in it"
+    names = [f"p{i}.jpg" for i in range(5)]
+    for i, name in enumerate(names):
+        (src / name).write_bytes(faceless_photo(gps=False, variant=i))
+    daemon.wait_for(lambda: "publishing paused" in daemon.log(), 120, "publishing paused")
+    daemon.wait_for(lambda: daemon.process.poll() is None and len(rows()) == 5, 60, "all five seen")
+    assert not any(row["status"] == "failed" for row in rows().values()), "a full disk fails no photo"
+    daemon.wait_for(lambda: "publishing paused" in status_report()["daemon"]["status"], 30, "status saying so")
+
+    filler.unlink()
+    daemon.wait_for(lambda: done_count() == 5, 120, "all five published once there is room")
+    assert outbox_files(out) == {f"cam/{name}" for name in names}
+    for name, row in rows().items():
+        assert (row["attempts"], row["error"]) == (0, None), name
+    log = daemon.log()
+    assert log.count("WARNING lowkeyd.daemon.service: publishing paused") == 1, "said once"
+    assert "publishing resumed" in log
+    assert list(staging.iterdir()) == []
+    assert daemon.stop() == 0
+
+
+def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_daemon, env: Path, evaluator) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon(attack={**FAST_ATTACK, "steps": 40})  # a face that takes a while
+    face = face_photo(4)
+    (src / "face.jpg").write_bytes(face)
+    (src / "empty.jpg").write_bytes(faceless_photo(gps=False))
+    daemon.wait_for(lambda: rows().get("empty.jpg", {}).get("status") == "done", 120, "empty.jpg published")
+    assert rows()["face.jpg"]["status"] != "done" and outbox_files(out) == {"cam/empty.jpg"}, "it went first"
+    daemon.wait_for(lambda: rows()["face.jpg"]["status"] == "done", 10 * PHOTO_SECONDS, "face.jpg published")
+    assert_protected(evaluator, face, out / "cam" / "face.jpg")
+    assert daemon.stop() == 0
+
+
+def test_the_marker_is_trusted_only_on_a_file_the_state_knows_as_published(start_daemon, env: Path, evaluator) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon()
+    original = face_photo(5)
+    (src / "a.jpg").write_bytes(original)
+    daemon.wait_for(lambda: rows().get("a.jpg", {}).get("status") == "done", 3 * PHOTO_SECONDS, "a.jpg done")
+    published = (out / "cam" / "a.jpg").read_bytes()
+
+    # lowkeyd's own output copied back into a watched folder: known by its content, not cloaked twice
+    (src / "again.jpg").write_bytes(published)
+    # an uncloaked face carrying a copied marker: anyone can write one, so it is cloaked like any photo
+    forged = encode_photo(read_photo(face_photo(6)), read_photo(face_photo(6)).rgb, marker=read_photo(published).cloak_marker)
+    assert read_photo(forged).cloak_marker is not None
+    (src / "forged.jpg").write_bytes(forged)
+    finished = ("again.jpg", "forged.jpg")
+    daemon.wait_for(lambda: all(rows().get(n, {}).get("status") == "done" for n in finished), 3 * PHOTO_SECONDS, "both done")
+    state = rows()
+    assert state["again.jpg"]["outcome"] == "already_cloaked" and state["again.jpg"]["faces"] == 0
+    assert image_data((out / "cam" / "again.jpg").read_bytes()) == image_data(published), "its pixels left alone"
+    assert state["forged.jpg"]["outcome"] == "cloaked" and state["forged.jpg"]["faces"] == 1
+    assert (out / "cam" / "forged.jpg").read_bytes() != forged
+    assert_protected(evaluator, forged, out / "cam" / "forged.jpg")
+    assert daemon.stop() == 0
+
+
+def _peak_rss(pid: int) -> tuple[int, int]:
+    """(resident now, peak resident) of a process, in bytes."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return (int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024)
+
+
+def test_a_100_megapixel_photo_is_decoded_once_within_a_memory_bound(start_daemon, env: Path) -> None:
+    from PIL import Image
+
+    src, out = env / "src", env / "out"
+    with Image.open(io.BytesIO(faceless_photo(gps=False))) as small:
+        big = small.resize((11600, 8621), Image.Resampling.BILINEAR)  # 100 MP, still without a face
+    big.save(env / "big.png", compress_level=1)
+    del big
+    daemon = start_daemon()
+    ready_rss, _ = _peak_rss(daemon.process.pid)
+    os.rename(env / "big.png", src / "big.png")
+    daemon.wait_for(lambda: rows().get("big.png", {}).get("status") in ("done", "failed"), 20 * PHOTO_SECONDS, "big.png")
+    assert rows()["big.png"]["status"] == "done", rows()["big.png"]["error"]
+    assert outbox_files(out) == {"cam/big.png"}
+    daemon.wait_for(
+        lambda: _peak_rss(daemon.process.pid)[0] - ready_rss < 0.5 * 2**30, 30, "the photo's memory given back"
+    )
+    after, peak = _peak_rss(daemon.process.pid)
+    print(f"RSS at ready {ready_rss / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, after {after / 2**30:.2f} GiB")
+    # 100 MP of 8-bit RGB is 0.3 GB: the bound is what the daemon's pixel limit assumes per pixel.
+    assert peak - ready_rss < 100e6 * BYTES_PER_PIXEL
+    assert daemon.stop() == 0
+
+
+def _event_hook(env: Path) -> dict:
+    """A publish hook that writes down each event it is run for."""
+    hook = env / "hook"
+    hook.write_text('#!/bin/sh\necho "$LOWKEYD_EVENT $LOWKEYD_OUTPUT_REL ${LOWKEYD_PREVIOUS_OUTPUT_REL:-}" >> "$0.events"\n')
+    hook.chmod(0o755)
+    return {"command": [str(hook)]}
+
+
+def _events(env: Path) -> list[str]:
+    path = env / "hook.events"
+    return sorted(line.strip() for line in path.read_text().splitlines()) if path.exists() else []
+
+
+def _follow_policy(start_daemon, env: Path, deleted: str, renamed: str) -> tuple[Path, bytes]:
+    """Publish a..d, then delete a and rename b while the daemon runs, c and d while it is stopped.
+
+    Returns the outbox and the bytes of a file put in the outbox by someone else.
+    """
+    src, out = env / "src", env / "out"
+    settings = {
+        "sources": [{"path": str(src), "name": "cam", "on_original_deleted": deleted, "on_original_renamed": renamed}],
+        "on_published": _event_hook(env),
+        "watch": {"settle_seconds": 1, "rescan_interval": 0},
+    }
+    for i, name in enumerate("abcd"):
+        (src / f"{name}.jpg").write_bytes(faceless_photo(gps=False, variant=i))
+    daemon = start_daemon(**settings)
+    daemon.wait_for(lambda: done_count() == 4, 120, "a-d published")
+    mine = faceless_photo(gps=False, variant=9)
+    (out / "cam" / "mine.jpg").write_bytes(mine)  # the user's own file in the outbox
+    (out / "cam" / "sub").mkdir()
+    (out / "cam" / "sub" / "mine.jpg").write_bytes(mine)
+
+    (src / "a.jpg").unlink()
+    (src / "sub").mkdir()
+    os.rename(src / "b.jpg", src / "sub" / "b2.jpg")
+    daemon.wait_for(lambda: {"a.jpg", "b.jpg"} <= {n for n, r in rows().items() if r["status"] == "gone"}, 60, "a, b gone")
+    daemon.wait_for(lambda: rows().get("sub/b2.jpg", {}).get("status") == "done", 60, "sub/b2.jpg done")
+    assert daemon.stop() == 0
+
+    (src / "c.jpg").unlink()
+    os.rename(src / "d.jpg", src / "d2.jpg")
+    daemon = start_daemon(**settings)
+    daemon.wait_for(lambda: {"c.jpg", "d.jpg"} <= {n for n, r in rows().items() if r["status"] == "gone"}, 60, "c, d gone")
+    daemon.wait_for(lambda: rows().get("d2.jpg", {}).get("status") == "done", 60, "d2.jpg done")
+    time.sleep(2)  # a late, wrong removal would show now
+    assert daemon.stop() == 0
+    state = rows()
+    for name in ("sub/b2.jpg", "d2.jpg"):
+        assert state[name]["seconds"] == 0, f"{name}: its earlier result reused, not cloaked again"
+    assert (out / "cam" / "mine.jpg").read_bytes() == mine == (out / "cam" / "sub" / "mine.jpg").read_bytes()
+    return out, mine
+
+
+def test_remove_and_move_follow_deletions_and_renames_running_or_stopped(start_daemon, env: Path) -> None:
+    out, _ = _follow_policy(start_daemon, env, "remove", "move")
+    assert outbox_files(out) == {"cam/sub/b2.jpg", "cam/d2.jpg", "cam/mine.jpg", "cam/sub/mine.jpg"}
+    assert _events(env) == sorted(
+        [f"published cam/{n}.jpg" for n in "abcd"]
+        + ["removed cam/a.jpg", "removed cam/c.jpg", "renamed cam/sub/b2.jpg cam/b.jpg", "renamed cam/d2.jpg cam/d.jpg"]
+    )
+    state = rows()
+    assert state["a.jpg"]["output"] is None and state["c.jpg"]["output"] is None
+    from lowkeyd.daemon.state import StateDB
+
+    db = StateDB(readonly=True)
+    assert [e for e, _ in db.history("cam", "a.jpg")] == ["published", "removed"]
+    assert db.history("cam", "b.jpg")[-1] == ("renamed", "cam/sub/b2.jpg")
+    assert db.history("cam", "sub/b2.jpg")[-1] == ("renamed_from", "cam/b.jpg")
+    db.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "status"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "originals deleted or renamed: 4 (2 copies removed, 2 renamed)" in shown
+
+
+def test_keep_and_copy_leave_every_published_copy_running_or_stopped(start_daemon, env: Path) -> None:
+    out, _ = _follow_policy(start_daemon, env, "keep", "copy")
+    names = {"a", "b", "c", "d", "sub/b2", "d2", "mine", "sub/mine"}
+    assert outbox_files(out) == {f"cam/{n}.jpg" for n in names}
+    assert _events(env) == sorted(f"published cam/{n}.jpg" for n in names - {"mine", "sub/mine"})
+    state = rows()
+    assert state["a.jpg"]["status"] == state["c.jpg"]["status"] == "gone"
+    assert state["a.jpg"]["output"] == str(out / "cam" / "a.jpg"), "the kept copy is still known"

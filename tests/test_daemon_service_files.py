@@ -80,11 +80,30 @@ def test_unit_settings() -> None:
         "CPUSchedulingPolicy=idle",
         "ExecStart=%h/.local/bin/lowkeyd run",
         "WantedBy=default.target",
+        "UMask=0077",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
     ):
         assert any(setting.startswith(line) for setting in unit.splitlines()), line
     plist = plistlib.loads(launchd.render_plist(["/opt/lowkeyd", "run"], log_path=Path("/Users/me/Library/Logs/lowkeyd.log")))
     assert plist["ProgramArguments"] == ["/opt/lowkeyd", "run"]
     assert plist["ProcessType"] == "Background" and plist["StandardErrorPath"].endswith("lowkeyd.log")
+    assert plist["Umask"] == 0o077
+
+
+def test_the_unit_is_hardened(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    (tmp_path / "run").mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    for name, unit in (("default", systemd.render_unit()), ("cpu", systemd.render_unit(cpu_only=True))):
+        (tmp_path / f"{name}.service").write_text(unit)
+        scored = subprocess.run(
+            ["systemd-analyze", "security", "--user", "--offline=true", str(tmp_path / f"{name}.service")],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )
+        score = scored.stdout.rsplit("Overall exposure level for", 1)[-1].split(":")[1].split()[0]
+        assert float(score) <= 4.0, scored.stdout
 
 
 def test_exec_start_quoting() -> None:
@@ -116,6 +135,7 @@ def test_install_service_writes_a_unit_systemd_accepts(
     unit = unit_path.read_text()
     exec_start = f'ExecStart={sys.executable} -m lowkeyd run --config "{config_file}"'
     assert exec_start in unit.splitlines()
+    assert f"ReadWritePaths=-%h -%t -{tmp_path}" in unit.splitlines(), "the outbox, outside the home, is writable"
     assert "RestartPreventExitStatus=78" in unit
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed")
@@ -131,9 +151,19 @@ def test_install_service_print_writes_nothing(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert main(["install-service", "--config", str(config_file), "--print"]) == 0
     assert capsys.readouterr().out == systemd.render_unit(
-        systemd.command_line([sys.executable, "-m", "lowkeyd", "run", "--config", str(config_file)])
+        systemd.command_line([sys.executable, "-m", "lowkeyd", "run", "--config", str(config_file)]),
+        writable=[tmp_path],
     )
     assert not (tmp_path / "xdg").exists()
+
+
+def test_install_service_names_the_config_it_checked(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found through the installer's environment, which the service will not have.
+    monkeypatch.setenv("LOWKEYD_CONFIG_DIR", str(config_file.parent))
+    assert main(["install-service", "--print"]) == 0
+    assert f'--config "{config_file}"' in capsys.readouterr().out
 
 
 def test_install_service_refuses_a_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,3 +263,15 @@ def test_a_broken_notification_service_falls_back_to_the_log(
     assert "desktop notifications unavailable" in caplog.text
     notifier.photo_done("cloaked", 1)
     assert notifier.flush(idle=True) == ["Cloaked 1 photo, 1 face"], "and it keeps going"
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    err_path = tmp_path / "stderr"
+    script = (
+        "import logging\nfrom lowkeyd.daemon.logs import setup_daemon_logging\nsetup_daemon_logging()\n"
+        "logging.getLogger('lowkeyd.test').info('%s: done', 'cam/a.jpg\\nERROR lowkeyd: forged\\x1b[2J')\n"
+    )
+    with err_path.open("w") as err:
+        subprocess.run([sys.executable, "-c", script], stderr=err, timeout=60, check=True)
+    lines = err_path.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("cam/a.jpg\\nERROR lowkeyd: forged\\x1b[2J: done")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lowkeyd.cli import main
-from lowkeyd.daemon.outbox import STAGING_NAME, Outbox
+from lowkeyd.daemon.candidate import content_hash
+from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.service import single_instance
-from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status, content_hash
+from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status
 
 DATA = Path(__file__).parent / "data"
 
@@ -60,6 +61,21 @@ def test_a_finished_file_stays_finished_across_a_restart(state_dir: Path, photo:
     assert found is not None and found.rel_path == "a.jpg"
     assert again.counts() == {"done": 1, "done:cloaked": 1}
     assert again.faces_cloaked() == 1
+
+
+def test_a_published_outputs_hash_is_known_after_its_row_is_replaced(state_dir: Path, photo: Path) -> None:
+    key, sha = FileKey.of(photo), content_hash(photo)
+    db = StateDB()
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_done("cam", "a.jpg", outcome="no_face", faces=0, faces_too_small=0, seconds=1.0, output=None, output_sha256="0" * 64)
+    assert not db.is_own_output("0" * 64), "nothing was published, so no content is lowkeyd's"
+    db.mark_done(
+        "cam", "a.jpg", outcome="cloaked", faces=1, faces_too_small=0, seconds=1.0, output=Path("/o/a.jpg"), output_sha256="a" * 64
+    )
+    db.mark_queued("cam", "a.jpg", key, sha)  # cloaked again: the row is replaced, an older copy is still lowkeyd's
+    db.close()
+    again = StateDB()
+    assert again.is_own_output("a" * 64) and not again.is_own_output(sha)
 
 
 def test_failures_back_off_then_fail_for_good(state_dir: Path, photo: Path) -> None:
@@ -162,16 +178,24 @@ def test_what_a_crash_left_in_staging_is_cleared(state_dir: Path, tmp_path: Path
     assert list(outbox.staging.iterdir()) == []
 
 
-def test_staging_moves_into_the_outbox_across_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staging_stays_on_the_outbox_file_system_and_out_of_the_synced_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs a second file system (/dev/shm)")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
         monkeypatch.setenv("LOWKEYD_STATE_DIR", other)
         outbox = Outbox(tmp_path / "out")
-        assert outbox.staging == tmp_path / "out" / STAGING_NAME
+        assert outbox.staging == tmp_path / STAGING_NAME, "beside the outbox, on its file system"
         staged = outbox.stage(outbox.destination("cam", Path("a.jpg")))
         staged.write_bytes(b"x")
         assert outbox.publish(staged, outbox.destination("cam", Path("a.jpg"))).read_bytes() == b"x"
+        assert outbox.unavailable() is None
+        os.rename(tmp_path / "out", tmp_path / "gone")
+        assert "missing" in (outbox.unavailable() or "")
+        with pytest.raises(OutboxUnavailable):
+            outbox.stage(outbox.destination("cam", Path("b.jpg")))
+        assert not (tmp_path / "out").exists(), "a missing outbox is never made again by publishing"
 
 
 def test_status_command_reports_counts_queue_and_errors(
@@ -221,3 +245,36 @@ def test_a_second_daemon_on_the_same_state_is_refused(state_dir: Path, tmp_path:
     assert done.returncode == 1
     assert f"another lowkeyd is already running on {state_dir} (pid {os.getpid()})" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_state_files_are_the_users_alone(state_dir: Path, photo: Path) -> None:
+    import stat
+
+    from lowkeyd.daemon.hooks import HookLog
+
+    old = os.umask(0o022)
+    try:
+        db, hooks = StateDB(), HookLog()
+        db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))
+        hooks.add({"LOWKEYD_OUTPUT": "x"})
+    finally:
+        os.umask(old)
+    files = [p for p in state_dir.iterdir() if p.name.endswith((".sqlite3", "-wal", "-shm"))]
+    assert {p.name for p in files} >= {"state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+    db.close()
+    hooks.close()
+
+
+def test_status_into_a_closed_pipe_ends_quietly(state_dir: Path, photo: Path) -> None:
+    db = StateDB()
+    db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))
+    db.close()
+    # Like `lowkeyd status | head -1` once head has gone: the reader is closed before anything is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowkeyd", "status"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == "", err

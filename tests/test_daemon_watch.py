@@ -90,7 +90,7 @@ def test_scan_finds_photos_and_skips_ignored_folders(tmp_path: Path) -> None:
 
 def test_a_file_is_taken_only_once_it_held_still(tmp_path: Path) -> None:
     path = tmp_path / "a.jpg"
-    settling = Settling(1.0)
+    settling = Settling(1.0, {"cam": tmp_path})
     path.write_bytes(JPEG[:1000])
     settling.add("cam", path)
     t0 = time.monotonic()
@@ -110,7 +110,7 @@ def test_a_file_is_taken_only_once_it_held_still(tmp_path: Path) -> None:
 def test_a_file_that_holds_still_but_does_not_decode_waits_then_is_taken(tmp_path: Path) -> None:
     path = tmp_path / "a.jpg"
     path.write_bytes(JPEG[: len(JPEG) // 2])  # a writer that stalled half way
-    settling = Settling(1.0)
+    settling = Settling(1.0, {"cam": tmp_path})
     settling.add("cam", path)
     t0 = time.monotonic()
     settling.take(t0)
@@ -120,7 +120,7 @@ def test_a_file_that_holds_still_but_does_not_decode_waits_then_is_taken(tmp_pat
 
 
 def test_take_hands_out_no_more_than_there_is_room_for(tmp_path: Path) -> None:
-    settling = Settling(0.5)
+    settling = Settling(0.5, {"cam": tmp_path})
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_bytes(JPEG)
         settling.add("cam", tmp_path / f"{i}.jpg")
@@ -135,7 +135,7 @@ def test_take_hands_out_no_more_than_there_is_room_for(tmp_path: Path) -> None:
 def test_a_file_that_vanishes_while_settling_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "a.jpg"
     path.write_bytes(JPEG)
-    settling = Settling(0.5)
+    settling = Settling(0.5, {"cam": tmp_path})
     settling.add("cam", path)
     path.unlink()
     assert settling.take() == [] and len(settling) == 0
@@ -191,3 +191,74 @@ def test_the_inotify_limit_message_names_the_sysctl(tmp_path: Path) -> None:
     instances = inotify_limit_message(tmp_path, OSError(errno.EMFILE, "inotify instance limit reached"))
     assert instances is not None and "fs.inotify.max_user_instances" in instances
     assert inotify_limit_message(tmp_path, OSError(errno.EACCES, "denied")) is None
+
+
+def _formats(tmp_path: Path) -> dict[str, bytes]:
+    from photo_fixtures import heic
+    from PIL import Image
+
+    out = {"jpeg": JPEG}
+    out["heic"] = heic(tmp_path / "a.heic").read_bytes()
+    with Image.open(DATA / "obama.jpg") as im:
+        for fmt, kind in (("png", "PNG"), ("webp", "WEBP"), ("avif", "AVIF")):
+            im.save(tmp_path / f"a.{fmt}", kind)
+            out[fmt] = (tmp_path / f"a.{fmt}").read_bytes()
+    return out
+
+
+def test_a_complete_photo_is_told_from_its_container_and_any_cut_is_not(tmp_path: Path) -> None:
+    from lowkeyd.photo.complete import looks_complete
+
+    for name, data in _formats(tmp_path).items():
+        assert looks_complete(data), name
+        for cut in (10, 100, len(data) // 3, len(data) // 2, len(data) - 300, len(data) - 1):
+            assert not looks_complete(data[:cut]), f"{name} cut at {cut} of {len(data)}"
+    assert not looks_complete(b"GIF89a" + bytes(100))
+
+
+def test_links_out_of_the_source_fifos_and_devices_are_handed_out_unopened(tmp_path: Path) -> None:
+    from lowkeyd.daemon.candidate import Refused, inspect
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "real.jpg").write_bytes(JPEG)
+    (tmp_path / "private.jpg").write_bytes(JPEG)
+    (src / "inside.jpg").symlink_to(src / "sub" / "real.jpg")
+    (src / "outside.jpg").symlink_to(tmp_path / "private.jpg")
+    (src / "zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(src / "fifo.jpg")
+    assert inspect(src / "inside.jpg", src)[0] == src / "sub" / "real.jpg", "a link inside the source is followed"
+    for name, why in (("outside.jpg", "outside the watched folder"), ("zero.jpg", "outside"), ("fifo.jpg", "a FIFO")):
+        with pytest.raises(Refused, match=why):
+            inspect(src / name, src)
+
+    settling = Settling(5.0, {"cam": src})
+    for name in ("inside.jpg", "outside.jpg", "zero.jpg", "fifo.jpg"):
+        settling.add("cam", src / name)
+    # Handed out at the first look (a FIFO is never opened, so this cannot block), the good one waits to settle.
+    assert sorted(p.name for _, p in settling.take()) == ["fifo.jpg", "outside.jpg", "zero.jpg"]
+    assert len(settling) == 1
+
+
+def test_a_read_that_hangs_gives_up_in_bounded_time_and_then_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowkeyd.daemon import candidate
+
+    # A read that never returns, as on a hung network mount: it keeps its reader thread, not the caller.
+    monkeypatch.setattr(candidate, "READ_SECONDS", 0.5)
+    readers = candidate._Readers(1)
+    released = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(OSError, match="no answer in 0.5 s"):
+        readers.run(released.wait, Path("/mnt/hung/a.jpg"))
+    assert time.monotonic() - start < 5
+    with pytest.raises(OSError, match="stopped answering"):
+        readers.run(lambda: "never run", Path("/mnt/hung/b.jpg"))
+    released.set()  # the mount answers again
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert readers.run(lambda: "read", Path("/mnt/hung/c.jpg")) == "read"
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -202,3 +202,70 @@ def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: P
     runner.stop()
     [failure] = log.recent_failures()
     assert failure.error.startswith("exit status 2: lowkeyd-rclone-upload: no destination")
+
+
+def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path, outbox: Path) -> None:
+    import resource
+
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    # 200 MB of output, then the line that says why it failed.
+    chatty = hook(script(tmp_path / "hook", "head -c 200000000 /dev/zero | tr '\\0' x\necho\necho 'the reason' >&2\nexit 2\n"), log)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chatty.published(published(outbox))
+    assert chatty.wait_idle(60)
+    chatty.stop()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    error = log.recent_failures()[0].error
+    assert error.startswith("exit status 2: ...") and error.endswith("the reason") and len(error) < 1000
+    assert grown_mb < 50, f"the output was held in memory ({grown_mb:.0f} MB)"
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (apt-get install rclone)")
+def test_the_rclone_hook_never_shows_a_partial_file_and_mirrors_removals_and_renames(
+    tmp_path: Path, outbox: Path
+) -> None:
+    import threading
+
+    remote = tmp_path / "remote"
+    final = remote / "Photos" / "cam" / "2024" / "big.jpg"
+    big = outbox / "cam" / "2024" / "big.jpg"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(os.urandom(300 << 20))  # large enough for the copy to be seen under way
+    size = big.stat().st_size
+    seen_partial: list[int] = []
+    watching = True
+
+    def watch() -> None:
+        while watching:
+            try:
+                if (now := final.stat().st_size) != size:
+                    seen_partial.append(now)
+            except FileNotFoundError:
+                pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    log = HookLog(tmp_path / "hooks.sqlite3")
+    runner = hook([str(RCLONE_HOOK), f"{remote}/Photos"], log, timeout=300)
+    photo = Published(big, outbox, Path("/photos/big.jpg"), "cam", "cloaked", 1, 0, "default", 1.0)
+    runner.published(photo)
+    assert runner.wait_idle(300)
+    watching = False
+    watcher.join()
+    assert seen_partial == [], "a half-written file appeared under its final name"
+    assert final.stat().st_size == size and not any(p.name.endswith(".lowkeyd-partial") for p in remote.rglob("*"))
+
+    moved = outbox / "cam" / "2025" / "big.jpg"
+    moved.parent.mkdir(parents=True)
+    big.rename(moved)
+    runner.published(Published(moved, outbox, Path("/photos/2025/big.jpg"), "cam", "cloaked", 1, 0, "default", 0.0,
+                               event="renamed", previous=big))
+    assert runner.wait_idle(120)
+    assert not final.exists() and (remote / "Photos" / "cam" / "2025" / "big.jpg").stat().st_size == size
+    moved.unlink()
+    runner.published(Published(moved, outbox, Path("/photos/2025/big.jpg"), "cam", "cloaked", 1, 0, "default", 0.0,
+                               event="removed"))
+    assert runner.wait_idle(120)
+    runner.stop()
+    assert [p for p in remote.rglob("*") if p.is_file()] == []
+    assert log.counts() == {"ok": 3, "failed": 0, "pending": 0}, log.recent_failures()

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import photo_fixtures as fx
 import piexif
 import pytest
 from PIL import Image
 from PIL.JpegImagePlugin import get_sampling
 
-import photo_fixtures as fx
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import encode_photo, read_photo, write_photo
 from lowkeyd.photo.containers import embedded_jpegs, jpeg_layout
@@ -318,7 +318,7 @@ try:
 except PhotoError as exc:
     print("PhotoError:", exc)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("PhotoError:") and "cannot write" in result.stdout
     assert os.listdir(out_dir) == []
@@ -388,6 +388,19 @@ def test_thumbnail_is_made_to_fit_beside_a_big_maker_note(tmp_path: Path) -> Non
     written = piexif.load(segment)
     assert written["Exif"][piexif.ExifIFD.MakerNote] == maker_note
     assert written["thumbnail"] and written["thumbnail"] != exif["thumbnail"]
+
+
+def test_an_unreadable_original_gives_a_copy_its_owner_can_read_and_replace(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from lowkeyd.photo.atomic import atomic_write
+
+    source = tmp_path / "locked.jpg"
+    source.write_bytes(b"x")
+    source.chmod(0)
+    atomic_write(tmp_path / "copy.jpg", b"cloaked", like=os.stat(source))
+    assert stat.S_IMODE((tmp_path / "copy.jpg").stat().st_mode) == 0o600
 
 
 def test_exif_holding_only_gps_is_left_out_when_gps_is_stripped(tmp_path):

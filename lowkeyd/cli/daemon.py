@@ -126,6 +126,8 @@ def status_report() -> dict[str, Any]:
             },
             "counts": state.counts(),
             "faces_cloaked": state.faces_cloaked(),
+            # published, removed, renamed, original_deleted...: what the outbox did to follow its originals
+            "events": state.event_counts(),
             "recent_errors": [
                 {
                     "source": r.source,
@@ -173,6 +175,14 @@ def _status(args: argparse.Namespace) -> int:
     for status in ("queued", "processing", "retry", "failed"):
         if counts.get(status):
             print(f"{status}: {counts[status]}")
+    events = report["events"]
+    if counts.get("gone"):
+        followed = [
+            f"{events[e]} {what}"
+            for e, what in (("removed", "copies removed"), ("renamed", "renamed"), ("original_deleted", "copies kept"))
+            if events.get(e)
+        ]
+        print(f"originals deleted or renamed: {counts['gone']}" + (f" ({', '.join(followed)})" if followed else ""))
     if report["recent_errors"]:
         print("recent errors:")
         for e in report["recent_errors"]:
@@ -192,11 +202,12 @@ def _install_service(args: argparse.Namespace) -> int:
     from lowkeyd.daemon.install import install_service
 
     config_path = (args.config or default_config_path()).expanduser().resolve()
-    load_config(config_path)  # a service that cannot start is no use: refuse a bad config now
-    argv = [sys.executable, "-m", "lowkeyd", "run"]
-    if args.config:
-        argv += ["--config", str(config_path)]
-    plan = install_service(argv, write=not args.print_only)
+    config = load_config(config_path)  # a service that cannot start is no use: refuse a bad config now
+    # Always named: the service's environment may not have the LOWKEYD_CONFIG_DIR that found it here.
+    argv = [sys.executable, "-m", "lowkeyd", "run", "--config", str(config_path)]
+    # The outbox and its staging folder beside it, where the sandbox would leave them read-only.
+    writable = [] if config.outbox.is_relative_to(Path.home()) else [config.outbox.parent]
+    plan = install_service(argv, writable=writable, cpu_only=config.device == "cpu", write=not args.print_only)
     if args.print_only:
         sys.stdout.write(plan.content)
         return 0

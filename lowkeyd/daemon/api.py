@@ -55,8 +55,7 @@ from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
 
 if TYPE_CHECKING:
-    from lowkeyd.engine.transfer import transfer_estimate
-from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.pipeline import Outcome, PhotoProtector
 
 log = logging.getLogger(__name__)
 
@@ -441,12 +440,14 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
+            # The scheme is case-insensitive (RFC 7235): "bearer x" is as good as "Bearer x".
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected):
                 message = "missing bearer token" if not given else "wrong bearer token"
                 response = JSONResponse(
                     {"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="lowkeyd"'}

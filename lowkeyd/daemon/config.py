@@ -108,6 +108,12 @@ class SourceConfig(_Folder):
     # inotify/FSEvents see nothing on network and FUSE mounts: poll those instead.
     polling: bool = False
     poll_interval: float = Field(default=10.0, gt=0)
+    # When an original is deleted, its cloaked copy is kept (the default: many people delete photos from
+    # the phone once they are synced, and removing the copy would delete it from the cloud too) or removed.
+    on_original_deleted: Literal["keep", "remove"] = "keep"
+    # When an original is renamed or moved within the source, its cloaked copy follows (move, the
+    # default) or a copy is published under the new name and the old one kept (copy).
+    on_original_renamed: Literal["copy", "move"] = "move"
 
 
 class WatchConfig(_Section):
@@ -122,6 +128,9 @@ class WorkConfig(_Section):
     queue_size: int = Field(default=32, ge=1)
     # Photos handed to the engine together when a burst arrives.
     batch_size: int = Field(default=8, ge=1)
+    # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: what half the
+    # memory available after loading the models allows (at most 120).
+    max_megapixels: float | None = Field(default=None, gt=0)
     # torch CPU threads; unset leaves torch's own choice.
     threads: int | None = Field(default=None, ge=1)
     # Added to the process's nice value so the desktop stays responsive (0 leaves it as is).

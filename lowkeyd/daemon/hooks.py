@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lowkeyd.daemon.state import StateError, connect
 from lowkeyd.paths import state_dir
@@ -68,9 +68,13 @@ class Published:
     faces_too_small: int
     preset: str
     seconds: float
+    # published, removed (the original was deleted: ``output`` is gone) or renamed (from ``previous``).
+    event: str = "published"
+    previous: Path | None = None
 
     def environment(self) -> dict[str, str]:
-        return {
+        env = {
+            "LOWKEYD_EVENT": self.event,
             "LOWKEYD_OUTPUT": str(self.output),
             "LOWKEYD_OUTPUT_REL": self.output.relative_to(self.outbox).as_posix(),
             "LOWKEYD_OUTBOX": str(self.outbox),
@@ -82,6 +86,10 @@ class Published:
             "LOWKEYD_PRESET": self.preset,
             "LOWKEYD_SECONDS": f"{self.seconds:.3f}",
         }
+        if self.previous is not None:
+            env["LOWKEYD_PREVIOUS_OUTPUT"] = str(self.previous)
+            env["LOWKEYD_PREVIOUS_OUTPUT_REL"] = self.previous.relative_to(self.outbox).as_posix()
+        return env
 
 
 @dataclass(frozen=True)
@@ -227,7 +235,8 @@ class PublishHook:
 
     def _run_once(self, run_id: int, env: dict[str, str]) -> None:
         output = env["LOWKEYD_OUTPUT"]
-        if not Path(output).exists():
+        # A removal's photo is gone by design; any other event's must still be there to hand on.
+        if env.get("LOWKEYD_EVENT", "published") != "removed" and not Path(output).exists():
             self._failed(run_id, output, None, "the photo is no longer in the outbox")
             return
         with self._lock:
@@ -248,17 +257,20 @@ class PublishHook:
                 return
             self._running.add(proc)
         start = time.monotonic()
+        assert proc.stdout is not None
+        reader = _TailReader(proc.stdout)
         try:
-            out, _ = proc.communicate(timeout=self.timeout)
+            proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            out, _ = proc.communicate()
-            self._failed(run_id, output, None, f"timed out after {self.timeout:g} s", out)
+            proc.wait()
+            self._failed(run_id, output, None, f"timed out after {self.timeout:g} s", reader.tail())
             return
         finally:
             with self._lock:
                 self._running.discard(proc)
                 stopped = self._stopping
+        out = reader.tail()
         if stopped and proc.returncode < 0:
             return  # killed by stop(): left pending, run again on the next start
         if proc.returncode != 0:
@@ -272,6 +284,26 @@ class PublishHook:
         error = f"{why}: {tail}" if tail else why
         self.record.finish(run_id, exit_code=exit_code, error=error)
         log.warning("publish hook failed for %s: %s", output, error)
+
+
+class _TailReader:
+    """Reads a hook's output to its end in a thread, keeping only its last bytes: a chatty command costs no memory."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._kept = b""
+        self._thread = threading.Thread(target=self._read, name="lowkeyd-hook-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._stream:
+            while chunk := self._stream.read1(1 << 16):
+                self._kept = (self._kept + chunk)[-4 * _OUTPUT_TAIL :]
+
+    def tail(self) -> bytes:
+        """What was kept, once the output ended (its process and any child holding it open are gone)."""
+        self._thread.join(5)
+        return self._kept
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -18,11 +18,11 @@ class ServicePlan:
     commands: list[list[str]]  # what loads and starts it
 
 
-def _systemd_plan(argv: Sequence[str]) -> ServicePlan:
+def _systemd_plan(argv: Sequence[str], writable: Sequence[Path], cpu_only: bool) -> ServicePlan:
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return ServicePlan(
         path=config_home / "systemd" / "user" / systemd.UNIT_NAME,
-        content=systemd.render_unit(systemd.command_line(argv)),
+        content=systemd.render_unit(systemd.command_line(argv), writable=writable, cpu_only=cpu_only),
         commands=[
             ["systemctl", "--user", "daemon-reload"],
             ["systemctl", "--user", "enable", systemd.UNIT_NAME],
@@ -39,9 +39,14 @@ def _launchd_plan(argv: Sequence[str]) -> ServicePlan:
     return ServicePlan(path=path, content=content, commands=[["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)]])
 
 
-def install_service(argv: Sequence[str], *, write: bool = True) -> ServicePlan:
-    """The service file that runs ``argv`` for this user, written in place unless ``write`` is False."""
-    plan = _launchd_plan(argv) if sys.platform == "darwin" else _systemd_plan(argv)
+def install_service(
+    argv: Sequence[str], *, writable: Sequence[Path] = (), cpu_only: bool = False, write: bool = True
+) -> ServicePlan:
+    """The service file that runs ``argv`` for this user, written in place unless ``write`` is False.
+
+    ``writable``: folders outside the home the daemon writes to (the systemd unit's sandbox opens them).
+    """
+    plan = _launchd_plan(argv) if sys.platform == "darwin" else _systemd_plan(argv, writable, cpu_only)
     if write:
         plan.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = plan.path.with_name(f".{plan.path.name}.tmp")

@@ -26,6 +26,8 @@ def render_plist(argv: Sequence[str] = DEFAULT_PROGRAM, log_path: Path | None = 
         "Nice": 10,
         "LowPriorityIO": True,
         "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
+        # Files it creates are its user's alone (launchd has no sandbox settings for an agent beyond this).
+        "Umask": 0o077,
     }
     if log_path is not None:
         agent["StandardErrorPath"] = str(log_path)

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 # syslog priorities (sd-daemon(3)): the journal reads a leading "<N>" as the line's priority.
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
+# C0/C1 controls, line and paragraph separators, and the surrogates a file name's undecodable bytes become.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes control characters in the message: a file named ``a\\nERROR x.jpg`` cannot forge a log line.
+
+    A traceback, formatted after the message, keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class JournalFormatter(SafeFormatter):
     """``<6>lowkeyd.daemon: message``: the journal adds the time and the unit itself."""
 
     def __init__(self) -> None:
@@ -37,5 +58,5 @@ def setup_daemon_logging(verbose: bool = False) -> None:
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)

@@ -47,6 +47,8 @@ class _Failures:
 class Notifier:
     def __init__(self, *, enabled: bool, error_interval: float) -> None:
         self._desktop = enabled and desktop_available()
+        if enabled and not self._desktop:
+            log.info("desktop notifications are off: no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset); the log has everything")
         self._error_interval = error_interval
         self._lock = threading.Lock()
         self._tally = _Tally()
@@ -90,6 +92,10 @@ class Notifier:
             self._show(title, message)
         return [message for _, _, message in due]
 
+    def alert(self, title: str, message: str) -> None:
+        """Show ``message`` now, ungrouped (the caller shows it once per occurrence); the log has it already."""
+        self._show(title, message)
+
     @staticmethod
     def _burst_message(tally: _Tally) -> str:
         parts = []
@@ -111,6 +117,6 @@ class Notifier:
                 # plyer warns about each backend it cannot use before settling on one.
                 warnings.simplefilter("ignore")
                 notification.notify(title=title, message=message, app_name="lowkeyd", timeout=10)
-        except Exception as exc:  # noqa: BLE001 - any backend failure: notifications are a nicety, the log has them
+        except Exception as exc:  # any backend failure: notifications are a nicety, the log has them
             log.warning("desktop notifications unavailable (%s: %s); logging only", type(exc).__name__, exc)
             self._desktop = False

@@ -25,10 +25,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from lowkeyd.daemon import systemd
+from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
+from lowkeyd.daemon.follow import Follower
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
+from lowkeyd.daemon.memory import pixel_limit, release_free_memory
 from lowkeyd.daemon.notify import Notifier
-from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.outbox import Outbox, transient_cause
+from lowkeyd.daemon.pause import PublishPause
 from lowkeyd.daemon.state import (
     FINISHED,
     SETTLED,
@@ -36,15 +40,16 @@ from lowkeyd.daemon.state import (
     FileRecord,
     StateDB,
     Status,
-    content_hash,
 )
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, lower_priority
+from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import state_dir
+from lowkeyd.photo import Photo
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.api_server import ApiServer
+    from lowkeyd.daemon.pause import Cause
     from lowkeyd.daemon.status_page import StatusPage
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
@@ -52,6 +57,8 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
+# While publishing is paused, how often the outbox is looked at again.
+PAUSE_CHECK_SECONDS = 2.0
 # A hook still running this long after a stop is killed; it is run again on the next start.
 HOOK_STOP_GRACE = 2.0
 
@@ -86,12 +93,14 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
     """Cloak one source file into a staging path (publishing is the caller's, once it is complete).
 
     A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
-    faces of several photos share the engine's batches.
+    faces of several photos share the engine's batches. ``photo``, when the
+    fast lane has already decoded the file, is used instead of reading it again.
     """
 
     src: Path
     staged: Path
     on_start: Callable[[], None] | None = None
+    photo: Photo | None = None
 
     def run(self, resource: PhotoProtector) -> Outcome:
         result = self.run_batch(resource, [self])[0]
@@ -101,10 +110,30 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
 
     @classmethod
     def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        sources: list[Path | Photo] = []
         for job in jobs:
             if job.on_start is not None:
                 job.on_start()
-        return list(resource.protect_files([(job.src, job.staged) for job in jobs]))
+            sources.append(job.photo or job.src)
+            job.photo = None  # the pixels live as long as this batch, not as long as the job
+        # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
+        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs], strict=True)), follow_symlinks=False))
+
+
+@dataclass
+class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
+    """The fast lane: read a watched photo once and publish it at once when it needs no attack.
+
+    Returns the outcome, or the decoded photo when it has a face to cloak (for a :class:`FileJob`).
+    """
+
+    job: FileJob
+
+    def run(self, resource: PhotoProtector) -> Outcome | Photo:
+        if self.job.on_start is not None:
+            self.job.on_start()
+        photo = resource.read(self.job.src, follow_symlinks=False)
+        return resource.protect_without_attack(photo, self.job.staged) or photo
 
 
 @dataclass
@@ -116,10 +145,11 @@ class _Pending:
     key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
     dest: Path
     job: FileJob
+    pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
 
 
-def load_protector(config: DaemonConfig) -> PhotoProtector:
-    """The models, loaded once for the daemon's lifetime."""
+def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
+    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`."""
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.engine.device import set_cpu_threads
     from lowkeyd.pipeline import PhotoProtector
@@ -127,17 +157,31 @@ def load_protector(config: DaemonConfig) -> PhotoProtector:
     cloaker = Cloaker(config.preset, config.device, **config.attack)
     if config.work.threads is not None and cloaker.device.type == "cpu":
         set_cpu_threads(config.work.threads)
-    log.info("models loaded on %s (preset %s)", cloaker.device, cloaker.preset.name)
-    return PhotoProtector(cloaker, strip_gps=config.strip_gps, no_face=config.no_face)
+    max_pixels = pixel_limit(config.work.max_megapixels)
+    log.info(
+        "models loaded on %s (preset %s); photos up to %.0f megapixels",
+        cloaker.device, cloaker.preset.name, max_pixels / 1e6,
+    )
+    return PhotoProtector(
+        cloaker, strip_gps=config.strip_gps, no_face=config.no_face, max_pixels=max_pixels, is_own_output=is_own_output
+    )
 
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.worker: Worker[PhotoProtector] = Worker(
-            lambda: load_protector(config), queue_size=config.work.queue_size, batch_size=config.work.batch_size
+            # The state database (open before the worker starts) knows which contents lowkeyd published.
+            lambda: load_protector(config, lambda sha256: self.state.is_own_output(sha256)),
+            queue_size=config.work.queue_size, batch_size=config.work.batch_size
         )
-        self.settling = Settling(config.watch.settle_seconds)
+        # The fast lane, on the same resident models: each watched photo is read here once; one that needs
+        # no attack is published at once, one with a face is passed on, pixels and all, to the worker.
+        self.fast: Worker[PhotoProtector] = Worker(
+            lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
+        )
+        self._queued_pixels = 0  # decoded pixels waiting in the worker's queue (under _publishing)
+        self.settling = Settling(config.watch.settle_seconds, {s.name: s.path for s in config.sources})
         self.notifier = Notifier(
             enabled=config.notifications.enabled, error_interval=config.notifications.error_interval
         )
@@ -148,11 +192,13 @@ class Daemon:
         self._stopping = False
         self._roots = {source.name: source.path for source in config.sources}
         self._in_flight: dict[tuple[str, str], _Pending] = {}
+        self._pause = PublishPause()
         self._started = time.time()
         self.state: StateDB
         self.outbox: Outbox
         self.hook: PublishHook | None = None
         self.api: ApiServer | None = None
+        self.follower: Follower
         self.page: StatusPage | None = None
 
     # ---- lifecycle
@@ -171,9 +217,9 @@ class Daemon:
                 code = self._run()
             finally:
                 self.state.close()
-        if self.worker.alive:
-            # A batch abandoned at shutdown is still inside torch, which aborts the process if the
-            # interpreter is torn down under it. Everything is recorded and closed: leave at once.
+        if self.worker.alive or self.fast.alive:
+            # A batch (or a look for faces) abandoned at shutdown is still inside torch, which aborts the
+            # process if the interpreter is torn down under it. Everything is recorded and closed: leave at once.
             logging.shutdown()
             os._exit(code)
         return code
@@ -188,9 +234,13 @@ class Daemon:
         self.worker.start()
         if self._stop.is_set():
             return 0
+        self.fast.start()
         self.hook = self._start_hook()
         self.api = self._start_api()
-        watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()])
+        # A deletion waits this long for the new name of a rename to settle and be recognised.
+        grace = max(5.0, 3 * self.config.watch.settle_seconds)
+        self.follower = Follower(self.config.sources, self.state, self.outbox, self._hand_on, self._preset, grace=grace)
+        watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()], on_gone=self.follower.gone)
         watcher.start()
         threading.Thread(target=self._scan_loop, name="lowkeyd-scan", daemon=True).start()
         systemd.notify("READY=1", f"STATUS={self._status_line()}")
@@ -206,15 +256,28 @@ class Daemon:
 
     def _loop(self) -> None:
         watchdog = systemd.watchdog_interval()
-        last_ping = last_beat = 0.0
+        last_ping = last_beat = last_pause_check = 0.0
         while not self._stop.wait(TICK_SECONDS):
-            # Only as many as the queue has room for: the rest keep waiting (and are not decoded again yet).
-            for source, path in self.settling.take(limit=self.worker.room()):
-                self._consider(source, path)
-            for record in self.state.due_retries():
-                if record.source in self._roots and self.worker.room():
-                    self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
-            self.notifier.flush(idle=self.worker.busy == 0 and len(self.settling) == 0)
+            # Paused on the status page (the cloaking worker): the fast lane, reading photos and looking
+            # for faces, pauses with it, so new photos wait queued and nothing is published meanwhile.
+            if self.fast.paused != self.worker.paused:
+                (self.fast.pause if self.worker.paused else self.fast.resume)()
+            if self._pause.reason is not None:
+                # New photos keep settling; nothing is taken until the outbox can take it.
+                if time.monotonic() - last_pause_check >= PAUSE_CHECK_SECONDS:
+                    last_pause_check = time.monotonic()
+                    self._maybe_resume()
+            else:
+                # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
+                # Every photo the fast lane passes on must find room in the worker's queue.
+                room = min(self.fast.room(), self.worker.room() - self.fast.busy)
+                for source, path in self.settling.take(limit=max(0, room)):
+                    self._consider(source, path)
+                for record in self.state.due_retries():
+                    if record.source in self._roots and self.worker.room():
+                        self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+                self.follower.apply_due(settled=len(self.settling) == 0 and self.fast.busy == 0)
+            self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
             now = time.monotonic()
             if watchdog and now - last_ping >= watchdog:
                 systemd.notify("WATCHDOG=1")
@@ -228,6 +291,7 @@ class Daemon:
     def _shutdown(self) -> None:
         if self.api is not None:
             self.api.stop()
+        self.fast.stop(timeout=self.config.work.stop_grace)
         self.worker.stop(timeout=self.config.work.stop_grace)
         with self._publishing:
             self._stopping = True
@@ -291,7 +355,9 @@ class Daemon:
     def _status_line(self) -> str:
         counts = self.state.counts()
         parts = [f"{counts.get(Status.DONE.value, 0)} done"]
-        if busy := self.worker.busy:
+        if (paused := self._pause.reason) is not None:
+            parts.insert(0, f"publishing paused ({paused})")
+        if busy := self.worker.busy + self.fast.busy:
             parts.append(f"{busy} in the queue")
         if waiting := len(self.settling):
             parts.append(f"{waiting} settling")
@@ -315,6 +381,7 @@ class Daemon:
                         continue
                     self.settling.add(source.name, path)
                     found += 1
+                self.follower.catch_up(source)
             log.info("scan found %d photo(s) to look at", found)
             if not interval or self._stop.wait(interval):
                 return
@@ -327,32 +394,59 @@ class Daemon:
         if (source, rel_path) in self._in_flight:
             return  # a change while it is being cloaked is caught when it finishes
         try:
-            key = FileKey.of(path)
+            real, key = inspect(path, self._roots[source])
             record = self.state.get(source, rel_path)
             # A due retry is taken; any other look at a file waiting for its retry is not.
             if record and record.key == key and record.status in (FINISHED if retry else SETTLED):
                 return
-            sha256 = content_hash(path)
+            sha256 = content_hash(real)
         except FileNotFoundError:
             self.state.forget(source, rel_path)
             return
-        dest = self.outbox.destination(source, rel)
-        earlier = self.state.finished_with_hash(sha256)
-        if earlier is not None and self._reuse(earlier, source, rel_path, key, sha256, dest):
+        except Refused as exc:
+            self._refuse(source, rel_path, path, str(exc))
             return
-        self.state.mark_queued(source, rel_path, key, sha256)
-        job = FileJob(path, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+        except OSError as exc:  # e.g. replaced by a link since it was inspected: looked at again on its next event
+            log.warning("%s/%s: cannot read (%s)", source, rel_path, exc.strerror or exc)
+            return
+        dest = self.outbox.destination(source, rel)
+        try:
+            earlier = self.state.finished_with_hash(sha256)
+            if earlier is not None and (
+                self.follower.renamed(earlier, source, rel_path, key, sha256, dest)
+                or self._reuse(earlier, source, rel_path, key, sha256, dest)
+            ):
+                return
+            self.state.mark_queued(source, rel_path, key, sha256)
+            job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+        except (OSError, LowkeydError) as exc:
+            if (cause := transient_cause(exc)) is None:
+                raise
+            self._hold(source, rel_path, key.size, cause, exc)
+            return
         pending = _Pending(source, rel_path, key, dest, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
         try:
-            future = self.worker.submit(job)
-        except QueueFull:  # only the API fills the queue behind our back; the retry or the next event brings it back
+            future = self.fast.submit(TriageJob(job))
+        except QueueFull:  # the intake is sized to the queue's room: only a race brings this; the next event brings it back
             del self._in_flight[(source, rel_path)]
             self.outbox.discard(job.staged)
             self.state.release(source, rel_path)
             return
-        future.add_done_callback(lambda f: self._finish(pending, f))
+        future.add_done_callback(lambda f: self._triaged(pending, f))
+
+    def _refuse(self, source: str, rel_path: str, path: Path, reason: str) -> None:
+        """Record and report, once, a file that will not be read (see :mod:`~lowkeyd.daemon.candidate`)."""
+        try:
+            key = FileKey.of(path)  # of what it leads to, as the scanner sees it: unchanged, it is not reported again
+        except OSError:
+            return  # a dangling link: nothing to read, nothing to say
+        if self.state.is_settled(source, rel_path, key):
+            return
+        self.state.mark_refused(source, rel_path, key, reason)
+        log.warning("%s/%s: %s", source, rel_path, reason)
+        self.notifier.photo_failed(f"{source}/{rel_path}", reason)
 
     def _reuse(self, earlier: FileRecord, source: str, rel_path: str, key: FileKey, sha256: str, dest: Path) -> bool:
         """Finish this file with an earlier result for the same content; False when there is none to reuse."""
@@ -386,10 +480,39 @@ class Daemon:
                 )
         return True
 
-    # ---- finishing (in the worker thread)
+    # ---- finishing (in the worker threads)
+
+    def _triaged(self, pending: _Pending, future: Future[Outcome | Photo]) -> None:
+        """The fast lane is done with a photo: finished there, or passed on to be cloaked."""
+        photo = None if future.cancelled() or future.exception() is not None else future.result()
+        if not isinstance(photo, Photo):
+            self._finish(pending, future)  # type: ignore[arg-type] - an Outcome, a failure or a cancellation
+            return
+        with self._publishing:
+            if self._stopping:
+                return
+            pixels = photo.rgb.shape[0] * photo.rgb.shape[1]
+            limit = self.worker.resource.max_pixels if self.worker.resource else None
+            # Decoded pixels wait in the queue up to one largest photo's worth; past that, the path
+            # waits instead and the worker reads it again: memory stays bounded in a burst of big photos.
+            if limit is None or self._queued_pixels + pixels <= limit:
+                pending.job.photo, pending.pixels = photo, pixels
+                self._queued_pixels += pixels
+            try:
+                cloaked = self.worker.submit(pending.job)
+            except (QueueFull, WorkerStopped):
+                self._queued_pixels -= pending.pixels
+                self._in_flight.pop((pending.source, pending.rel_path), None)
+                self.outbox.discard(pending.job.staged)
+                self.state.release(pending.source, pending.rel_path)
+                self.settling.add(pending.source, self._roots[pending.source] / pending.rel_path)
+                return
+        cloaked.add_done_callback(lambda f: self._finish(pending, f))
 
     def _finish(self, pending: _Pending, future: Future[Outcome]) -> None:
         with self._publishing:
+            self._queued_pixels -= pending.pixels
+            pending.pixels = 0
             if self._stopping:
                 return
             try:
@@ -397,6 +520,7 @@ class Daemon:
             finally:
                 # Only now: until the result is recorded, _consider must see the file as in flight.
                 self._in_flight.pop((pending.source, pending.rel_path), None)
+        release_free_memory()
         if outcome is not None:
             self.notifier.photo_done(outcome.status, outcome.faces_cloaked)
             log.info("%s/%s: %s", pending.source, pending.rel_path, outcome.message)
@@ -411,6 +535,9 @@ class Daemon:
         error = future.exception()
         if error is not None:
             self.outbox.discard(job.staged)
+            if (cause := transient_cause(error)) is not None:
+                self._hold(source, rel_path, pending.key.size, cause, error)
+                return None
             if not isinstance(error, LowkeydError):
                 log.error("%s/%s: unexpected error", source, rel_path, exc_info=error)
             self._record_failure(source, rel_path, str(error) or type(error).__name__)
@@ -423,14 +550,22 @@ class Daemon:
             # Written to while it was read: what was cloaked may be half a photo. Start over.
             self.outbox.discard(job.staged)
             self.state.release(source, rel_path)
-            self.settling.add(source, job.src)
+            self.settling.add(source, self._roots[source] / rel_path)  # the watched path (job.src is resolved)
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()
         written = None
-        if outcome.written is not None:
-            written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
-        else:
+        try:
+            if outcome.written is not None:
+                written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
+        except (OSError, LowkeydError) as exc:
+            self.outbox.discard(job.staged)
+            if (cause := transient_cause(exc)) is not None:
+                self._hold(source, rel_path, pending.key.size, cause, exc)
+            else:
+                self._record_failure(source, rel_path, f"cannot publish: {exc}")
+            return None
+        if written is None:
             self.outbox.discard(job.staged)
         self.state.mark_done(
             source,
@@ -440,6 +575,7 @@ class Daemon:
             faces_too_small=outcome.faces_too_small,
             seconds=outcome.seconds,
             output=written,
+            output_sha256=outcome.sha256,
         )
         if self.page is not None:
             self.page.record(source, rel_path, outcome, self._preset())
@@ -456,6 +592,22 @@ class Daemon:
         """Queue the publish hook for a photo just published; it never holds up cloaking."""
         if self.hook is not None:
             self.hook.published(photo)
+
+    def _hold(self, source: str, rel_path: str, size: int, cause: Cause, error: BaseException) -> None:
+        """Put a photo back, no attempt counted, and pause publishing: the outbox, not the photo, is at fault."""
+        self.state.release(source, rel_path)
+        self.settling.add(source, self._roots[source] / rel_path)
+        reason = {"space": "the outbox's disk is full", "missing": str(error)}.get(cause) or f"cannot write: {error}"
+        # Twice the source's size: a re-encoded photo can come out larger than it went in.
+        if self._pause.hold(reason, cause=cause, free=self.outbox.free_bytes(), needed=2 * size):
+            message = f"publishing paused, no photo is lost: {reason}; it goes on by itself once that is fixed"
+            log.warning("%s", message)
+            self.notifier.alert("lowkeyd: publishing paused", message)
+
+    def _maybe_resume(self) -> None:
+        if self._pause.may_resume(unavailable=self.outbox.unavailable() is not None, free=self.outbox.free_bytes()):
+            log.info("publishing resumed (%s no more)", self._pause.reason)
+            self._pause.resume()
 
     def _record_failure(self, source: str, rel_path: str, error: str) -> None:
         retry = self.config.retry

@@ -11,7 +11,6 @@ file is marked failed, which is reported and never published.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import sqlite3
 import threading
@@ -48,6 +47,21 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256, status);
 CREATE INDEX IF NOT EXISTS files_by_status ON files (status, next_attempt);
+CREATE TABLE IF NOT EXISTS history (
+    source TEXT NOT NULL,
+    rel_path TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_file ON history (source, rel_path, at);
+-- What lowkeyd published, by content: a file carrying lowkeyd's XMP marker is taken as already
+-- cloaked only when its hash is here (anyone can write the marker). Kept after its row is replaced:
+-- an older output copied back into a watched folder is still lowkeyd's.
+CREATE TABLE IF NOT EXISTS outputs (
+    sha256 TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS daemon (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,
@@ -69,6 +83,7 @@ class Status(str, enum.Enum):
     RETRY = "retry"  # failed, tried again at next_attempt
     DONE = "done"  # finished: see outcome
     FAILED = "failed"  # gave up after the last attempt; never published
+    GONE = "gone"  # the original was deleted or renamed away; output is the cloaked copy kept, if any
 
     def __str__(self) -> str:
         return self.value
@@ -91,11 +106,6 @@ class FileKey:
     def of(cls, path: Path) -> FileKey:
         st = path.stat()
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def content_hash(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -142,11 +152,15 @@ def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
         if readonly:
             return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Its user's alone, whatever the umask: it names every photo. SQLite gives its -wal and -shm
+        # files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         # WAL lets `lowkeyd status` read while the daemon writes.
         db.execute("PRAGMA journal_mode=WAL")
         return db
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StateError(f"cannot open {what} {path}: {exc}") from None
 
 
@@ -197,12 +211,38 @@ class StateDB:
         return record is not None and record.key == key and record.status in SETTLED
 
     def finished_with_hash(self, sha256: str) -> FileRecord | None:
-        """The most recent successfully finished file with this content, if any."""
+        """The most recent successfully finished file with this content (its original may be gone), if any."""
         rows = self._query(
-            "SELECT * FROM files WHERE sha256 = ? AND status = ? ORDER BY updated DESC LIMIT 1",
-            (sha256, Status.DONE.value),
+            """SELECT * FROM files WHERE sha256 = ? AND (status = ? OR (status = ? AND output IS NOT NULL))
+               ORDER BY status = ? DESC, updated DESC LIMIT 1""",
+            (sha256, Status.DONE.value, Status.GONE.value, Status.DONE.value),
         )
         return FileRecord._from_row(rows[0]) if rows else None
+
+    def is_own_output(self, sha256: str) -> bool:
+        """Whether lowkeyd published a file with exactly this content."""
+        return bool(self._query("SELECT 1 FROM outputs WHERE sha256 = ?", (sha256,)))
+
+    def done_under(self, source: str, rel_path: str = "") -> list[FileRecord]:
+        """Finished rows of ``source`` at ``rel_path`` or in the folder it names (all of them for "")."""
+        rows = self._query(
+            """SELECT * FROM files WHERE source = ? AND status = ?
+               AND (? = '' OR rel_path = ? OR substr(rel_path, 1, length(?) + 1) = ? || '/')""",
+            (source, Status.DONE.value, rel_path, rel_path, rel_path, rel_path),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def history(self, source: str, rel_path: str) -> list[tuple[str, str | None]]:
+        """(event, detail) of everything that happened to one file, oldest first."""
+        rows = self._query(
+            "SELECT event, detail FROM history WHERE source = ? AND rel_path = ? ORDER BY at, rowid",
+            (source, rel_path),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def event_counts(self) -> dict[str, int]:
+        """How often each event happened (published, removed, renamed...)."""
+        return {event: n for event, n in self._query("SELECT event, COUNT(*) FROM history GROUP BY event")}
 
     def due_retries(self, now: float | None = None) -> list[FileRecord]:
         rows = self._query(
@@ -221,8 +261,11 @@ class StateDB:
         return out
 
     def faces_cloaked(self) -> int:
+        """Faces the engine cloaked: a result reused (a duplicate, a renamed original's) has 0 seconds of work."""
         rows = self._query(
-            "SELECT COALESCE(SUM(faces), 0) FROM files WHERE status = ? AND duplicate_of IS NULL", (Status.DONE.value,)
+            """SELECT COALESCE(SUM(faces), 0) FROM files
+               WHERE status IN (?, ?) AND duplicate_of IS NULL AND seconds > 0""",
+            (Status.DONE.value, Status.GONE.value),
         )
         return int(rows[0][0])
 
@@ -275,9 +318,13 @@ class StateDB:
         key: FileKey | None = None,
         sha256: str | None = None,
         duplicate_of: str | None = None,
+        output_sha256: str | None = None,
     ) -> None:
-        """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate)."""
+        """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate);
+        ``output_sha256``, the content hash of the published ``output``, makes it known as lowkeyd's."""
         with self._lock, self._db:
+            if output is not None and output_sha256 is not None:
+                self._db.execute("INSERT OR REPLACE INTO outputs (sha256, at) VALUES (?, ?)", (output_sha256, time.time()))
             if key is not None and sha256 is not None:
                 self._db.execute(
                     """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, updated)
@@ -300,6 +347,10 @@ class StateDB:
                     source,
                     rel_path,
                 ),
+            )
+            self._db.execute(
+                "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (source, rel_path, "published" if output else outcome, None if output is None else str(output), time.time()),
             )
 
     def mark_failure(
@@ -324,6 +375,14 @@ class StateDB:
         record = self.get(source, rel_path)
         assert record is not None
         return record
+
+    def mark_refused(self, source: str, rel_path: str, key: FileKey, reason: str) -> None:
+        """A file lowkeyd will not read (a link out of its folder, a FIFO): failed at once, never published."""
+        self._write(
+            """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, error, updated)
+               VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)""",
+            (source, rel_path, key.size, key.mtime_ns, key.inode, Status.FAILED.value, reason, time.time()),
+        )
 
     def retry_now(self, source: str, rel_path: str) -> bool:
         """A failed file asked for again by its user: due at once, with a fresh set of attempts."""
@@ -355,3 +414,22 @@ class StateDB:
 
     def clear_daemon(self) -> None:
         self._write("DELETE FROM daemon WHERE id = 1")
+
+    def add_history(self, source: str, rel_path: str, event: str, detail: str | None = None) -> None:
+        self._write(
+            "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+            (source, rel_path, event, detail, time.time()),
+        )
+
+    def mark_gone(self, source: str, rel_path: str, *, output: Path | None, event: str, detail: str | None) -> None:
+        """The original is gone; ``output`` is the cloaked copy still in the outbox (None once removed or moved)."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE files SET status = ?, output = ?, updated = ? WHERE source = ? AND rel_path = ?",
+                (Status.GONE.value, None if output is None else str(output), now, source, rel_path),
+            )
+            self._db.execute(
+                "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (source, rel_path, event, detail, now),
+            )

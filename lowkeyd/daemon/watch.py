@@ -16,13 +16,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -32,15 +35,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from lowkeyd.daemon.candidate import Refused, inspect, is_complete
 from lowkeyd.daemon.config import SourceConfig, is_within
 from lowkeyd.daemon.ignore import SourceFilter, is_ignored_folder
 from lowkeyd.daemon.state import FileKey
-from lowkeyd.errors import PhotoError
-from lowkeyd.photo import read_photo
 
 log = logging.getLogger(__name__)
 
-# A file that holds still but does not decode is waiting for the rest of its bytes, until it has
+# A file that holds still but is not a complete photo is waiting for the rest of its bytes, until it has
 # held still this many settle periods: then it is taken anyway, so its failure is recorded and reported.
 UNDECODABLE_PERIODS = 10
 
@@ -84,23 +86,18 @@ def inotify_limit_message(path: Path, exc: OSError) -> str | None:
     )
 
 
-def photo_decodes(path: Path) -> bool:
-    """The photo layer can read ``path`` to its end (a file still being written cannot)."""
-    try:
-        read_photo(path)
-    except PhotoError:
-        return False
-    return True
-
-
 class _SourceEvents(FileSystemEventHandler):
-    def __init__(self, source: SourceConfig, on_path: OnPath, skip: tuple[Path, ...]) -> None:
+    def __init__(self, source: SourceConfig, on_path: OnPath, skip: tuple[Path, ...], on_gone: OnPath | None) -> None:
         self._source = source
         self._filter = SourceFilter(source)
         self._on_path = on_path
+        self._on_gone = on_gone
         self._skip = skip
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileMovedEvent, FileDeletedEvent, DirMovedEvent, DirDeletedEvent)):
+            # The old name is gone (a rename to an ignored name, e.g. a phone's trash, counts as a deletion).
+            self._gone(Path(os.fsdecode(event.src_path)), folder=event.is_directory)
         if isinstance(event, FileMovedEvent):
             target = event.dest_path
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileClosedEvent)):
@@ -108,31 +105,45 @@ class _SourceEvents(FileSystemEventHandler):
         else:
             return
         path = Path(os.fsdecode(target))
+        relative = self._relative(path)
+        if relative is not None and self._filter.wants(relative):
+            self._on_path(self._source.name, path)
+
+    def _relative(self, path: Path) -> Path | None:
+        """``path`` relative to the source; None when it is outside it (moved out) or skipped."""
         try:
             relative = path.relative_to(self._source.path)
-        except ValueError:  # moved out of the source
-            return
-        if self._filter.wants(relative) and not _is_within_any(path, self._skip):
-            self._on_path(self._source.name, path)
+        except ValueError:
+            return None
+        return None if _is_within_any(path, self._skip) else relative
+
+    def _gone(self, path: Path, *, folder: bool) -> None:
+        relative = self._relative(path)
+        if self._on_gone is not None and relative is not None and relative.parts and (folder or self._filter.wants(relative)):
+            self._on_gone(self._source.name, path)
 
 
 # What is worth hearing about: a close after writing is the best signal, the others come from
-# polling, FSEvents and moves (watchdog reports a file moved in from outside as created).
-_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent]
+# polling, FSEvents and moves (watchdog reports a file moved in from outside as created); deletions
+# and moves away, for the outbox to follow its originals.
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirMovedEvent, DirDeletedEvent]
 
 
 class FolderWatcher:
     """Watches every source, one observer each, so one folder's trouble does not stop the others."""
 
-    def __init__(self, sources: Iterable[SourceConfig], on_path: OnPath, skip: Iterable[Path] = ()) -> None:
+    def __init__(
+        self, sources: Iterable[SourceConfig], on_path: OnPath, skip: Iterable[Path] = (), on_gone: OnPath | None = None
+    ) -> None:
         self._sources = list(sources)
         self._on_path = on_path
+        self._on_gone = on_gone
         self._skip = tuple(skip)
         self._observers: list[BaseObserver] = []
 
     def start(self) -> None:
         for source in self._sources:
-            handler = _SourceEvents(source, self._on_path, self._skip)
+            handler = _SourceEvents(source, self._on_path, self._skip, self._on_gone)
             try:
                 self._observers.append(self._observe(source, handler, polling=source.polling))
             except OSError as exc:
@@ -168,10 +179,14 @@ class _Waiting:
 
 
 class Settling:
-    """Paths waiting to hold still; safe to feed from watcher threads."""
+    """Paths waiting to hold still; safe to feed from watcher threads.
 
-    def __init__(self, settle_seconds: float) -> None:
+    ``roots`` maps each source's name to its folder: what lies outside (through a link) is not looked into.
+    """
+
+    def __init__(self, settle_seconds: float, roots: Mapping[str, Path]) -> None:
         self._settle = settle_seconds
+        self._roots = dict(roots)
         self._lock = threading.Lock()
         self._waiting: dict[Path, _Waiting] = {}
 
@@ -190,13 +205,15 @@ class Settling:
                 waiting.next_look = min(waiting.next_look, now)
 
     def take(self, now: float | None = None, limit: int | None = None) -> list[tuple[str, Path]]:
-        """At most ``limit`` paths that have held still for the settle time and decode (or never will).
+        """At most ``limit`` paths that have held still for the settle time and are complete (or never will be).
 
-        They leave the waiting list; the others stay.
+        They leave the waiting list; the others stay. A path that is not a regular file in its source
+        (a FIFO, a device, a link out of the source) is handed out at once, for the caller to refuse:
+        it is never opened here.
         """
         now = time.monotonic() if now is None else now
         ready = []
-        # Held throughout (decoding included), so a watcher's add() cannot interleave with a decision.
+        # Held throughout (reading included), so a watcher's add() cannot interleave with a decision.
         with self._lock:
             for path, waiting in list(self._waiting.items()):
                 if limit is not None and len(ready) >= limit:
@@ -204,15 +221,19 @@ class Settling:
                 if waiting.next_look > now:
                     continue
                 try:
-                    key = FileKey.of(path)
+                    real, key = inspect(path, self._roots[waiting.source])
                 except FileNotFoundError:  # renamed or deleted while settling: a new name has its own event
                     del self._waiting[path]
+                    continue
+                except (Refused, OSError):
+                    del self._waiting[path]
+                    ready.append((waiting.source, path))
                     continue
                 if key != waiting.key:
                     waiting.key, waiting.still_since, waiting.next_look = key, now, now + self._settle
                 elif now - waiting.still_since < self._settle:
                     waiting.next_look = waiting.still_since + self._settle
-                elif photo_decodes(path) or now - waiting.still_since >= UNDECODABLE_PERIODS * max(self._settle, 1.0):
+                elif is_complete(real) or now - waiting.still_since >= UNDECODABLE_PERIODS * max(self._settle, 1.0):
                     del self._waiting[path]
                     ready.append((waiting.source, path))
                 else:

@@ -55,7 +55,7 @@ class Job(ABC, Generic[R, T]):
         for job in jobs:
             try:
                 results.append(job.run(resource))
-            except Exception as exc:  # noqa: BLE001 - handed to that job's future, where its caller sees it
+            except Exception as exc:  # handed to that job's future, where its caller sees it
                 results.append(exc)
         return results
 
@@ -162,9 +162,9 @@ class Worker(Generic[R]):
             jobs = [job for job, _ in batch]
             try:
                 results = type(jobs[0]).run_batch(self.resource, jobs)
-            except Exception as exc:  # noqa: BLE001 - run_batch itself broke: every job of the batch gets the error
+            except Exception as exc:  # run_batch itself broke: every job of the batch gets the error
                 results = [exc] * len(jobs)
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:

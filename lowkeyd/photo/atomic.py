@@ -7,7 +7,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from lowkeyd.errors import PhotoError
+from lowkeyd.errors import WriteError
 
 TEMP_SUFFIX = ".lowkeyd-tmp"
 
@@ -16,9 +16,9 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
     """Write ``data`` to ``dest`` through a temporary file in the same folder, fsync'd, then renamed.
 
     With ``like`` (the source's stat) the file gets the source's access/modification
-    times and permission bits, plus write for its owner: a private photo's copy stays
-    private, but a read-only original does not make a copy that the next cloak or the
-    user cannot replace. On any failure the temporary file is removed and ``dest``
+    times and permission bits, plus read and write for its owner: a private photo's copy
+    stays private, but a read-only (or mode 000) original does not make a copy that the
+    uploader cannot read or the next cloak cannot replace. On any failure the temporary file is removed and ``dest``
     is left as it was.
     """
     # A dot-name, so watchers and is_photo_path() skip it; same folder, so the rename is atomic.
@@ -27,20 +27,20 @@ def atomic_write(dest: Path, data: bytes, *, like: os.stat_result | None = None)
         # O_EXCL: never follow or reuse something already there; 0o666 lets the umask decide.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
-        raise PhotoError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})", exc.errno) from exc
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         if like is not None:
-            os.chmod(temp, stat.S_IMODE(like.st_mode) | stat.S_IWUSR)
+            os.chmod(temp, stat.S_IMODE(like.st_mode) | stat.S_IRUSR | stat.S_IWUSR)
             os.utime(temp, ns=(like.st_atime_ns, like.st_mtime_ns))
         os.replace(temp, dest)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise PhotoError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+            raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})", exc.errno) from exc
         raise
     fsync_directory(dest.parent)
 

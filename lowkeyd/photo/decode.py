@@ -74,15 +74,18 @@ _SIZE_MATCHED = {"WEBP", "HEIF", "AVIF"}
 _PNG_COPIED = {b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI", b"pHYs", b"tIME", b"tEXt", b"zTXt", b"iTXt"}
 
 
-def read_photo(source: Path | str | bytes, *, max_pixels: int | None = None) -> Photo:
+def read_photo(
+    source: Path | str | bytes, *, max_pixels: int | None = None, follow_symlinks: bool = True
+) -> Photo:
     """Decode a photo file (or its bytes) into upright 8-bit pixels plus what writing it back needs.
 
     A path must carry an extension of the format its content has (content is sniffed; a PNG
     named .jpg is refused rather than published under a misleading name). ``max_pixels``
     (default :data:`DEFAULT_MAX_PIXELS`) refuses decompression bombs and huge images before
-    any pixel is decoded.
+    any pixel is decoded. Only a regular file is read (never a FIFO or a device), and with
+    ``follow_symlinks`` False a path that is itself a symbolic link is refused.
     """
-    path, data, source_stat = _read_source(source)
+    path, data, source_stat = _read_source(source, follow_symlinks=follow_symlinks)
     name = str(path) if path else "<input>"
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     with warnings.catch_warnings():
@@ -101,26 +104,41 @@ def read_photo(source: Path | str | bytes, *, max_pixels: int | None = None) -> 
             return _decode(image, data, path, name, source_stat, limit)
 
 
-def _read_source(source: Path | str | bytes) -> tuple[Path | None, bytes, os.stat_result | None]:
+def _read_source(
+    source: Path | str | bytes, *, follow_symlinks: bool = True
+) -> tuple[Path | None, bytes, os.stat_result | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise PhotoError("<input>: empty (0 bytes)")
         return None, data, None
     path = Path(source)
+    if path.is_dir():
+        raise PhotoError(f"{path}: is a folder, not a photo")
+    # O_NONBLOCK: opening a FIFO (or a link to one) must not wait for a writer; it is refused below.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        source_stat = path.stat()
-        if stat.S_ISDIR(source_stat.st_mode):
-            raise PhotoError(f"{path}: is a folder, not a photo")
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise PhotoError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        source_stat = os.fstat(fd)
         if not stat.S_ISREG(source_stat.st_mode):
             raise PhotoError(f"{path}: not a regular file")
         if source_stat.st_size == 0:
             raise PhotoError(f"{path}: empty file (0 bytes)")
         if source_stat.st_size > MAX_FILE_BYTES:
             raise PhotoError(f"{path}: {source_stat.st_size >> 20} MiB is too large for a photo")
-        return path, path.read_bytes(), source_stat
+        # Never more than fstat said: a file that keeps growing is not read without end.
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(source_stat.st_size)
+        return path, data, source_stat
     except OSError as exc:
         raise PhotoError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
 
 
 def _decode(
@@ -209,11 +227,14 @@ def _pixels(
         samples = Samples(array[..., None] if array.ndim == 2 else array, 16 if image.mode == "I;16" else 8, image.mode == "CMYK")
         eight = Image.fromarray(samples.to_8bit()[..., 0]) if image.mode == "I;16" else stored.convert("RGB")
         return np.array(eight.convert("RGB")), None, grayscale, samples
-    converted = image.convert(("L" if grayscale else "RGB") + ("A" if has_alpha else ""))
+    # Each conversion is a full copy of the pixels (gigabytes at 100 MP): only those needed are made.
+    mode = ("L" if grayscale else "RGB") + ("A" if has_alpha else "")
+    converted = image if image.mode == mode else image.convert(mode)
     if upright is not None:  # FLIP_LEFT_RIGHT is 0
         converted = converted.transpose(upright)
-    rgb = np.array(converted.convert("RGB"))
-    return rgb, np.array(converted.getchannel("A")) if has_alpha else None, grayscale, None
+    # asarray: a read-only view of the pixel bytes rather than one more copy of them.
+    rgb = np.asarray(converted if converted.mode == "RGB" else converted.convert("RGB"))
+    return rgb, np.asarray(converted.getchannel("A")) if has_alpha else None, grayscale, None
 
 
 def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, int] | None:

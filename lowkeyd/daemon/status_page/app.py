@@ -172,7 +172,7 @@ class StatusPage:
         """Keep what the page shows of a published photo (called in the worker thread)."""
         try:
             self.journal.record(source, rel_path, outcome, preset)
-        except Exception as exc:  # noqa: BLE001 - the page missing a photo's details must never fail its publishing
+        except Exception as exc:  # the page missing a photo's details must never fail its publishing
             log.warning("status page: cannot record %s/%s: %s", source, rel_path, exc)
 
     def close(self) -> None:
