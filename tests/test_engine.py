@@ -95,8 +95,9 @@ def test_cloaking_obama_moves_him_away_from_his_other_photos(cloaker, evaluator)
     assert (result.cloaked, result.too_small) == (1, 0)
     face = result.faces[0]
     assert face.steps == SHORT["steps"]
-    # Every ensemble member now sees a less similar face than the untouched original (cosine 1).
-    assert all(s < 0.9 for s in face.similarity.values()), face.similarity
+    # Every member now sees a less similar face than the untouched original (cosine 1): at least a
+    # quarter of the way to its threshold, on its own scale (dlib's cosines sit far closer to 1).
+    assert all(s < 1 - 0.25 * (1 - face.thresholds[n]) for n, s in face.similarity.items()), face.similarity
 
     check = evaluator.compare(original, result.rgb).faces[0]
     assert check.found and check.scores["dlib"] > 0.3  # dlib, in its own runtime, sees a change too
