@@ -73,6 +73,10 @@ def test_example_config_is_valid(folders: Path, monkeypatch: pytest.MonkeyPatch)
         ("sources: [{path: camera}]\noutbox: out\npreset: fast\n", "preset: unknown preset 'fast'"),
         ("sources: [{path: camera}]\noutbox: out\nattack: {stepz: 3}\n", "attack: attack setting 'stepz'"),
         ("sources: [{path: camera}]\noutbox: out\nattack: {steps: -1}\n", "attack: attack setting 'steps'"),
+        (
+            "sources: [{path: camera}]\noutbox: out\nattack: {stepsize: 0.003, steps: -1}\n",
+            "attack: attack setting 'steps': Input should be greater than or equal to 0; 'stepsize': unknown setting",
+        ),
         ("sources: [{path: camera}]\noutbox: out\ndevice: gpu\n", "device: expected cpu, cuda, cuda:N or mps"),
         ("sources: [{path: camera}]\noutbox: camera/cloaked\n", "is inside sources[0]"),
         ("sources: [{path: phone/DCIM}]\noutbox: phone\n", "is inside the outbox"),

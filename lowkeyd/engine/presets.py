@@ -163,6 +163,10 @@ def get_preset(name: str = "default", **overrides: object) -> Preset:
         changes = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         return Preset.model_validate({**base.model_dump(), **overrides, "name": f"{name}({changes})"})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise EngineError(f"attack setting {field!r}: {first['msg']}") from None
+        # Every problem at once: a typo hidden behind another key's bad value costs a second round trip.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])!r}: {_message(e)}" for e in exc.errors())
+        raise EngineError(f"attack setting {problems}") from None
+
+
+def _message(error: dict) -> str:
+    return "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
