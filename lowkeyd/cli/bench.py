@@ -86,16 +86,16 @@ def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarra
 
     evaluator = Evaluator.sharing(cloaker)
     run = PresetRun(cloaker.preset.name)
-    cloaked: dict[str, np.ndarray] = {}
+    probes: dict[str, dict[str, np.ndarray] | None] = {}  # each cloaked photo's largest face, as compare() found it
     for photo, rgb in photos.items():
         start = time.perf_counter()
         result = cloaker.cloak(rgb)
         elapsed = time.perf_counter() - start
-        cloaked[photo] = result.rgb
         if result.cloaked:
             run.seconds_per_face.append(elapsed / result.cloaked)
             run.steps.extend(f.steps for f in result.faces if f.status == "cloaked")
         plain = evaluator.compare(rgb, result.rgb)
+        probes[photo] = plain.probe
         social = evaluator.compare(rgb, result.rgb, social=True)
         run.self_distance.extend(_dlib_distance(f) for f in plain.faces)
         run.social_distance.extend(_dlib_distance(f) for f in social.faces)
@@ -111,7 +111,7 @@ def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarra
             _save_crop(args.crops, photo, run.name, rgb, result.rgb, plain.faces)
     clean = {photo: evaluator.largest_face(rgb) for photo, rgb in photos.items()}
     for photo in photos:
-        probe = evaluator.largest_face(cloaked[photo])
+        probe = probes[photo]
         for other in photos:
             if other != photo and SAMPLES.get(other) == SAMPLES.get(photo) and clean[other]:
                 run.cross_distance.append(math.inf if probe is None else evaluator.match(probe, clean[other])[0]["dlib"])

@@ -105,6 +105,9 @@ class Evaluation:
     faces: list[FaceCheck]
     psnr: float
     social: bool
+    # Identity vectors of the largest face found in the cloaked (or social) photo: what a
+    # scraper would match against the person's other photos; None when no face is found.
+    probe: dict[str, np.ndarray] | None = None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,26 +199,26 @@ class Evaluator:
         faces = self.detector.detect(original) if faces is None else faces
         before = self.identities(original, faces) if before is None else before
         found = self.detector.detect(seen)
-        twins = {}
+        after = self.identities(seen, found)
+        twins = {}  # index in faces -> index in found
         for i, face in enumerate(faces):
             ious = [_iou(face.box * scale, f.box) for f in found]
             if ious and max(ious) > 0.3:
-                twins[i] = found[int(np.argmax(ious))]
-        after = self.identities(seen, list(twins.values()))
+                twins[i] = int(np.argmax(ious))
         same_size = cloaked.shape == original.shape
         checks = []
         for i, face in enumerate(faces):
             check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=i in twins)
             check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
             if check.found:
-                k = list(twins).index(i)
                 check.scores, check.margins = self.match(
-                    {n: v[i] for n, v in before.items()}, {n: v[k] for n, v in after.items()}
+                    {n: v[i] for n, v in before.items()}, {n: v[twins[i]] for n, v in after.items()}
                 )
             else:
                 check.margins = {j.name: math.inf for j in self.judges}
             checks.append(check)
-        return Evaluation(checks, psnr(original, cloaked) if same_size else math.nan, social)
+        probe = {n: v[0] for n, v in after.items()} if found else None  # detect() sorts largest first
+        return Evaluation(checks, psnr(original, cloaked) if same_size else math.nan, social, probe)
 
     def largest_face(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
         """Identity vectors of the largest face of ``rgb`` (a cross-photo probe or gallery entry), None if none."""

@@ -21,7 +21,6 @@ import numpy as np
 
 from lowkeyd.engine.cloak import Cloaker
 from lowkeyd.engine.evaluate import Evaluator
-from lowkeyd.engine.social import social_pipeline
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,8 @@ def holdout(
     names = [m.name for m in cloaker.models]
     faces = {s.name: evaluator.detector.detect(s.rgb) for s in subjects}
     before = {s.name: evaluator.identities(s.rgb, faces[s.name]) for s in subjects}
-    gallery = {s.name: evaluator.largest_face(s.rgb) for s in subjects}
+    # Each clean photo's largest face (detect() sorts largest first) is its cross-photo gallery entry.
+    gallery = {n: {k: v[0] for k, v in ids.items()} if faces[n] else None for n, ids in before.items()}
     folds = []
     for out in heldout or names:
         members = tuple(n for n in names if n != out)
@@ -112,38 +112,33 @@ def holdout(
             fold.seconds += time.perf_counter() - start
             fold.faces += result.cloaked
             fold.steps.extend(f.steps for f in result.faces if f.status == "cloaked")
-            for social, margins in ((False, fold.self_plain), (True, fold.self_social)):
+            worst = {}
+            for social, margins, cross in ((False, fold.self_plain, fold.cross_plain), (True, fold.self_social, fold.cross_social)):
                 check = evaluator.compare(subject.rgb, result.rgb, social=social, faces=faces[subject.name], before=before[subject.name])
-                margins.extend(f.margins[out] for f in check.faces)
+                photo = [f.margins[out] for f in check.faces]
+                margins.extend(photo)
+                worst[social] = min(photo, default=math.nan)
                 if not social:
                     fold.lpips.extend(f.lpips for f in check.faces if f.lpips is not None)
-            _cross(evaluator, out, subject, result.rgb, subjects, gallery, fold)
+                cross.extend(_cross_margins(evaluator, out, subject, check.probe, subjects, gallery))
             progress(
-                f"held out {out:>14} {subject.name:>14}: margin {min(fold.self_plain[-len(faces[subject.name]):] or [math.nan]):+.3f} "
-                f"(social {min(fold.self_social[-len(faces[subject.name]):] or [math.nan]):+.3f}), {fold.seconds:.0f} s so far"
+                f"held out {out:>14} {subject.name:>14}: margin {worst[False]:+.3f} (social {worst[True]:+.3f}), "
+                f"{fold.seconds:.0f} s so far"
             )
         folds.append(fold)
     return folds
 
 
-def _cross(
+def _cross_margins(
     evaluator: Evaluator,
     judge: str,
     subject: Subject,
-    cloaked: np.ndarray,
+    probe: dict[str, np.ndarray] | None,
     subjects: Sequence[Subject],
     gallery: dict[str, dict[str, np.ndarray] | None],
-    fold: Fold,
-) -> None:
-    """The cloaked photo's face against each clean photo of the same person, plain and social."""
+) -> list[float]:
+    """The judge's margin for the cloaked photo's largest face (``probe``) against each clean photo of the same person."""
     others = [s for s in subjects if s.identity == subject.identity and s.name != subject.name and gallery[s.name]]
-    if not others:
-        return
-    for margins, probe_rgb in ((fold.cross_plain, cloaked), (fold.cross_social, social_pipeline(cloaked))):
-        probe = evaluator.largest_face(probe_rgb)
-        for other in others:
-            if probe is None:
-                margins.append(math.inf)
-                continue
-            _, margin = evaluator.match(probe, gallery[other.name])
-            margins.append(margin[judge])
+    if probe is None:
+        return [math.inf] * len(others)  # no face found again: nothing to match
+    return [evaluator.match(probe, gallery[other.name])[1][judge] for other in others]
