@@ -114,6 +114,69 @@ def test_translation_invariant_steps_are_smoother(sface):
     assert roughness(smoothed) < 0.5 * roughness(plain), (roughness(plain), roughness(smoothed))
 
 
+@pytest.mark.parametrize("quality", [70, 80, 95])
+def test_the_differentiable_jpeg_decodes_like_pillow_and_passes_gradients(quality):
+    import io
+
+    from PIL import Image
+
+    from lowkeyd.engine.jpeg_approx import jpeg_round_trip
+
+    # An odd-sized crop of a real photo: partial blocks and MCUs at the edges.
+    image = Image.fromarray(load_rgb("obama.jpg")).crop((100, 40, 401, 297))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)  # Pillow's default: 4:2:0
+    pillow = np.asarray(Image.open(buffer).convert("RGB")).astype(np.int16)
+    x = (torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255).requires_grad_()
+    ours = jpeg_round_trip(x, quality)
+    (grad,) = torch.autograd.grad(ours.pow(2).sum(), x)
+    levels = (ours[0].detach().permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+    error = np.abs(levels - pillow)
+    # libjpeg computes in integers (DCT, colour conversion, chroma filters), so some samples and
+    # a few coefficients round the other way: within 2 levels almost everywhere (measured 97-99 %,
+    # mean error 0.4 levels), and closer to Pillow's decode than JPEG's own change is to the source.
+    assert float(np.mean(error <= 2)) > 0.96, np.percentile(error, [50, 96, 100])
+    assert error.mean() < 0.6 * np.abs(pillow - np.asarray(image)).mean()
+    assert torch.isfinite(grad).all() and grad.abs().mean() > 0.5  # straight through, not zero
+
+
+def test_the_attack_sees_the_jpeg_view_when_asked(sface):
+    attack = LowKey([sface], torch.nn.Identity(), get_preset("default", jpeg_views=1.0, rescale_min=1.0, blur_kernel=0))
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    views, _, _ = attack._views(x, torch.Generator().manual_seed(0))
+    assert (views - x).abs().mean() > 0.01  # noise does not survive JPEG
+    assert torch.equal(views, (views * 255).round() / 255)  # decoded to 8-bit samples
+    plain = LowKey([sface], torch.nn.Identity(), get_preset("default", rescale_min=1.0, blur_kernel=0))
+    assert torch.equal(plain._views(x, torch.Generator().manual_seed(0))[0], x)
+
+
+@pytest.mark.parametrize(("smoothing", "stops"), [(1.0, False), (0.5, True)])
+def test_the_stop_averages_the_published_views_looks(sface, smoothing, stops):
+    from lowkeyd.engine.attack import _Batch, _State
+
+    attack = LowKey([sface], torch.nn.Identity(), get_preset("default", stop_smoothing=smoothing))
+    target = attack._targets["sface"]
+    reference = torch.nn.functional.normalize(torch.randn(1, 1, 128, generator=torch.Generator().manual_seed(0)), dim=-1)
+    side = torch.nn.functional.normalize(torch.randn(128, generator=torch.Generator().manual_seed(1)), dim=0)
+    side = torch.nn.functional.normalize(side - (side @ reference[0, 0]) * reference[0, 0], dim=0)
+
+    def look(cos: float) -> dict[str, torch.Tensor]:  # an embedding at cosine ``cos`` to the original
+        return {"sface": (cos * reference + math.sqrt(1 - cos**2) * side).requires_grad_()}
+
+    batch = _Batch(*(None,) * 5, reference={"sface": reference}, taps={})
+    idx = torch.tensor([0])
+    state = attack._start(_Batch(torch.zeros(1, 3, 8, 8), *(None,) * 6), torch.Generator().manual_seed(0))
+    assert isinstance(state, _State)
+    # Well past the target on one look, a little short of it on the next (a bad misalignment):
+    # on average past it.
+    for cos in (target - 0.3, target + 0.05):
+        attack._pull(batch, state, idx, look(cos), plain_seen=True)
+    remaining, _ = attack._retire_done(state, idx, torch.zeros(1, 3, 8, 8))
+    assert (remaining.numel() == 0) == stops
+    attack._pull(batch, state, idx, look(target - 0.3), plain_seen=False)  # a blurred view never counts
+    assert math.isclose(float(state.expected["sface"][0]), target + (0.05 if smoothing == 1 else -0.125), abs_tol=1e-5)
+
+
 def test_the_feature_guard_spares_eyes_brows_and_bridge_not_cheeks():
     landmarks = torch.tensor([[[40.0, 50.0], [80.0, 50.0], [60.0, 75.0], [45.0, 95.0], [75.0, 95.0]]])
     guard = feature_guard(landmarks, (128, 128), weight=0.2)[0, 0]

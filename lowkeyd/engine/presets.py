@@ -83,6 +83,10 @@ class Preset(BaseModel):
     eye_weight: float = Field(
         1.0, ge=0, le=1, description="perturbation weight over eyes, brows and nose bridge relative to the rest; 1 = no guard"
     )
+    jpeg_views: float = Field(
+        0.0, ge=0, le=1, description="share of steps whose view goes through a differentiable JPEG round trip "
+        "(random quality 70-95, 4:2:0), as photo sites re-encode uploads; 0 = off",
+    )
     rescale_min: float = Field(0.7, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")
     target: float | None = Field(
@@ -92,6 +96,13 @@ class Preset(BaseModel):
         description="stop a face once every member sees it this far past its match threshold, measured from the "
         "threshold (0) to a typical stranger's similarity (1); beyond 1 the face looks less like the original "
         "than a stranger does. None = run all steps",
+    )
+    stop_smoothing: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="the stop is decided on a running average of each member's similarity over the published "
+        "view's random looks; this is the newest look's weight (1 = the last look alone)",
     )
     focus_members: bool = Field(
         True,
@@ -131,6 +142,7 @@ _PAPER = Preset(
     jitter_deg=0.0,
     jitter_scale=0.0,
     rescale_min=1.0,
+    jpeg_views=0.0,
     momentum=0.0,
     dropout=0.0,
     ti_kernel=0,
