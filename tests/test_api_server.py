@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lowkeyd.daemon.api import JobRoot, LocalApi
-from lowkeyd.daemon.api_server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
-from lowkeyd.daemon.client import DaemonClient, DaemonUnavailable, find_daemon
+from lowkeyd.daemon.api.routes import JobRoot, LocalApi
+from lowkeyd.daemon.api.server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
+from lowkeyd.daemon.api.client import DaemonClient, DaemonUnavailable, find_daemon
 from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.worker import Worker
 from lowkeyd.errors import ConfigError
@@ -64,6 +64,7 @@ def server(dirs: Path) -> Iterator[ApiServer]:
         roots=[JobRoot("exports", (dirs / "exports").resolve())],
         max_upload_bytes=LIMIT,
         timeout=30,
+        preset="default",
     )
     server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", free_port(), TOKEN))
     server.start()
@@ -237,7 +238,7 @@ def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
         port = taken.getsockname()[1]
         api = LocalApi(
             Worker(_never_loaded, queue_size=1, batch_size=1), Outbox(dirs / "out"),
-            queue_size=1, max_upload_bytes=LIMIT, timeout=5,
+            queue_size=1, max_upload_bytes=LIMIT, timeout=5, preset="default",
         )
         server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", port, TOKEN))
         with pytest.raises(ApiError, match=f"127.0.0.1:{port}"):

@@ -85,7 +85,7 @@ def cloaker():
 def evaluator(cloaker):
     from lowkeyd.engine.evaluate import Evaluator
 
-    return Evaluator.sharing(cloaker)
+    return Evaluator(cloaker.resident)
 
 
 @pytest.mark.slow
