@@ -211,7 +211,7 @@ def test_how_much_of_the_crop_a_face_fills_does_not_change_its_step(cloaker):
     rgb = load_rgb("astronaut.png")
     crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
     one_step = get_preset("default", steps=1, target=None, chroma_scale=1.0, flat_weight=1.0, init_noise=0.0)
-    attack = LowKey(cloaker.models, cloaker.lpips, one_step)
+    attack = LowKey(cloaker.models, cloaker.resident.lpips, one_step)
 
     def moved(pad: int) -> float:
         pixels = torch.nn.functional.pad(crop.pixels, (pad,) * 4, mode="replicate")
@@ -240,7 +240,7 @@ def test_a_member_already_past_its_target_stops_pulling(cloaker):
 
     def sface_similarity(focus: bool) -> float:
         preset = get_preset("default", steps=4, min_steps=4, focus_members=focus)
-        return float(LowKey([satisfied, casia], cloaker.lpips, preset)(*args).similarity["sface"][0])
+        return float(LowKey([satisfied, casia], cloaker.resident.lpips, preset)(*args).similarity["sface"][0])
 
     focused, unfocused = sface_similarity(True), sface_similarity(False)
     print(f"sface cosine after 4 steps: focused {focused:.3f}, unfocused {unfocused:.3f}")

@@ -134,7 +134,7 @@ class WorkConfig(_Section):
     # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: what half the
     # memory available after loading the models allows (at most 120).
     max_megapixels: float | None = Field(default=None, gt=0)
-    # torch CPU threads; unset leaves torch's own choice.
+    # torch CPU threads; unset: $LOWKEYD_THREADS, else the cores other processes leave idle.
     threads: int | None = Field(default=None, ge=1)
     # Added to the process's nice value so the desktop stays responsive (0 leaves it as is).
     nice: int = Field(default=10, ge=0, le=19)
