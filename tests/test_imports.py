@@ -24,27 +24,27 @@ def test_the_package_has_no_cycle_and_keeps_its_layers() -> None:
     assert "lowkeyd.daemon.jobs" in routes and "lowkeyd.daemon.service" not in routes
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
+def _package(root: Path, modules: dict[str, str]) -> Path:
+    """A made-up ``lowkeyd`` under ``root``: each module's source by its path, every folder a package."""
+    package = root / "lowkeyd"
+    for name, text in modules.items():
+        path = package / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return root / "lowkeyd"
+    for folder in [package, *(p for p in package.rglob("*") if p.is_dir())]:
+        (folder / "__init__.py").touch()
+    return package
 
 
 def test_a_deferred_cycle_and_crossed_layers_fail(tmp_path: Path) -> None:
-    package = _write(
+    package = _package(
         tmp_path,
         {
-            "lowkeyd/__init__.py": "",
-            "lowkeyd/engine/__init__.py": "",
-            "lowkeyd/engine/cloak.py": "from lowkeyd.photo import decode\n",
-            "lowkeyd/photo/__init__.py": "",
-            "lowkeyd/photo/decode.py": "def later():\n    import torch\n",
-            "lowkeyd/daemon/__init__.py": "",
+            "engine/cloak.py": "from lowkeyd.photo import decode\n",
+            "photo/decode.py": "def later():\n    import torch\n",
             # service imports api only inside a function: a cycle all the same once it runs.
-            "lowkeyd/daemon/api.py": "from lowkeyd.daemon.service import FileJob\n",
-            "lowkeyd/daemon/service.py": "class FileJob: ...\ndef start():\n    from . import api\n",
+            "daemon/api.py": "from lowkeyd.daemon.service import FileJob\n",
+            "daemon/service.py": "class FileJob: ...\ndef start():\n    from . import api\n",
         },
     )
     run = _graph(package)
@@ -55,14 +55,8 @@ def test_a_deferred_cycle_and_crossed_layers_fail(tmp_path: Path) -> None:
 
 
 def test_imports_only_for_type_checkers_do_not_count(tmp_path: Path) -> None:
-    package = _write(
-        tmp_path,
-        {
-            "lowkeyd/__init__.py": "",
-            "lowkeyd/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lowkeyd.b import B\nelse:\n    import json\n",
-            "lowkeyd/b.py": "from lowkeyd.a import A\n",
-        },
-    )
+    checked_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lowkeyd.b import B\nelse:\n    import json\n"
+    package = _package(tmp_path, {"a.py": checked_only, "b.py": "from lowkeyd.a import A\n"})
     run = _graph(package, "--modules")
     assert run.returncode == 0, run.stdout
     assert "lowkeyd.a -> json, typing" in run.stdout and "no cycles" in run.stdout
