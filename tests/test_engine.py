@@ -152,6 +152,21 @@ def test_too_small_faces_are_left_alone_and_reported():
     assert np.array_equal(result.rgb, original)
 
 
+def test_the_attack_and_the_judges_share_one_set_of_loaded_models(cloaker, evaluator):
+    from lowkeyd.engine.evaluate import DLIB
+
+    resident = cloaker.resident
+    assert evaluator.detector is resident.detector and evaluator.lpips is resident.lpips
+    judged = {j.name: j.model for j in evaluator.judges if j.name != DLIB}
+    assert all(judged[m.name] is m for m in cloaker.models if m.name != DLIB)
+    # A holdout fold and another preset run on the same loaded models; nothing is loaded again.
+    fold = cloaker.with_members(["sface"]).with_preset(get_preset("strong"))
+    assert [m.name for m in fold.models] == ["sface"] and fold.models[0] is judged["sface"]
+    assert fold.resident.lpips is resident.lpips and fold.detector is resident.detector
+    with pytest.raises(EngineError, match="not loaded: arcface"):
+        cloaker.with_members(["arcface"])
+
+
 def test_engine_refuses_what_is_not_rgb_pixels(cloaker):
     with pytest.raises(EngineError, match="uint8 RGB"):
         cloaker.cloak(np.zeros((10, 10), np.uint8))

@@ -502,8 +502,11 @@ class Daemon:
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()
+        published = False
 
         def record(written: Path | None) -> None:
+            nonlocal published
+            published = True  # from here on an error is the database's or the hook's, not publishing's
             self.state.mark_done(
                 source,
                 rel_path,
@@ -520,6 +523,8 @@ class Daemon:
         try:
             finish(job, outcome, self.outbox, record=record, hook=self._hand_on)
         except (OSError, LowkeydError) as exc:
+            if published:
+                raise
             if (cause := transient_cause(exc)) is not None:
                 self._hold(source, rel_path, pending.key.size, cause, exc)
             else:

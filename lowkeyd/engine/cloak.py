@@ -108,9 +108,12 @@ class Cloaker:
         max_batch: int | None = None,
         **overrides: object,
     ) -> None:
+        if isinstance(preset, str):
+            preset = get_preset(preset, **overrides)
+        elif overrides:
+            raise EngineError("setting overrides apply to a preset given by name, not to a resolved Preset")
         self.resident = resident or ResidentModels.load(device, recognisers=models, threads=threads)
-        self.detector: FaceDetector = self.resident.detector
-        self._use(get_preset(preset, **overrides) if isinstance(preset, str) else preset)
+        self._use(preset)
         self.max_batch = max_batch or (16 if self.device.type == "cuda" else 4)
 
     @property
@@ -138,7 +141,7 @@ class Cloaker:
     def _use(self, preset: Preset) -> None:
         self.preset = preset
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
-        self.detector = self.resident.detector_for(preset.min_face_px)
+        self.detector: FaceDetector = self.resident.detector_for(preset.min_face_px)
         lpips = self.resident.lpips
         self.attack = LowKey(self.models, lpips, preset)
         # Grayscale photos are written back as grayscale: only a luma change survives that.
