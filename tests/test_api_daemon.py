@@ -215,6 +215,8 @@ def test_cloak_over_the_socket_returns_the_photo_protected_with_its_exif(
     summary = json.loads(response.headers["X-Lowkeyd-Summary"])
     assert summary["status"] == "cloaked" and summary["faces_cloaked"] == 1
     assert summary["preset"].startswith("default(")
+    # The settings that ran, the config's attack: overrides applied to the named preset.
+    assert {k: summary["preset_settings"][k] for k in FAST_ATTACK} == FAST_ATTACK
     assert summary["protected_against"] and all(summary["protected_against"].values()), summary
     [face] = summary["faces"]
     assert all(face["similarity"][m] < face["thresholds"][m] for m in face["similarity"])

@@ -64,7 +64,7 @@ def server(dirs: Path) -> Iterator[ApiServer]:
         roots=[JobRoot("exports", (dirs / "exports").resolve())],
         max_upload_bytes=LIMIT,
         timeout=30,
-        preset="default",
+        preset="default(steps=3)",
     )
     server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", free_port(), TOKEN))
     server.start()
@@ -120,7 +120,8 @@ def test_tcp_needs_the_token(server: ApiServer) -> None:
     assert right.status_code == 200
     assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
     assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
-    assert right.json()["ready"] is False
+    # Still loading its models, the daemon already says which preset they will run (its config's).
+    assert right.json()["ready"] is False and right.json()["preset"] == "default(steps=3)"
     # The socket needs none: its file permissions are the access control.
     assert unix_client(server).get("/v1/status").status_code == 200
 
