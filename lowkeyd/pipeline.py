@@ -31,6 +31,7 @@ from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
 
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import Cloaker, CloakResult, FaceReport
+    from lowkeyd.engine.presets import Preset
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Outcome:
     seconds: float
     written: Path | None  # None when nothing was written (skipped, or bytes returned instead)
     message: str
+    preset: Preset  # the attack settings this photo went through (or would have, had it had a face)
     faces: list[FaceReport] = field(default_factory=list)
     dropped: tuple[str, ...] = ()  # what the published file leaves out of the original, in words
     sha256: str | None = None  # content hash of what was written or returned, for "lowkeyd wrote this"
@@ -70,6 +72,36 @@ class PhotoProtector:
         self.no_face = no_face
         self.max_pixels = max_pixels
         self.is_own_output = is_own_output
+
+    @classmethod
+    def load(
+        cls,
+        preset: Preset | str = "default",
+        device: str | None = None,
+        *,
+        threads: int | None = None,
+        strip_gps: bool = True,
+        no_face: NoFacePolicy = "copy",
+        max_pixels: int | None = None,
+        is_own_output: Callable[[str], bool] | None = None,
+        **overrides: object,
+    ) -> PhotoProtector:
+        """Load the engine's models once, for this protector's lifetime: the one way in from the CLI and the daemon.
+
+        ``preset`` is a resolved :class:`~lowkeyd.engine.presets.Preset`, or a name with ``overrides``;
+        ``threads`` as :meth:`~lowkeyd.engine.resident.ResidentModels.load`; the rest as the constructor's.
+        """
+        from lowkeyd.engine.cloak import Cloaker
+
+        return cls(
+            Cloaker(preset, device, threads=threads, **overrides),
+            strip_gps=strip_gps, no_face=no_face, max_pixels=max_pixels, is_own_output=is_own_output,
+        )
+
+    @property
+    def preset(self) -> Preset:
+        """The attack this protector runs."""
+        return self.cloaker.preset
 
     # -- public ----------------------------------------------------------------------
 
@@ -126,7 +158,7 @@ class PhotoProtector:
             from lowkeyd.engine.cloak import CloakResult
 
             members = tuple(m.name for m in self.cloaker.models)
-            result = CloakResult(photo.rgb, [], 0.0, self.cloaker.preset.name, members)
+            result = CloakResult(photo.rgb, [], 0.0, self.preset.name, members)
         return self._publish_file(photo, dest, result, start)
 
     def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
@@ -211,11 +243,12 @@ class PhotoProtector:
         removed = f"; removed: {'; '.join(dropped)}" if dropped else ""
         if status == "already_cloaked":
             message = f"already cloaked by lowkeyd; published with its pixels as they are{removed}"
-            return Outcome(status, 0, 0, seconds, written, message, dropped=dropped, sha256=sha256)
+            return Outcome(status, 0, 0, seconds, written, message, self.preset, dropped=dropped, sha256=sha256)
         assert result is not None
         if status == "no_face":
             what = f"published with {_unchanged(photo)}{removed}" if encoded is not None else "skipped"
-            return Outcome(status, 0, 0, seconds, written, f"no face found; {what}", dropped=dropped, sha256=sha256)
+            message = f"no face found; {what}"
+            return Outcome(status, 0, 0, seconds, written, message, self.preset, dropped=dropped, sha256=sha256)
         message = f"{result.cloaked} face{'s' * (result.cloaked != 1)} cloaked"
         if result.too_small:
             message += f", {result.too_small} too small to matter left alone"
@@ -225,7 +258,8 @@ class PhotoProtector:
             message += f"; past all {len(result.members)} attack members ({', '.join(result.members)})"
             message += f"; {estimate.short()}" if estimate else "; no holdout estimate for this preset"
         return Outcome(
-            status, result.cloaked, result.too_small, seconds, written, message + removed, result.faces, dropped, sha256
+            status, result.cloaked, result.too_small, seconds, written, message + removed, self.preset, result.faces,
+            dropped, sha256,
         )
 
 

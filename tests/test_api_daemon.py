@@ -215,6 +215,8 @@ def test_cloak_over_the_socket_returns_the_photo_protected_with_its_exif(
     summary = json.loads(response.headers["X-Lowkeyd-Summary"])
     assert summary["status"] == "cloaked" and summary["faces_cloaked"] == 1
     assert summary["preset"].startswith("default(")
+    # The settings that ran, the config's attack: overrides applied to the named preset.
+    assert {k: summary["preset_settings"][k] for k in FAST_ATTACK} == FAST_ATTACK
     assert summary["protected_against"] and all(summary["protected_against"].values()), summary
     [face] = summary["faces"]
     assert all(face["similarity"][m] < face["thresholds"][m] for m in face["similarity"])
@@ -246,6 +248,10 @@ def test_lowkeyd_cloak_uses_the_daemon_and_the_pre_upload_hook_works(daemon: Run
         assert ("using the running daemon" in done.stderr) == (name == "with the daemon")
         assert read_photo(tmp_path / name / "photo.jpg").cloak_marker is not None
     print("\nlowkeyd cloak, one photo: " + ", ".join(f"{name} {s:.1f} s" for name, s in times.items()))
+    # The daemon's way in to the engine and the command line's are one: same photo, settings, seed and threads, same bytes.
+    assert (tmp_path / "with the daemon" / "photo.jpg").read_bytes() == (
+        tmp_path / "without (--no-daemon)" / "photo.jpg"
+    ).read_bytes()
 
     hook = subprocess.run(
         [str(PRE_UPLOAD)], input=photo.read_bytes(), capture_output=True, timeout=PHOTO_SECONDS,

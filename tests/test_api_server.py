@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lowkeyd.daemon.api import JobRoot, LocalApi
-from lowkeyd.daemon.api_server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
-from lowkeyd.daemon.client import DaemonClient, DaemonUnavailable, find_daemon
+from lowkeyd.daemon.api.routes import JobRoot, LocalApi
+from lowkeyd.daemon.api.server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
+from lowkeyd.daemon.api.client import DaemonClient, DaemonUnavailable, find_daemon
 from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.worker import Worker
 from lowkeyd.errors import ConfigError
@@ -64,6 +64,7 @@ def server(dirs: Path) -> Iterator[ApiServer]:
         roots=[JobRoot("exports", (dirs / "exports").resolve())],
         max_upload_bytes=LIMIT,
         timeout=30,
+        preset="default(steps=3)",
     )
     server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", free_port(), TOKEN))
     server.start()
@@ -119,7 +120,8 @@ def test_tcp_needs_the_token(server: ApiServer) -> None:
     assert right.status_code == 200
     assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
     assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
-    assert right.json()["ready"] is False
+    # Still loading its models, the daemon already says which preset they will run (its config's).
+    assert right.json()["ready"] is False and right.json()["preset"] == "default(steps=3)"
     # The socket needs none: its file permissions are the access control.
     assert unix_client(server).get("/v1/status").status_code == 200
 
@@ -237,7 +239,7 @@ def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
         port = taken.getsockname()[1]
         api = LocalApi(
             Worker(_never_loaded, queue_size=1, batch_size=1), Outbox(dirs / "out"),
-            queue_size=1, max_upload_bytes=LIMIT, timeout=5,
+            queue_size=1, max_upload_bytes=LIMIT, timeout=5, preset="default",
         )
         server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", port, TOKEN))
         with pytest.raises(ApiError, match=f"127.0.0.1:{port}"):

@@ -12,6 +12,7 @@ import yaml
 
 from lowkeyd.cli import main
 from lowkeyd.daemon.config import DaemonConfig, load_config
+from lowkeyd.engine.presets import get_preset
 from lowkeyd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_minimal_config_gets_defaults_and_absolute_paths(folders: Path) -> None:
     assert config.sources[0].name == "camera"
     assert config.sources[0].recursive and not config.sources[0].polling
     assert config.outbox == folders / "out"
-    assert config.preset == "default" and config.attack == {}
+    assert config.preset == "default" and config.attack_preset == get_preset("default")
     assert config.no_face == "copy" and config.strip_gps
     assert config.retry.max_attempts >= 1 and config.work.queue_size >= 1
 
@@ -71,12 +72,14 @@ def test_example_config_is_valid(folders: Path, monkeypatch: pytest.MonkeyPatch)
         ("sources: [{path: camera}]\noutbox: out\nno_face: blur\n", "no_face: Input should be 'copy' or 'skip'"),
         ("sources: [{path: camera}]\noutbox: out\nwork: {queue_size: 0}\n", "work.queue_size: Input should be greater"),
         ("sources: [{path: camera}]\noutbox: out\npreset: fast\n", "preset: unknown preset 'fast'"),
-        ("sources: [{path: camera}]\noutbox: out\nattack: {stepz: 3}\n", "attack: attack setting 'stepz'"),
-        ("sources: [{path: camera}]\noutbox: out\nattack: {steps: -1}\n", "attack: attack setting 'steps'"),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {stepz: 3}\n", "attack.stepz: unknown key"),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {steps: -1}\n", "attack.steps: Input should be greater"),
         (
             "sources: [{path: camera}]\noutbox: out\nattack: {stepsize: 0.003, steps: -1}\n",
-            "attack: attack setting 'steps': Input should be greater than or equal to 0; 'stepsize': unknown setting",
+            "attack.steps: Input should be greater than or equal to 0; attack.stepsize: unknown key",
         ),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {ti_kernel: 4}\n", "attack.ti_kernel: Value error, must be odd"),
+        ("sources: [{path: camera}]\noutbox: out\nattack: {name: mine}\n", "attack.name: the preset is named by preset:"),
         ("sources: [{path: camera}]\noutbox: out\ndevice: gpu\n", "device: expected cpu, cuda, cuda:N or mps"),
         ("sources: [{path: camera}]\noutbox: camera/cloaked\n", "is inside sources[0]"),
         ("sources: [{path: phone/DCIM}]\noutbox: phone\n", "is inside the outbox"),
@@ -119,10 +122,11 @@ def test_missing_config_file_says_where_it_looked(tmp_path: Path, monkeypatch: p
 
 
 def test_attack_overrides_reach_the_preset(folders: Path) -> None:
-    from lowkeyd.engine.presets import get_preset
-
-    config = load_config(write_config(folders, "sources: [{path: camera}]\noutbox: out\nattack: {steps: 3}\n"))
-    assert get_preset(config.preset, **config.attack).steps == 3
+    text = "sources: [{path: camera}]\noutbox: out\npreset: strong\nattack: {steps: 3, target: null}\n"
+    preset = load_config(write_config(folders, text)).attack_preset
+    # Only the fields given change; the rest are the named preset's.
+    assert preset == get_preset("strong", steps=3, target=None)
+    assert preset.name == "strong(steps=3,target=None)" and preset.flip == get_preset("strong").flip
 
 
 def test_check_config_command(folders: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lowkeyd.cli import main
-from lowkeyd.daemon import launchd, systemd
-from lowkeyd.daemon.notify import Notifier
+from lowkeyd.daemon.system import launchd, systemd
+from lowkeyd.daemon.system.notify import Notifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_logs_are_plain_with_times_elsewhere(tmp_path: Path) -> None:
 def test_notifications_are_grouped_per_burst(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
     notifier = Notifier(enabled=True, error_interval=600)
-    caplog.set_level(logging.INFO, logger="lowkeyd.daemon.notify")
+    caplog.set_level(logging.INFO, logger="lowkeyd.daemon.system.notify")
     for faces in (1, 2, 1):
         notifier.photo_done("cloaked", faces)
     notifier.photo_done("no_face", 0)
@@ -257,7 +257,7 @@ def test_a_broken_notification_service_falls_back_to_the_log(
         pass
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus")
     notifier = Notifier(enabled=True, error_interval=0)
-    caplog.set_level(logging.INFO, logger="lowkeyd.daemon.notify")
+    caplog.set_level(logging.INFO, logger="lowkeyd.daemon.system.notify")
     notifier.photo_done("cloaked", 2)
     assert notifier.flush(idle=True) == ["Cloaked 1 photo, 2 faces"]
     assert "desktop notifications unavailable" in caplog.text

@@ -85,7 +85,7 @@ def cloaker():
 def evaluator(cloaker):
     from lowkeyd.engine.evaluate import Evaluator
 
-    return Evaluator.sharing(cloaker)
+    return Evaluator(cloaker.resident)
 
 
 @pytest.mark.slow
@@ -152,6 +152,21 @@ def test_too_small_faces_are_left_alone_and_reported():
     assert np.array_equal(result.rgb, original)
 
 
+def test_the_attack_and_the_judges_share_one_set_of_loaded_models(cloaker, evaluator):
+    from lowkeyd.engine.evaluate import DLIB
+
+    resident = cloaker.resident
+    assert evaluator.detector is resident.detector and evaluator.lpips is resident.lpips
+    judged = {j.name: j.model for j in evaluator.judges if j.name != DLIB}
+    assert all(judged[m.name] is m for m in cloaker.models if m.name != DLIB)
+    # A holdout fold and another preset run on the same loaded models; nothing is loaded again.
+    fold = cloaker.with_members(["sface"]).with_preset(get_preset("strong"))
+    assert [m.name for m in fold.models] == ["sface"] and fold.models[0] is judged["sface"]
+    assert fold.resident.lpips is resident.lpips and fold.detector is resident.detector
+    with pytest.raises(EngineError, match="not loaded: arcface"):
+        cloaker.with_members(["arcface"])
+
+
 def test_engine_refuses_what_is_not_rgb_pixels(cloaker):
     with pytest.raises(EngineError, match="uint8 RGB"):
         cloaker.cloak(np.zeros((10, 10), np.uint8))
@@ -211,7 +226,7 @@ def test_how_much_of_the_crop_a_face_fills_does_not_change_its_step(cloaker):
     rgb = load_rgb("astronaut.png")
     crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
     one_step = get_preset("default", steps=1, target=None, chroma_scale=1.0, flat_weight=1.0, init_noise=0.0)
-    attack = LowKey(cloaker.models, cloaker.lpips, one_step)
+    attack = LowKey(cloaker.models, cloaker.resident.lpips, one_step)
 
     def moved(pad: int) -> float:
         pixels = torch.nn.functional.pad(crop.pixels, (pad,) * 4, mode="replicate")
@@ -240,7 +255,7 @@ def test_a_member_already_past_its_target_stops_pulling(cloaker):
 
     def sface_similarity(focus: bool) -> float:
         preset = get_preset("default", steps=4, min_steps=4, focus_members=focus)
-        return float(LowKey([satisfied, casia], cloaker.lpips, preset)(*args).similarity["sface"][0])
+        return float(LowKey([satisfied, casia], cloaker.resident.lpips, preset)(*args).similarity["sface"][0])
 
     focused, unfocused = sface_similarity(True), sface_similarity(False)
     print(f"sface cosine after 4 steps: focused {focused:.3f}, unfocused {unfocused:.3f}")

@@ -84,7 +84,7 @@ def _dlib_distance(check) -> float:
 def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarray], console: Console) -> PresetRun:
     from lowkeyd.engine.evaluate import Evaluator
 
-    evaluator = Evaluator.sharing(cloaker)
+    evaluator = Evaluator(cloaker.resident)
     run = PresetRun(cloaker.preset.name)
     probes: dict[str, dict[str, np.ndarray] | None] = {}  # each cloaked photo's largest face, as compare() found it
     for photo, rgb in photos.items():

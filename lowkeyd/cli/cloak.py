@@ -16,7 +16,8 @@ from lowkeyd.errors import LowkeydError
 from lowkeyd.photo import is_photo_path
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.client import DaemonProtector
+    from lowkeyd.daemon.api.client import DaemonProtector
+    from lowkeyd.pipeline import PhotoProtector
 
 STDIO = "-"
 
@@ -33,7 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     # None, not "default": an explicit choice must not be handed to a daemon that may run another preset.
     p.add_argument("--preset", default=None, help="attack preset: paper, default or strong (default: default)")
     add_engine_options(p)
-    p.add_argument("--keep-gps", action="store_true", help="keep GPS position in EXIF and XMP (removed by default)")
+    p.add_argument(
+        "--keep-gps", action="store_true", default=None, help="keep GPS position in EXIF and XMP (removed by default)"
+    )
     p.add_argument(
         "--no-face", choices=("copy", "skip"), default=None, help="photos without a face: copy sanitised (default), or skip"
     )
@@ -68,10 +71,11 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
 
 def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
-    asked = args.preset is not None or args.overrides or args.device or args.keep_gps or args.no_face is not None
+    given = (args.preset, args.device, args.keep_gps, args.no_face)
+    asked = bool(args.overrides) or any(option is not None for option in given)
     if args.no_daemon or asked:
         return None
-    from lowkeyd.daemon.client import DaemonProtector, find_daemon
+    from lowkeyd.daemon.api.client import DaemonProtector, find_daemon
 
     client = find_daemon()
     if client is None:
@@ -80,15 +84,19 @@ def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     return DaemonProtector(client)
 
 
-def _protector(args: argparse.Namespace):
+def _protector(args: argparse.Namespace) -> PhotoProtector | DaemonProtector:
     daemon = _daemon(args)
     if daemon is not None:
         return daemon
-    from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.pipeline import PhotoProtector
 
-    cloaker = Cloaker(args.preset or "default", args.device, **parse_overrides(args.overrides))
-    return PhotoProtector(cloaker, strip_gps=not args.keep_gps, no_face=args.no_face or "copy")
+    return PhotoProtector.load(
+        args.preset or "default",
+        args.device,
+        strip_gps=not args.keep_gps,
+        no_face=args.no_face or "copy",
+        **parse_overrides(args.overrides),
+    )
 
 
 def _stdio(args: argparse.Namespace) -> int:

@@ -63,8 +63,7 @@ def _describe(config: DaemonConfig) -> list[str]:
         if source.exclude:
             how.append("exclude " + " ".join(source.exclude))
         lines.append(f"source {source.name}: {source.path} ({', '.join(how)}) -> {config.outbox / source.name}")
-    attack = "".join(f", {k}={v}" for k, v in config.attack.items())
-    lines.append(f"preset {config.preset}{attack} on {config.device or 'the best device available'}")
+    lines.append(f"preset {config.attack_preset.name} on {config.device or 'the best device available'}")
     lines.append(
         f"photos without faces: {config.no_face}; GPS {'stripped' if config.strip_gps else 'kept'}; "
         f"notifications {'on' if config.notifications.enabled else 'off'}"
@@ -199,7 +198,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _install_service(args: argparse.Namespace) -> int:
-    from lowkeyd.daemon.install import install_service
+    from lowkeyd.daemon.system.install import install_service
 
     config_path = (args.config or default_config_path()).expanduser().resolve()
     config = load_config(config_path)  # a service that cannot start is no use: refuse a bad config now

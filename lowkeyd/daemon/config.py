@@ -8,6 +8,7 @@ silently ignored. Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 import shlex
@@ -19,14 +20,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from lowkeyd.engine.presets import get_preset
+from lowkeyd.engine.presets import PRESETS, Preset, get_preset
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.paths import config_dir
 
@@ -131,7 +134,7 @@ class WorkConfig(_Section):
     # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: what half the
     # memory available after loading the models allows (at most 120).
     max_megapixels: float | None = Field(default=None, gt=0)
-    # torch CPU threads; unset leaves torch's own choice.
+    # torch CPU threads; unset: $LOWKEYD_THREADS, else the cores other processes leave idle.
     threads: int | None = Field(default=None, ge=1)
     # Added to the process's nice value so the desktop stays responsive (0 leaves it as is).
     nice: int = Field(default=10, ge=0, le=19)
@@ -226,13 +229,41 @@ class PublishHookConfig(_Section):
         return command
 
 
+def _overrides_of(preset: type[Preset]) -> type[Preset]:
+    """``preset``'s fields, each one optional: what ``attack:`` may change, checked as the preset checks it.
+
+    No field has a value until it is given, so only what the config sets is applied to the named
+    preset; a field's constraints and validators are the preset's own, and every bad key is
+    reported at once, by its name.
+    """
+
+    def _no_name(cls: type, value: str) -> str:
+        raise _problem("not_a_setting", "the preset is named by preset:, not in attack:")
+
+    fields: dict[str, Any] = {}
+    for name, info in preset.model_fields.items():
+        optional = copy.copy(info)
+        optional.default = None  # never validated: an unset field is left out of the overrides
+        fields[name] = (info.annotation, optional)
+    return create_model(
+        "AttackSettings",
+        __base__=preset,
+        __validators__={"_no_name": field_validator("name")(_no_name)},
+        **fields,
+    )
+
+
+# ``attack:`` in the config: single fields of the chosen preset, e.g. {steps: 30}.
+AttackSettings = _overrides_of(Preset)
+
+
 class DaemonConfig(_Section):
     sources: list[SourceConfig] = Field(min_length=1)
     outbox: Path
     preset: str = "default"
     device: str | None = None
     # Preset fields to override, e.g. {steps: 30}.
-    attack: dict[str, Any] = Field(default_factory=dict)
+    attack: AttackSettings = AttackSettings()
     # A photo without a face: publish its sanitised copy, or leave it out of the outbox.
     no_face: Literal["copy", "skip"] = "copy"
     strip_gps: bool = True
@@ -263,21 +294,25 @@ class DaemonConfig(_Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, preset: str) -> str:
-        try:
-            get_preset(preset)
-        except LowkeydError as exc:
-            raise _problem("bad_preset", str(exc)) from None
+        if preset not in PRESETS:
+            raise _problem("bad_preset", f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
         return preset
 
-    @field_validator("attack")
-    @classmethod
-    def _attack_applies(cls, attack: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "preset" in info.data:  # else the preset's own error says enough
-            try:
-                get_preset(info.data["preset"], **attack)
-            except LowkeydError as exc:
-                raise _problem("bad_attack", str(exc)) from None
-        return attack
+    _attack_preset: Preset = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _resolve_preset(self) -> DaemonConfig:
+        try:
+            # The one place the preset is resolved: everything downstream is handed this object.
+            self._attack_preset = get_preset(self.preset, **self.attack.model_dump(exclude_unset=True))
+        except LowkeydError as exc:  # each field was checked above: only a combination of them can end here
+            raise _problem("bad_attack", str(exc)) from None
+        return self
+
+    @property
+    def attack_preset(self) -> Preset:
+        """The attack the daemon runs: ``preset`` with ``attack`` applied."""
+        return self._attack_preset
 
     @model_validator(mode="after")
     def _folders_apart(self) -> DaemonConfig:

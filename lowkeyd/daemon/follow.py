@@ -41,7 +41,7 @@ class Follower:
         state: StateDB,
         outbox: Outbox,
         hand_on: Callable[[Published], None],
-        preset: Callable[[], str],
+        preset: str,
         *,
         grace: float,
     ) -> None:
@@ -126,5 +126,5 @@ class Follower:
     ) -> Published:
         return Published(
             output, self._outbox.root, self._sources[source].path / rel_path, source, record.outcome or "",
-            record.faces or 0, record.faces_too_small or 0, self._preset(), 0.0, event=event, previous=previous,
+            record.faces or 0, record.faces_too_small or 0, self._preset, 0.0, event=event, previous=previous,
         )

@@ -17,20 +17,22 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon import systemd
+from lowkeyd.daemon.api.client import default_socket_path
+from lowkeyd.daemon.api.routes import JobRoot, LocalApi
+from lowkeyd.daemon.api.server import ApiServer, TcpListener, load_token
 from lowkeyd.daemon.candidate import Refused, content_hash, inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.follow import Follower
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
+from lowkeyd.daemon.jobs import FileJob, TriageJob, finish
 from lowkeyd.daemon.memory import pixel_limit, release_free_memory
-from lowkeyd.daemon.notify import Notifier
 from lowkeyd.daemon.outbox import Outbox, transient_cause
 from lowkeyd.daemon.pause import PublishPause
 from lowkeyd.daemon.state import (
@@ -41,17 +43,19 @@ from lowkeyd.daemon.state import (
     StateDB,
     Status,
 )
+from lowkeyd.daemon.status_page import StatusPage
+from lowkeyd.daemon.system import systemd
+from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped, lower_priority
+from lowkeyd.daemon.worker import QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import state_dir
 from lowkeyd.photo import Photo
+from lowkeyd.pipeline import PhotoProtector
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.api_server import ApiServer
     from lowkeyd.daemon.pause import Cause
-    from lowkeyd.daemon.status_page import StatusPage
-    from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -89,82 +93,33 @@ def single_instance(folder: Path) -> Iterator[None]:
 
 
 @dataclass
-class FileJob(Job["PhotoProtector", "Outcome"]):
-    """Cloak one source file into a staging path (publishing is the caller's, once it is complete).
-
-    A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
-    faces of several photos share the engine's batches. ``photo``, when the
-    fast lane has already decoded the file, is used instead of reading it again.
-    """
-
-    src: Path
-    staged: Path
-    on_start: Callable[[], None] | None = None
-    photo: Photo | None = None
-
-    def run(self, resource: PhotoProtector) -> Outcome:
-        result = self.run_batch(resource, [self])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    @classmethod
-    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
-        sources: list[Path | Photo] = []
-        for job in jobs:
-            if job.on_start is not None:
-                job.on_start()
-            sources.append(job.photo or job.src)
-            job.photo = None  # the pixels live as long as this batch, not as long as the job
-        # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
-        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs], strict=True)), follow_symlinks=False))
-
-
-@dataclass
-class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
-    """The fast lane: read a watched photo once and publish it at once when it needs no attack.
-
-    Returns the outcome, or the decoded photo when it has a face to cloak (for a :class:`FileJob`).
-    """
-
-    job: FileJob
-
-    def run(self, resource: PhotoProtector) -> Outcome | Photo:
-        if self.job.on_start is not None:
-            self.job.on_start()
-        photo = resource.read(self.job.src, follow_symlinks=False)
-        return resource.protect_without_attack(photo, self.job.staged) or photo
-
-
-@dataclass
 class _Pending:
     """A watched file handed to the worker, with what finishing it needs."""
 
     source: str
     rel_path: str
     key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
-    dest: Path
     job: FileJob
     pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
 
 
 def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
     """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`."""
-    from lowkeyd.engine.cloak import Cloaker
-    from lowkeyd.engine.device import set_cpu_threads
-    from lowkeyd.pipeline import PhotoProtector
-
-    cloaker = Cloaker(config.preset, config.device, **config.attack)
-    if config.work.threads is not None and cloaker.device.type == "cpu":
-        set_cpu_threads(config.work.threads)
-    max_pixels = pixel_limit(config.work.max_megapixels)
+    protector = PhotoProtector.load(
+        config.attack_preset,
+        config.device,
+        threads=config.work.threads,
+        strip_gps=config.strip_gps,
+        no_face=config.no_face,
+        is_own_output=is_own_output,
+    )
+    # Only now: the largest photo taken depends on the memory the models left.
+    protector.max_pixels = pixel_limit(config.work.max_megapixels)
     log.info(
         "models loaded on %s (preset %s); photos up to %.0f megapixels",
-        cloaker.device, cloaker.preset.name, max_pixels / 1e6,
+        protector.cloaker.device, protector.preset.name, protector.max_pixels / 1e6,
     )
-    return PhotoProtector(
-        cloaker, strip_gps=config.strip_gps, no_face=config.no_face, max_pixels=max_pixels, is_own_output=is_own_output
-    )
+    return protector
 
 
 class Daemon:
@@ -239,7 +194,9 @@ class Daemon:
         self.api = self._start_api()
         # A deletion waits this long for the new name of a rename to settle and be recognised.
         grace = max(5.0, 3 * self.config.watch.settle_seconds)
-        self.follower = Follower(self.config.sources, self.state, self.outbox, self._hand_on, self._preset, grace=grace)
+        self.follower = Follower(
+            self.config.sources, self.state, self.outbox, self._hand_on, self.config.attack_preset.name, grace=grace
+        )
         watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()], on_gone=self.follower.gone)
         watcher.start()
         threading.Thread(target=self._scan_loop, name="lowkeyd-scan", daemon=True).start()
@@ -317,12 +274,6 @@ class Daemon:
         api = self.config.api
         if not api.enabled:
             return None
-        # Imported here: the web stack is only loaded when the API is served (and it imports FileJob from here).
-        from lowkeyd.daemon.api import JobRoot, LocalApi
-        from lowkeyd.daemon.api_server import ApiServer, TcpListener, load_token
-        from lowkeyd.daemon.client import default_socket_path
-        from lowkeyd.daemon.status_page import StatusPage
-
         self.page = StatusPage(state=self.state, worker=self.worker, roots=self._roots, outbox=self.outbox.root)
         local = LocalApi(
             self.worker,
@@ -331,6 +282,7 @@ class Daemon:
             roots=[JobRoot(root.name, root.path) for root in api.job_roots],
             max_upload_bytes=int(api.max_upload_mb * 1024 * 1024),
             timeout=api.timeout,
+            preset=self.config.attack_preset.name,
             on_published=None if self.hook is None else self.hook.published,
             status=self._api_status,
             extra_routes=self.page.api_routes(),
@@ -347,10 +299,6 @@ class Daemon:
             "files": self.state.counts(),
             "hooks": None if self.hook is None else self.hook.record.counts(),
         }
-
-    def _preset(self) -> str:
-        resource = self.worker.resource
-        return self.config.preset if resource is None else resource.cloaker.preset.name
 
     def _status_line(self) -> str:
         counts = self.state.counts()
@@ -418,13 +366,13 @@ class Daemon:
             ):
                 return
             self.state.mark_queued(source, rel_path, key, sha256)
-            job = FileJob(real, self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path))
+            job = FileJob(real, self.outbox.stage(dest), dest, source, lambda: self.state.mark_processing(source, rel_path))
         except (OSError, LowkeydError) as exc:
             if (cause := transient_cause(exc)) is None:
                 raise
             self._hold(source, rel_path, key.size, cause, exc)
             return
-        pending = _Pending(source, rel_path, key, dest, job)
+        pending = _Pending(source, rel_path, key, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
         try:
@@ -475,7 +423,7 @@ class Daemon:
                 self._hand_on(
                     Published(
                         output, self.outbox.root, self._roots[source] / rel_path, source, earlier.outcome or "",
-                        earlier.faces or 0, earlier.faces_too_small or 0, self._preset(), 0.0,
+                        earlier.faces or 0, earlier.faces_too_small or 0, self.config.attack_preset.name, 0.0,
                     )
                 )
         return True
@@ -554,38 +502,34 @@ class Daemon:
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()
-        written = None
+        published = False
+
+        def record(written: Path | None) -> None:
+            nonlocal published
+            published = True  # from here on an error is the database's or the hook's, not publishing's
+            self.state.mark_done(
+                source,
+                rel_path,
+                outcome=outcome.status,
+                faces=outcome.faces_cloaked,
+                faces_too_small=outcome.faces_too_small,
+                seconds=outcome.seconds,
+                output=written,
+                output_sha256=outcome.sha256,
+            )
+            if self.page is not None:
+                self.page.record(source, rel_path, outcome)
+
         try:
-            if outcome.written is not None:
-                written = self.outbox.publish(outcome.written, pending.dest.with_name(outcome.written.name))
+            finish(job, outcome, self.outbox, record=record, hook=self._hand_on)
         except (OSError, LowkeydError) as exc:
-            self.outbox.discard(job.staged)
+            if published:
+                raise
             if (cause := transient_cause(exc)) is not None:
                 self._hold(source, rel_path, pending.key.size, cause, exc)
             else:
                 self._record_failure(source, rel_path, f"cannot publish: {exc}")
             return None
-        if written is None:
-            self.outbox.discard(job.staged)
-        self.state.mark_done(
-            source,
-            rel_path,
-            outcome=outcome.status,
-            faces=outcome.faces_cloaked,
-            faces_too_small=outcome.faces_too_small,
-            seconds=outcome.seconds,
-            output=written,
-            output_sha256=outcome.sha256,
-        )
-        if self.page is not None:
-            self.page.record(source, rel_path, outcome, self._preset())
-        if written is not None:
-            self._hand_on(
-                Published(
-                    written, self.outbox.root, job.src, source, outcome.status, outcome.faces_cloaked,
-                    outcome.faces_too_small, self._preset(), outcome.seconds,
-                )
-            )
         return outcome
 
     def _hand_on(self, photo: Published) -> None:

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.attack import LowKey
-from lowkeyd.engine.device import pick_device, set_cpu_threads
 from lowkeyd.engine.evaluate import FACE_MARGIN
-from lowkeyd.engine.faces import DEFAULT_MIN_FACE, Face, FaceDetector
+from lowkeyd.engine.faces import Face, FaceDetector
+from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.presets import Preset, get_preset
+from lowkeyd.engine.resident import ResidentModels
 from lowkeyd.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ def _ellipse_mask(size: int, centre: tuple[float, float], axes: tuple[float, flo
 
 
 class Cloaker:
-    """Models loaded once, kept resident; ``cloak(rgb)`` per photo or ``cloak_batch`` for a burst.
+    """Attacks every face of a photo on resident models; ``cloak(rgb)`` per photo or ``cloak_batch`` for a burst.
 
-    ``preset`` is a name or a :class:`Preset`; ``overrides`` change single fields.
-    ``models`` names the ensemble (default: every available recogniser).
+    ``preset`` is a name or a :class:`Preset`; ``overrides`` change single fields of a named one.
+    ``resident`` shares models already loaded; otherwise they are loaded onto ``device``
+    (``models`` names the ensemble, default every available recogniser; ``threads`` as
+    :meth:`ResidentModels.load`).
     """
 
     def __init__(
@@ -100,20 +103,27 @@ class Cloaker:
         device: str | None = None,
         *,
         models: Sequence[str] | None = None,
+        threads: int | None = None,
+        resident: ResidentModels | None = None,
         max_batch: int | None = None,
         **overrides: object,
     ) -> None:
-        from lowkeyd.engine.models.zoo import available_embedders, load_embedder
-        from lowkeyd.engine.perceptual import load_lpips
-
-        self.device = pick_device(device)
-        if self.device.type == "cpu":
-            set_cpu_threads()
-        self.models = [load_embedder(n, self.device) for n in (models or available_embedders())]
-        self.lpips = load_lpips(self.device, spatial=True)
-        self.detector: FaceDetector | None = None
-        self._use(get_preset(preset, **overrides) if isinstance(preset, str) else preset)
+        if isinstance(preset, str):
+            preset = get_preset(preset, **overrides)
+        elif overrides:
+            raise EngineError("setting overrides apply to a preset given by name, not to a resolved Preset")
+        self.resident = resident or ResidentModels.load(device, recognisers=models, threads=threads)
+        self._use(preset)
         self.max_batch = max_batch or (16 if self.device.type == "cuda" else 4)
+
+    @property
+    def device(self) -> torch.device:
+        return self.resident.device
+
+    @property
+    def models(self) -> tuple[FaceEmbedder, ...]:
+        """The attack's ensemble."""
+        return self.resident.recognisers
 
     def with_preset(self, preset: Preset) -> Cloaker:
         """A cloaker running ``preset`` on this one's resident models (nothing is loaded again)."""
@@ -123,23 +133,19 @@ class Cloaker:
 
     def with_members(self, names: Sequence[str]) -> Cloaker:
         """A cloaker attacking with the resident recognisers ``names`` alone (a holdout fold's ensemble)."""
-        unknown = set(names) - {m.name for m in self.models}
-        if unknown:
-            raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
         other = copy.copy(self)
-        other.models = [m for m in self.models if m.name in names]
+        other.resident = self.resident.only(names)
         other._use(self.preset)
         return other
 
     def _use(self, preset: Preset) -> None:
         self.preset = preset
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
-        min_face = min(DEFAULT_MIN_FACE, preset.min_face_px)
-        if self.detector is None or self.detector.min_face != min_face:
-            self.detector = FaceDetector(self.device, min_face=min_face)
-        self.attack = LowKey(self.models, self.lpips, preset)
+        self.detector: FaceDetector = self.resident.detector_for(preset.min_face_px)
+        lpips = self.resident.lpips
+        self.attack = LowKey(self.models, lpips, preset)
         # Grayscale photos are written back as grayscale: only a luma change survives that.
-        self._luma_attack = LowKey(self.models, self.lpips, preset.model_copy(update={"chroma_scale": 0.0}))
+        self._luma_attack = LowKey(self.models, lpips, preset.model_copy(update={"chroma_scale": 0.0}))
 
     @property
     def crop_size(self) -> int:

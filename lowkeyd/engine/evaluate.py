@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from lowkeyd.engine.align import warp_faces
-from lowkeyd.engine.faces import Face, FaceDetector
+from lowkeyd.engine.faces import Face
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.perceptual import phase_averaged_lpips
+from lowkeyd.engine.resident import ResidentModels
 from lowkeyd.engine.social import social_pipeline
 from lowkeyd.engine.verifier import DlibVerifier
 
@@ -133,25 +134,18 @@ def judges_for(models: Sequence[FaceEmbedder], device: torch.device) -> list[Jud
 
 
 class Evaluator:
-    """Detector + judges + LPIPS; reuse a :class:`Cloaker`'s resident models with :meth:`sharing`."""
+    """Detector, judges and LPIPS, on a :class:`ResidentModels` bundle (a :class:`Cloaker`'s, to load nothing twice)."""
 
-    def __init__(self, detector: FaceDetector, judges: Sequence[Judge], lpips: torch.nn.Module, device: torch.device) -> None:
-        self.detector = detector
-        self.judges = list(judges)
-        self.lpips = lpips
-        self.device = device
-
-    @classmethod
-    def sharing(cls, cloaker) -> Evaluator:
-        """An evaluator on a cloaker's resident models (no second load)."""
-        return cls(cloaker.detector, judges_for(cloaker.models, cloaker.device), cloaker.lpips, cloaker.device)
+    def __init__(self, resident: ResidentModels) -> None:
+        self.detector = resident.detector
+        self.judges = judges_for(resident.recognisers, resident.device)
+        self.lpips = resident.lpips
+        self.device = resident.device
 
     @classmethod
     def load(cls, device: str | None = None) -> Evaluator:
         """Load the detector, every available recogniser and LPIPS."""
-        from lowkeyd.engine.cloak import Cloaker
-
-        return cls.sharing(Cloaker(device=device))
+        return cls(ResidentModels.load(device))
 
     def identities(self, rgb: np.ndarray, faces: Sequence[Face]) -> dict[str, np.ndarray]:
         """Per judge, ``(N, D)`` identity vectors of ``faces`` in ``rgb``."""

@@ -95,7 +95,7 @@ def holdout(
     ``cloaker`` holds every recogniser, resident; each fold attacks with all of them
     but the held-out one (its preset unchanged) and judges with that one alone.
     """
-    evaluator = Evaluator.sharing(cloaker)
+    evaluator = Evaluator(cloaker.resident)
     names = [m.name for m in cloaker.models]
     faces = {s.name: evaluator.detector.detect(s.rgb) for s in subjects}
     before = {s.name: evaluator.identities(s.rgb, faces[s.name]) for s in subjects}

@@ -172,12 +172,14 @@ def get_preset(name: str = "default", **overrides: object) -> Preset:
     if not overrides:
         return base
     try:
-        changes = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-        return Preset.model_validate({**base.model_dump(), **overrides, "name": f"{name}({changes})"})
+        preset = Preset.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
         # Every problem at once: a typo hidden behind another key's bad value costs a second round trip.
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])!r}: {_message(e)}" for e in exc.errors())
         raise EngineError(f"attack setting {problems}") from None
+    # Named by the validated values: one setting has one name, however it was spelled (0 or 0.0, in YAML or --set).
+    changes = ",".join(f"{k}={getattr(preset, k)}" for k in sorted(overrides))
+    return preset.model_copy(update={"name": f"{name}({changes})"})
 
 
 def _message(error: dict) -> str:

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lowkeyd.daemon.client import STATUS_PAGE_LOGIN
+from lowkeyd.daemon.api.client import STATUS_PAGE_LOGIN
 from lowkeyd.daemon.config import is_within
 from lowkeyd.daemon.state import FileRecord, StateDB, Status
 from lowkeyd.daemon.status_page.auth import COOKIE, SESSION_SECONDS, Gate, read_form
@@ -168,10 +168,10 @@ class StatusPage:
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         log.info("status page on %s (open it with `lowkeyd open`)", self.url)
 
-    def record(self, source: str, rel_path: str, outcome: Outcome, preset: str) -> None:
+    def record(self, source: str, rel_path: str, outcome: Outcome) -> None:
         """Keep what the page shows of a published photo (called in the worker thread)."""
         try:
-            self.journal.record(source, rel_path, outcome, preset)
+            self.journal.record(source, rel_path, outcome)
         except Exception as exc:  # the page missing a photo's details must never fail its publishing
             log.warning("status page: cannot record %s/%s: %s", source, rel_path, exc)
 

@@ -100,7 +100,7 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def record(self, source: str, rel_path: str, outcome: Outcome, preset: str) -> None:
+    def record(self, source: str, rel_path: str, outcome: Outcome) -> None:
         faces = [
             {
                 "box": list(face.box),
@@ -113,7 +113,7 @@ class Journal:
             for face in outcome.faces
         ]
         row = (
-            source, rel_path, time.time(), preset, outcome.status, outcome.message, outcome.seconds,
+            source, rel_path, time.time(), outcome.preset.name, outcome.status, outcome.message, outcome.seconds,
             json.dumps(list(outcome.dropped)), json.dumps(faces),
         )
         with self._lock, self._db:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.types import ASGIApp
 
-from lowkeyd.daemon.api import LocalApi
-from lowkeyd.daemon.client import API_SOCKET_NAME, TOKEN_ENV
+from lowkeyd.daemon.api.routes import LocalApi
+from lowkeyd.daemon.api.client import API_SOCKET_NAME, TOKEN_ENV
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.paths import config_dir
 

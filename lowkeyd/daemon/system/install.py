@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowkeyd.daemon import launchd, systemd
+from lowkeyd.daemon.system import launchd, systemd
 
 
 @dataclass(frozen=True)

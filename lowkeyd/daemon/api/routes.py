@@ -12,7 +12,7 @@ timeout is answered 504 (its job is dropped if it has not started).
 format; the JSON summary (faces, preset, similarity per ensemble member) is in the
 ``X-Lowkeyd-Summary`` response header. ``POST /v1/jobs`` cloaks a file under one of
 the configured job roots into the outbox, like a watched photo. The OpenAPI
-description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.daemon.openapi`).
+description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.daemon.api.openapi`).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lowkeyd import __version__
 from lowkeyd.daemon.config import is_within
+from lowkeyd.daemon.api.openapi import openapi_document
 from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.openapi import openapi_document
+from lowkeyd.daemon.jobs import BytesJob, FileJob, finish
 from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.service import FileJob
 from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import LowkeydError, PhotoError
@@ -76,17 +76,7 @@ class JobRoot:
     path: Path  # resolved
 
 
-@dataclass
-class BytesJob(Job["PhotoProtector", "tuple[bytes | None, Outcome]"]):
-    """Cloak a photo given as bytes; the result is bytes in the same format (None when the no-face policy skips it)."""
-
-    data: bytes
-
-    def run(self, resource: PhotoProtector) -> tuple[bytes | None, Outcome]:
-        return resource.protect_bytes(self.data)
-
-
-def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
+def summarise(outcome: Outcome) -> dict[str, Any]:
     """The JSON summary of one photo's outcome, as the API reports it."""
     faces = [
         {
@@ -101,13 +91,15 @@ def summarise(outcome: Outcome, preset: str) -> dict[str, Any]:
         for face in outcome.faces
     ]
     members = sorted({m for face in outcome.faces if face.status == "cloaked" for m in face.similarity})
-    estimate = transfer_estimate(preset)
+    estimate = transfer_estimate(outcome.preset.name)
     return {
         "status": outcome.status,
         "message": outcome.message,
         "faces_cloaked": outcome.faces_cloaked,
         "faces_too_small": outcome.faces_too_small,
-        "preset": preset,
+        "preset": outcome.preset.name,
+        # The preset's every setting, overrides applied: the name says which preset, this what it ran.
+        "preset_settings": outcome.preset.model_dump(mode="json"),
         "seconds": round(outcome.seconds, 3),
         # Per ensemble member: is every cloaked face past that member's match threshold?
         "protected_against": {
@@ -201,7 +193,10 @@ class _JobBook:
 
 
 class LocalApi:
-    """The API's state and its Starlette app; the daemon owns the worker, outbox and hook it is given."""
+    """The API's state and its Starlette app; the daemon owns the worker, outbox and hook it is given.
+
+    ``preset`` names the attack the worker's models run, as the daemon's config resolved it.
+    """
 
     def __init__(
         self,
@@ -212,6 +207,7 @@ class LocalApi:
         roots: Sequence[JobRoot] = (),
         max_upload_bytes: int,
         timeout: float,
+        preset: str,
         on_published: Callable[[Published], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         extra_routes: Sequence[BaseRoute] = (),
@@ -222,6 +218,7 @@ class LocalApi:
         self.roots = list(roots)
         self.max_upload_bytes = max_upload_bytes
         self.timeout = timeout
+        self.preset = preset
         self.on_published = on_published
         self._status = status
         self.extra_routes = list(extra_routes)  # the status page's login route
@@ -252,11 +249,6 @@ class LocalApi:
         return app if token is None else BearerAuth(app, token)
 
     # ---- the queue
-
-    @property
-    def preset(self) -> str:
-        resource = self.worker.resource
-        return "" if resource is None else resource.cloaker.preset.name
 
     def _retry_after(self) -> str:
         return str(min(600, max(1, math.ceil(self._seconds_per_photo * max(1, self.worker.busy)))))
@@ -326,7 +318,7 @@ class LocalApi:
         except LowkeydError as exc:  # the engine's: a face that could not be protected is never returned
             raise _error(422, str(exc)) from None
         self._timed(outcome.seconds)
-        headers = {SUMMARY_HEADER: json.dumps(summarise(outcome, self.preset))}
+        headers = {SUMMARY_HEADER: json.dumps(summarise(outcome))}
         if cloaked is None:
             return Response(status_code=204, headers=headers)
         return Response(cloaked, media_type=_media_type(cloaked), headers=headers)
@@ -362,7 +354,7 @@ class LocalApi:
         self._refuse_when_full()
         job = ApiJob(uuid.uuid4().hex, path, root.name)
         dest = self.outbox.destination(root.name, rel)
-        work = FileJob(path, self.outbox.stage(dest), lambda: setattr(job, "status", "running"))
+        work = FileJob(path, self.outbox.stage(dest), dest, root.name, lambda: setattr(job, "status", "running"))
         self.jobs.add(job)
         try:
             future = self._submit(work)
@@ -370,21 +362,18 @@ class LocalApi:
             self.outbox.discard(work.staged)
             self.jobs.remove(job.id)
             raise
-        future.add_done_callback(lambda f: self._finish_job(job, work, dest, f))
+        future.add_done_callback(lambda f: self._finish_job(job, work, f))
         return JSONResponse(job.view(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    def _finish_job(self, job: ApiJob, work: FileJob, dest: Path, future: Future[Outcome]) -> None:
+    def _finish_job(self, job: ApiJob, work: FileJob, future: Future[Outcome]) -> None:
         """Publish a finished job's photo (in the worker thread, like the daemon's own)."""
         try:
             if future.cancelled():
                 raise WorkerStopped("lowkeyd stopped before the job ran")
             outcome = future.result()
             self._timed(outcome.seconds)
-            if outcome.written is not None:
-                job.output = self.outbox.publish(outcome.written, dest.with_name(outcome.written.name))
-            else:
-                self.outbox.discard(work.staged)
-            job.summary = summarise(outcome, self.preset)
+            job.output = finish(work, outcome, self.outbox, hook=self.on_published)
+            job.summary = summarise(outcome)
         except Exception as exc:
             self.outbox.discard(work.staged)
             if not isinstance(exc, LowkeydError):
@@ -397,20 +386,6 @@ class LocalApi:
         job.finished = time.time()
         job.status = "done"
         log.info("API job %s: %s: %s", job.id, job.path, outcome.message)
-        if job.output is not None and self.on_published is not None:
-            self.on_published(
-                Published(
-                    output=job.output,
-                    outbox=self.outbox.root,
-                    source=job.path,
-                    source_name=job.root,
-                    status=outcome.status,
-                    faces=outcome.faces_cloaked,
-                    faces_too_small=outcome.faces_too_small,
-                    preset=self.preset,
-                    seconds=outcome.seconds,
-                )
-            )
 
     async def _get_job(self, request: Request) -> Response:
         job = self.jobs.get(request.path_params["job_id"])

@@ -42,7 +42,7 @@ _FACE = {
 
 _SUMMARY = {
     "type": "object",
-    "required": ["status", "message", "faces_cloaked", "faces_too_small", "preset", "seconds",
+    "required": ["status", "message", "faces_cloaked", "faces_too_small", "preset", "preset_settings", "seconds",
                  "protected_against", "faces"],
     "properties": {
         "status": {"type": "string", "enum": ["cloaked", "no_face", "already_cloaked"]},
@@ -50,6 +50,10 @@ _SUMMARY = {
         "faces_cloaked": {"type": "integer", "minimum": 0},
         "faces_too_small": {"type": "integer", "minimum": 0},
         "preset": {"type": "string"},
+        "preset_settings": {
+            "type": "object",
+            "description": "every setting of the attack that ran (the preset's, with the daemon's attack: overrides)",
+        },
         "seconds": {"type": "number"},
         "protected_against": {
             "type": "object",

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from lowkeyd.engine.presets import Preset
 from lowkeyd.errors import EngineError, LowkeydError, PhotoError
 from lowkeyd.paths import runtime_dir
 from lowkeyd.photo.atomic import atomic_write
@@ -200,4 +201,7 @@ def _outcome(summary: dict[str, Any], written: Path | None) -> Outcome:
         seconds=summary["seconds"],
         written=written,
         message=summary["message"],
+        # Validated by the daemon that ran it, so taken as sent: a daemon of another version (other knobs, or
+        # none sent) still answers, its preset named and its settings as far as this version knows them.
+        preset=Preset.model_construct(**summary.get("preset_settings", {"name": summary["preset"]})),
     )

@@ -1,0 +1,115 @@
+"""The work the daemon hands its resident models, and what happens to a photo once it is cloaked.
+
+The watched folders and the local API queue the same jobs on the same
+:class:`~lowkeyd.daemon.worker.Worker`; :func:`finish` is the one way a
+cloaked file reaches the outbox and the publish hook, whoever asked for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowkeyd.daemon.hooks import Published
+from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.worker import Job
+from lowkeyd.photo import Photo
+
+if TYPE_CHECKING:
+    from lowkeyd.pipeline import Outcome, PhotoProtector
+
+
+@dataclass
+class FileJob(Job["PhotoProtector", "Outcome"]):
+    """Cloak one source file into a staging path; :func:`finish` publishes it to ``dest`` once it is complete.
+
+    A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
+    faces of several photos share the engine's batches. ``photo``, when the
+    fast lane has already decoded the file, is used instead of reading it again.
+    """
+
+    src: Path  # resolved
+    staged: Path
+    dest: Path  # where in the outbox it is published (the name's suffix is the written file's)
+    source_name: str  # the watched source or API job root it comes from
+    on_start: Callable[[], None] | None = None
+    photo: Photo | None = None
+
+    def run(self, resource: PhotoProtector) -> Outcome:
+        result = self.run_batch(resource, [self])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @classmethod
+    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        sources: list[Path | Photo] = []
+        for job in jobs:
+            if job.on_start is not None:
+                job.on_start()
+            sources.append(job.photo or job.src)
+            job.photo = None  # the pixels live as long as this batch, not as long as the job
+        # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
+        return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs], strict=True)), follow_symlinks=False))
+
+
+@dataclass
+class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
+    """The fast lane: read a watched photo once and write it at once when it needs no attack.
+
+    Returns the outcome, or the decoded photo when it has a face to cloak (for a :class:`FileJob`).
+    """
+
+    job: FileJob
+
+    def run(self, resource: PhotoProtector) -> Outcome | Photo:
+        if self.job.on_start is not None:
+            self.job.on_start()
+        photo = resource.read(self.job.src, follow_symlinks=False)
+        return resource.protect_without_attack(photo, self.job.staged) or photo
+
+
+@dataclass
+class BytesJob(Job["PhotoProtector", "tuple[bytes | None, Outcome]"]):
+    """Cloak a photo given as bytes; the result is bytes in the same format (None when the no-face policy skips it)."""
+
+    data: bytes
+
+    def run(self, resource: PhotoProtector) -> tuple[bytes | None, Outcome]:
+        return resource.protect_bytes(self.data)
+
+
+def finish(
+    job: FileJob,
+    outcome: Outcome,
+    outbox: Outbox,
+    *,
+    record: Callable[[Path | None], None] | None = None,
+    hook: Callable[[Published], None] | None = None,
+) -> Path | None:
+    """Publish a cloaked job's file to the outbox (or discard its staging file when nothing was written) and hand it on.
+
+    Returns the published path, None when nothing was published (the no-face policy skipped the photo).
+    ``record`` is told that path before ``hook`` gets the photo: a crash between the two redoes a
+    recorded photo's hook rather than announcing a photo nothing recorded. What publishing raises
+    (OSError, LowkeydError) reaches the caller, the staging file discarded.
+    """
+    written = None
+    try:
+        if outcome.written is not None:
+            written = outbox.publish(outcome.written, job.dest.with_name(outcome.written.name))
+    finally:
+        if written is None:
+            outbox.discard(job.staged)
+    if record is not None:
+        record(written)
+    if written is not None and hook is not None:
+        hook(
+            Published(
+                written, outbox.root, job.src, job.source_name, outcome.status, outcome.faces_cloaked,
+                outcome.faces_too_small, outcome.preset.name, outcome.seconds,
+            )
+        )
+    return written
