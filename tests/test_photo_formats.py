@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from lowkeyd.photo import encode_photo, read_photo
+from lowkeyd.photo import jpegscans
+from lowkeyd.photo.jpegscans import scan_mode
 
 CAMERAS = fx.DATA / "cameras"
 MARKER = {"version": "0.1.0", "preset": "default"}
@@ -56,16 +58,25 @@ def test_deep_heif_is_written_at_its_bit_depth(name: str) -> None:
     assert (out.alpha is None) == (photo.alpha is None)
 
 
-def test_cmyk_jpeg_stays_cmyk_with_its_metadata() -> None:
+def test_cmyk_jpeg_is_rewritten_block_by_block_with_its_black_kept() -> None:
     photo = read_photo(CAMERAS / "pil_sample_cmyk.jpg")
     assert photo.samples is not None and photo.samples.cmyk
-    assert any("CMYK" in note for note in photo.dropped)  # the whole-picture re-encode is said
-    rgb, _ = cloak_block(photo.rgb)
+    h, w = photo.rgb.shape[:2]
+    # A cloak-sized change (a few levels), not an inversion: the black ink stays as it was.
+    noise = np.random.default_rng(0).integers(-8, 9, (h // 4, w // 4, 3))
+    rgb = photo.rgb.copy()
+    rgb[h // 4 : h // 2, w // 4 : w // 2] = np.clip(rgb[h // 4 : h // 2, w // 4 : w // 2] + noise, 0, 255)
+    away = np.ones((h, w), bool)
+    away[h // 4 - 8 : h // 2 + 8, w // 4 - 8 : w // 2 + 8] = False
     data = encode_photo(photo, rgb, marker=MARKER)
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "CMYK"
     out = read_photo(data)
-    assert np.abs(out.rgb.astype(int) - rgb).max() <= 8  # re-quantised at the source's own tables
+    assert out.samples is not None
+    assert np.array_equal(out.samples.array[away], photo.samples.array[away])  # block-exact
+    assert np.array_equal(out.samples.array[..., 3], photo.samples.array[..., 3])  # K untouched
+    changed = ~away
+    assert np.abs(out.rgb.astype(int) - rgb)[changed].mean() < 1.0  # re-quantised at the source's own tables
     assert out.exif is not None and out.cloak_marker == MARKER
     assert 0.7 < len(data) / len(photo.source_bytes) < 1.15
 
@@ -103,3 +114,17 @@ def test_phone_heic_is_written_at_its_size_with_its_metadata() -> None:
     out = read_photo(data)
     assert out.icc_profile == photo.icc_profile and out.exif is not None and out.xmp is not None
     assert out.encoding.chroma == photo.encoding.chroma
+
+
+@pytest.mark.skipif(not jpegscans.available(), reason="jpegtran is not installed (apt-get install libjpeg-turbo-progs)")
+@pytest.mark.parametrize("name", ["progressive_photoshop.jpg", "restart_interval.jpg", "pil_sample_cmyk.jpg"])
+def test_cloaked_jpeg_keeps_its_scan_mode_and_restart_interval(name: str) -> None:
+    photo = read_photo(CAMERAS / name)
+    source = scan_mode(photo.source_bytes)
+    assert source.progressive or source.restart  # what the file is here to test
+    rgb, away = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert scan_mode(data) == source  # the same scans (Photoshop's own progressive script) and DRI
+    out = read_photo(data)
+    assert np.array_equal(out.rgb[away], photo.rgb[away])
+    assert not any("jpegtran" in note for note in photo.dropped)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 # JPEG markers with no length field: TEM and RST0-RST7.
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 # SOF markers that start a frame; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
-_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 SOS = 0xDA
 
 
@@ -34,7 +34,7 @@ class JpegLayout:
     def is_image(self) -> bool:
         """True when the stream has a frame header and scan data, so it decodes to a picture."""
         markers = {marker for marker, _ in self.segments}
-        return SOS in markers and bool(markers & _SOF)
+        return SOS in markers and bool(markers & SOF_MARKERS)
 
 
 def jpeg_layout(data: bytes, start: int = 0) -> JpegLayout:

@@ -20,10 +20,10 @@ import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg
+from lowkeyd.photo import containers, jpeg, jpegscans
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
-from lowkeyd.photo.iptc import PhotoshopBlock
+from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
 from lowkeyd.photo.model import Photo, SourceEncoding
 from lowkeyd.photo.orientation import TO_UPRIGHT, transpose_array
 from lowkeyd.photo.samples import Samples
@@ -312,8 +312,6 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         dpi=image.info.get("dpi"),
         comment=image.info.get("comment"),
     )
-    if image.mode == "CMYK":
-        dropped.append("block-exact writing (a cloaked CMYK JPEG is re-encoded whole, at its own quantisation)")
     if image.format == "MPO":
         count = image.n_frames - 1
         dropped.append(f"{count} MPF secondary image(s) (depth map, HDR gain map or second view)")
@@ -321,17 +319,24 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         layout = containers.jpeg_layout(data)
     except ValueError:
         return False, encoding  # Pillow decoded it; the layout only feeds the report below
+    if (lost := jpegscans.lost_in_writing(jpegscans.scan_mode(data))) is not None:
+        dropped.append(lost)
+    photoshop: list[bytes] = []
     for marker, payload in jpeg.metadata_segments(data, layout):
         fate = jpeg.segment_fate(marker, payload)
         if fate == jpeg.PHOTOSHOP:
-            try:
-                encoding = replace(encoding, photoshop=PhotoshopBlock.parse(payload))
-            except ValueError:
-                fate = "the Photoshop/IPTC block (APP13; unreadable)"
-            else:
-                dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
-        if fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
+            photoshop.append(payload)
+        elif fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
             dropped.append(fate)
+    if photoshop:
+        # Photoshop splits a block over 64 KiB across APP13 segments, each with its own header.
+        joined = photoshop[0] + b"".join(p.removeprefix(PHOTOSHOP_HEADER) for p in photoshop[1:])
+        try:
+            encoding = replace(encoding, photoshop=PhotoshopBlock.parse(joined))
+        except ValueError:
+            dropped.append("the Photoshop/IPTC block (APP13; unreadable)")
+        else:
+            dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
     trailer = data[layout.end :]
     has_video = b"ftyp" in trailer or b"MotionPhoto_Data" in trailer
     if trailer.strip(b"\x00") and image.format != "MPO" and not has_video:

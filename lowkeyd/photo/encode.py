@@ -117,26 +117,14 @@ def _encode_jpeg(
     photo: Photo, image: Image.Image, samples: np.ndarray | None, exif: bytes | None, xmp: Xmp, *, strip_gps: bool
 ) -> bytes:
     """The source file with sanitised metadata; only the blocks holding changed pixels are re-encoded."""
-    if samples is not None:
-        picture = None if np.array_equal(samples, _source_samples(photo)) else _cmyk_picture(photo, samples)
+    if samples is not None:  # CMYK: the inks themselves are what the blocks code
+        before, after = _source_samples(photo), samples
     else:
         before, after = np.asarray(_stored_image(photo, photo.rgb).convert(image.mode)), np.asarray(image)
-        picture = jpegblocks.reencode(photo.source_bytes, before, after, progressive=photo.encoding.progressive)
+    picture = jpegblocks.reencode(photo.source_bytes, before, after)
     block = photo.encoding.photoshop
     photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
     return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
-
-
-def _cmyk_picture(photo: Photo, cmyk: np.ndarray) -> bytes:
-    """A CMYK JPEG's image data re-encoded whole with the source's own quantisation tables.
-
-    Not block by block: jpeglib does not write a changed black channel back. Pillow writes
-    the inks inverted with its own Adobe segment, which travels with the image data.
-    """
-    out = io.BytesIO()
-    tables = [list(table) for table in photo.encoding.jpeg_qtables or ()] or None
-    Image.fromarray(cmyk, "CMYK").save(out, format="JPEG", qtables=tables, progressive=photo.encoding.progressive, optimize=True)
-    return jpeg.image_data(out.getvalue())
 
 
 def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
