@@ -65,7 +65,7 @@ def warnings(path: Path) -> set[str]:
 
 
 def exiv2_complaints(path: Path) -> set[str]:
-    out = subprocess.run(["exiv2", "-pa", str(path)], capture_output=True, text=True, check=False)  # 253: warnings
+    out = subprocess.run(["exiv2", "-pa", str(path)], capture_output=True, text=True, errors="replace", check=False)  # 253: warnings
     return {line.split(":", 1)[-1].strip() for line in out.stderr.splitlines()}
 
 

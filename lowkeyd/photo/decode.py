@@ -20,7 +20,7 @@ import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg, jpegscans
+from lowkeyd.photo import containers, jpeg, jpegscans, tiff
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
 from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
@@ -39,7 +39,7 @@ MAX_FILE_BYTES = 1 << 30
 
 # Pillow's JPEG opener returns format "MPO" for a JPEG that carries MPF secondary images (depth
 # maps, gain maps). HEIF is tried before AVIF: both plugins accept the generic "mif1" brand.
-_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "TIFF")
 # What Pillow and its plugins raise on malformed data, beyond their own UnidentifiedImageError.
 _DECODE_ERRORS = (
     OSError,
@@ -156,7 +156,7 @@ def _decode(
             f" over the limit of {limit / 1e6:g} (a decompression bomb or not a photo)"
         )
     frames = getattr(image, "n_frames", 1)
-    if frames > 1 and image.format != "MPO":
+    if frames > 1 and fmt not in ("JPEG", "TIFF"):  # an MPO's frames are dropped; a TIFF's pages are judged below
         what = f"holds {frames} images (a burst or collection)" if fmt == "HEIF" else f"is animated ({frames} frames)"
         raise PhotoError(f"{name}: the {label} {what}; lowkeyd cloaks still photos only")
     dropped: list[str] = []
@@ -164,11 +164,12 @@ def _decode(
     if fmt in _SIZE_MATCHED:
         metadata = sum(len(image.info.get(key) or b"") for key in ("exif", "xmp", "icc_profile"))
         encoding = replace(encoding, image_bytes=len(data) - metadata)
-    if image.mode not in _MODES:
+    if fmt != "TIFF" and image.mode not in _MODES:  # TIFF samples are read by tifffile, and judged there
         raise PhotoError(f"{name}: {_mode_reason(image.mode)}; lowkeyd cloaks RGB, grayscale and CMYK photos")
     orientation = _orientation(image)
     try:
-        image.load()
+        if fmt != "TIFF":
+            image.load()
         rgb, alpha, grayscale, samples = _pixels(image, data, fmt, orientation, dropped)
     except _DECODE_ERRORS + (cv2.error,) as exc:
         raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
@@ -180,6 +181,7 @@ def _decode(
         dropped.append("the attached motion video")
     has_location = bool(
         (exif is not None and exif.has_gps)
+        or encoding.tiff_gps
         or (xmp is not None and xmp.copy().remove_gps())
         or (encoding.photoshop is not None and encoding.photoshop.has_location)
     )
@@ -189,8 +191,9 @@ def _decode(
         format=fmt,
         source_path=path,
         grayscale=grayscale,
-        # Without a writable EXIF block there is no tag to keep, so the output is written upright.
-        orientation=orientation if exif is not None else 1,
+        # Without a writable EXIF block there is no tag to keep, so the output is written upright
+        # (a TIFF keeps its own Orientation tag).
+        orientation=orientation if exif is not None or fmt == "TIFF" else 1,
         exif=exif,
         icc_profile=image.info.get("icc_profile") or None,
         xmp=xmp,
@@ -238,10 +241,13 @@ def _pixels(
 
 
 def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, int] | None:
-    """(stored (H, W, C) uint16 samples, significant bits) of a 16-bit PNG or a 10/12-bit HEIF; else None.
+    """(stored (H, W, C) samples, significant bits) of a 16-bit PNG, a 10/12-bit HEIF or any TIFF; else None.
 
     Pillow decodes these to 8 bits (or not at all), so OpenCV and pillow-heif read them instead.
+    A TIFF's samples are always read by tifffile, whose layout its output is written back in.
     """
+    if fmt == "TIFF":
+        return tiff.samples(data)
     if fmt == "PNG" and _png_bit_depth(data) == 16:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None:
@@ -292,6 +298,14 @@ def _inspect_container(
         except ValueError:
             lossless = False
         return False, SourceEncoding(lossless=lossless)
+    if fmt == "TIFF":
+        try:
+            tiff.check(data)
+            found = tiff.facts(data)
+        except ValueError as exc:
+            raise PhotoError(f"{name}: {exc}") from exc
+        dropped.extend(found.notes)
+        return False, SourceEncoding(photoshop=found.photoshop, tiff_gps=found.has_gps)
     if fmt == "HEIF":
         extras = [label for key, label in _HEIF_EXTRAS.items() if image.info.get(key)]
         if extras:
@@ -305,13 +319,7 @@ def _inspect_container(
 
 
 def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[bool, SourceEncoding]:
-    qtables = getattr(image, "quantization", None) or {}
-    encoding = SourceEncoding(
-        jpeg_qtables=tuple(tuple(qtables[k]) for k in sorted(qtables)) or None,
-        progressive=bool(image.info.get("progressive") or image.info.get("progression")),
-        dpi=image.info.get("dpi"),
-        comment=image.info.get("comment"),
-    )
+    encoding = SourceEncoding()  # the output is made from the source's own segments and scans
     if image.format == "MPO":
         count = image.n_frames - 1
         dropped.append(f"{count} MPF secondary image(s) (depth map, HDR gain map or second view)")

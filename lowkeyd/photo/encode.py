@@ -22,7 +22,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg, jpegblocks
+from lowkeyd.photo import containers, jpeg, jpegblocks, tiff
 from lowkeyd.photo.atomic import atomic_write
 from lowkeyd.photo.formats import LABELS
 from lowkeyd.photo.model import Photo
@@ -50,6 +50,8 @@ def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marke
         samples = _stored_samples(photo, rgb)
         if photo.format == "JPEG":
             return _encode_jpeg(photo, image, samples, exif, xmp, strip_gps=strip_gps)
+        if photo.format == "TIFF":
+            return _encode_tiff(photo, samples, xmp, strip_gps=strip_gps)
         return _ENCODERS[photo.format](image, samples, photo, exif, xmp.to_bytes())
     except (OSError, ValueError, cv2.error) as exc:
         raise PhotoError(f"{photo.name}: cannot encode the {LABELS[photo.format]} output ({exc})") from exc
@@ -125,6 +127,17 @@ def _encode_jpeg(
     block = photo.encoding.photoshop
     photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
     return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
+
+
+def _encode_tiff(photo: Photo, samples: np.ndarray | None, xmp: Xmp, *, strip_gps: bool) -> bytes:
+    """The source file with only the changed strips or tiles compressed again, its metadata edited by libexiv2."""
+    assert samples is not None  # a TIFF's samples are always kept
+    pixels = tiff.with_pixels(photo.source_bytes, _source_samples(photo), samples)
+    block = photo.encoding.photoshop
+    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
+    return tiff.with_metadata(
+        pixels, strip_gps=strip_gps, xmp=xmp.to_bytes(), photoshop=photoshop, person_names=xmp.person_names
+    )
 
 
 def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:

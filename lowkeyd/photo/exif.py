@@ -51,9 +51,7 @@ class ExifData:
         notes: list[str] = []
         if data.findKey(exiv2.ExifKey(_XML_PACKET)) != data.end():
             notes.append("the XMP copy inside EXIF (IFD0 XMLPacket)")
-        previews = sum(1 for datum in data if _hides_picture(datum))
-        if previews:
-            notes.append(f"{previews} preview image(s) inside the EXIF MakerNote (blanked)")
+        notes.extend(leaks(data))
         # libexiv2 leaves out what it cannot parse (a corrupt MakerNote): say so rather than lose it silently.
         try:
             rewritten = _rewrite(tiff, strip_gps=False, thumbnail=None)
@@ -122,6 +120,27 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thu
     except exiv2.Exiv2Error as exc:
         raise ValueError(f"EXIF is unreadable: {exc}") from exc
     data = image.exifData()
+    sanitise(data, strip_gps=strip_gps)
+    if thumbnail is not None:
+        exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
+    elif erase_thumbnail:
+        exiv2.ExifThumb(data).erase()
+    image.writeMetadata()
+    written = bytes(image.io().mmap())
+    for marker, payload in jpeg_layout(written).segments:
+        if marker == 0xE1 and payload.startswith(EXIF_HEADER):
+            return payload
+    raise ValueError("libexiv2 wrote no EXIF")
+
+
+def leaks(data: exiv2.ExifData) -> list[str]:
+    """What :func:`sanitise` will blank in ``data``, in words (IFD0's XMLPacket aside)."""
+    previews = sum(1 for datum in data if _hides_picture(datum))
+    return [f"{previews} preview image(s) inside the EXIF MakerNote (blanked)"] if previews else []
+
+
+def sanitise(data: exiv2.ExifData, *, strip_gps: bool) -> None:
+    """Edit libexiv2's EXIF in place: GPS out when stripping, IFD0's XMLPacket out, hidden previews blanked."""
     doomed = [
         datum.key()
         for datum in data
@@ -133,16 +152,6 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thu
     for datum in data:
         if _hides_picture(datum):
             _blank(datum)
-    if thumbnail is not None:
-        exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
-    elif erase_thumbnail:
-        exiv2.ExifThumb(data).erase()
-    image.writeMetadata()
-    written = bytes(image.io().mmap())
-    for marker, payload in jpeg_layout(written).segments:
-        if marker == 0xE1 and payload.startswith(EXIF_HEADER):
-            return payload
-    raise ValueError("libexiv2 wrote no EXIF")
 
 
 @functools.cache
