@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 
+import imagecodecs
 import numpy as np
 import photo_fixtures as fx
 import pytest
 from PIL import Image
 
 from lowkeyd.photo import encode_photo, read_photo
-from lowkeyd.photo import jpegscans
+from lowkeyd.photo import avif, jpegscans
 from lowkeyd.photo.jpegscans import scan_mode
 
 CAMERAS = fx.DATA / "cameras"
@@ -128,3 +129,29 @@ def test_cloaked_jpeg_keeps_its_scan_mode_and_restart_interval(name: str) -> Non
     out = read_photo(data)
     assert np.array_equal(out.rgb[away], photo.rgb[away])
     assert not any("jpegtran" in note for note in photo.dropped)
+
+
+def test_444_avif_keeps_its_chroma_and_its_colour_edges() -> None:
+    photo = read_photo(CAMERAS / "icc_profile.avif")
+    assert photo.encoding.avif is not None and photo.encoding.avif.subsampling == "4:4:4"
+    rgb, away = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert avif.coding(data).subsampling == "4:4:4"
+    # Written 4:2:0 (Pillow's default) the saturated red edges of this file moved by up to 59 levels.
+    assert np.abs(read_photo(data).rgb.astype(int) - rgb)[away].max() <= 8
+
+
+def test_10bit_avif_is_written_at_its_bit_depth() -> None:
+    # No registry package at hand ships a 10-bit AVIF: libavif (through imagecodecs) codes a real photo at 10 bits.
+    with Image.open(fx.DATA / "obama.jpg") as im:
+        picture = np.asarray(im.convert("RGB").resize((320, 400)))
+    source = bytes(imagecodecs.avif_encode((picture.astype(np.uint16) * 1023 + 127) // 255, 70, bitspersample=10))
+    photo = read_photo(source)
+    assert photo.bit_depth == 10 and not photo.dropped
+    rgb, away = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert avif.coding(data).bits == 10
+    out = read_photo(data)
+    assert out.bit_depth == 10 and out.cloak_marker == MARKER
+    assert np.abs(out.rgb.astype(int) - rgb)[away].mean() < 2.5
+    assert 0.85 <= len(data) / len(source) <= 1.25  # the marker's XMP (about 1 KB) is added to 23 KB

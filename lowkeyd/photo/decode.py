@@ -20,7 +20,7 @@ import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg, jpegscans, tiff
+from lowkeyd.photo import avif, containers, jpeg, jpegscans, tiff
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
 from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
@@ -241,9 +241,9 @@ def _pixels(
 
 
 def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, int] | None:
-    """(stored (H, W, C) samples, significant bits) of a 16-bit PNG, a 10/12-bit HEIF or any TIFF; else None.
+    """(stored (H, W, C) samples, significant bits) of a 16-bit PNG, a 10/12-bit HEIF or AVIF, or any TIFF; else None.
 
-    Pillow decodes these to 8 bits (or not at all), so OpenCV and pillow-heif read them instead.
+    Pillow decodes these to 8 bits (or not at all), so OpenCV, pillow-heif and imagecodecs read them instead.
     A TIFF's samples are always read by tifffile, whose layout its output is written back in.
     """
     if fmt == "TIFF":
@@ -255,6 +255,11 @@ def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray
         if array.ndim == 2:
             return array[..., None], 16
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB), 16
+    if fmt == "AVIF":
+        coding = avif.coding(data)
+        if coding.bits <= 8 or image.mode not in ("RGB", "L"):
+            return None
+        return avif.samples(data), coding.bits
     bits = image.info.get("bit_depth", 8) if fmt == "HEIF" else 8
     if bits <= 8:
         return None
@@ -314,8 +319,14 @@ def _inspect_container(
             has_video = b"mpvd" in containers.bmff_boxes(data)  # Samsung's motion photo box
         except ValueError:
             has_video = False
-        return has_video, SourceEncoding(nclx_profile=image.info.get("nclx_profile"))
-    return False, SourceEncoding()
+        return has_video, SourceEncoding(nclx_profile=image.info.get("nclx_profile"), chroma=image.info.get("chroma"))
+    try:
+        coding = avif.coding(data)
+    except ValueError:
+        return False, SourceEncoding()  # Pillow decoded it; the output is then written at Pillow's defaults
+    if coding.bits > 8 and image.mode not in ("RGB", "L"):
+        dropped.append(f"the AVIF's {coding.bits}-bit depth (with alpha it is written at 8 bits)")
+    return False, SourceEncoding(avif=coding)
 
 
 def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[bool, SourceEncoding]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowkeyd.photo.avif import AvifCoding
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.samples import Samples
@@ -25,6 +26,7 @@ class SourceEncoding:
     tiff_gps: bool = False  # TIFF: GPS tags or IPTC location fields in the file's own IFDs
     image_bytes: int | None = None  # HEIF/AVIF/WebP: the file less its EXIF, XMP and ICC, the output's target
     chroma: int | None = None  # HEIF: chroma subsampling (420, 422, 444), kept by the output
+    avif: AvifCoding | None = None  # AVIF: depth, chroma subsampling and colour description, kept by the output
 
 
 @dataclass(frozen=True, eq=False)
