@@ -18,6 +18,7 @@ from PIL import Image
 
 from lowkeyd.photo import encode_photo, read_photo
 from lowkeyd.photo import avif, jpegscans
+from lowkeyd.photo.containers import jpeg_layout, png_chunks
 from lowkeyd.photo.jpegscans import scan_mode
 
 CAMERAS = fx.DATA / "cameras"
@@ -155,3 +156,22 @@ def test_10bit_avif_is_written_at_its_bit_depth() -> None:
     assert out.bit_depth == 10 and out.cloak_marker == MARKER
     assert np.abs(out.rgb.astype(int) - rgb)[away].mean() < 2.5
     assert 0.85 <= len(data) / len(source) <= 1.25  # the marker's XMP (about 1 KB) is added to 23 KB
+
+
+def test_png_keeps_its_physical_pixel_size() -> None:
+    photo = read_photo(CAMERAS / "RGB_16__128x128.png")
+    rgb, _ = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert _chunk(data, b"pHYs") == _chunk(photo.source_bytes, b"pHYs") is not None  # Pillow alone drops it
+
+
+def test_re_encoded_jpeg_keeps_its_adobe_segment() -> None:
+    photo = read_photo(CAMERAS / "restart_interval.jpg")  # YCbCr with Adobe's APP14 (transform 1)
+    rgb, _ = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    adobe = [p for m, p in jpeg_layout(data).segments if m == 0xEE]
+    assert adobe == [p for m, p in jpeg_layout(photo.source_bytes).segments if m == 0xEE] != []
+
+
+def _chunk(data: bytes, kind: bytes) -> bytes | None:
+    return next((payload for found, payload in png_chunks(data) if found == kind), None)

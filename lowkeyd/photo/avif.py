@@ -72,20 +72,21 @@ def deep_file(carrier: bytes, pixels: np.ndarray, source: AvifCoding, quality: i
             **colour,
         )
     )
-    out = containers.bmff_with_primary_data(carrier, containers.bmff_primary_data(deep))
-    donors = dict(containers.bmff_property_spans(deep))
-    for kind, (start, end) in containers.bmff_property_spans(out):
-        if kind in _CODING_BOXES or (kind == b"colr" and out[start : start + 4] == b"nclx"):
-            donor = donors.get(kind) if kind != b"colr" else _nclx_span(deep)
-            if donor is None or donor[1] - donor[0] != end - start:
-                raise ValueError(f"the deep AVIF's {kind.decode()} box does not fit Pillow's")
-            out = out[:start] + deep[donor[0] : donor[1]] + out[end:]
-    return out
+    out = bytearray(containers.bmff_with_primary_data(carrier, containers.bmff_primary_data(deep)))
+    donors = _coding_spans(deep)
+    for kind, (start, end) in _coding_spans(bytes(out)).items():
+        donor = donors.get(kind)
+        if donor is None or donor[1] - donor[0] != end - start:
+            raise ValueError(f"the deep AVIF's {kind.decode()} box does not fit Pillow's")
+        out[start:end] = deep[donor[0] : donor[1]]
+    return bytes(out)
 
 
-def _nclx_span(data: bytes) -> tuple[int, int] | None:
-    return next(
-        ((start, end) for kind, (start, end) in containers.bmff_property_spans(data)
-         if kind == b"colr" and data[start : start + 4] == b"nclx"),
-        None,
-    )
+def _coding_spans(data: bytes) -> dict[bytes, tuple[int, int]]:
+    """Payload spans of the boxes that describe the coded picture: av1C, pixi, and the colr box given as nclx."""
+    spans: dict[bytes, tuple[int, int]] = {}
+    for kind, (start, end) in containers.bmff_property_spans(data):
+        key = b"nclx" if kind == b"colr" and data[start : start + 4] == b"nclx" else kind
+        if key in _CODING_BOXES + (b"nclx",):
+            spans.setdefault(key, (start, end))
+    return spans

@@ -156,6 +156,12 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
 
 
+def png_with_chunks(data: bytes, chunks: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """``data`` with ``chunks`` (type, payload) inserted right after its header, where each of them may stand."""
+    header_end = len(PNG_SIGNATURE) + 12 + int.from_bytes(data[len(PNG_SIGNATURE) : len(PNG_SIGNATURE) + 4], "big")
+    return data[:header_end] + b"".join(png_chunk(kind, payload) for kind, payload in chunks) + data[header_end:]
+
+
 def png_with_image(carrier: bytes, picture: bytes) -> bytes:
     """``carrier``'s chunks with its header and image data (IHDR, IDAT) replaced by ``picture``'s.
 

@@ -143,19 +143,19 @@ def _encode_tiff(photo: Photo, samples: np.ndarray | None, xmp: Xmp, *, strip_gp
 
 def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
     info = PngInfo()
-    for kind, payload in photo.encoding.png_chunks:
-        info.add(kind, payload)
     info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, **_common(photo, exif))
+    # The source's own chunks go in after the header: Pillow writes pHYs only from a dpi it rounds.
+    data = containers.png_with_chunks(out.getvalue(), photo.encoding.png_chunks)
     if samples is None:
-        return out.getvalue()
+        return data
     # Pillow has no 16-bit colour mode: OpenCV codes the samples, Pillow's file lends the chunks.
     bgr = samples[..., 0] if samples.shape[2] == 1 else cv2.cvtColor(samples, cv2.COLOR_RGBA2BGRA if samples.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     ok, coded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError("OpenCV could not encode the 16-bit PNG")
-    return containers.png_with_image(out.getvalue(), coded.tobytes())
+    return containers.png_with_image(data, coded.tobytes())
 
 
 def _size_target(photo: Photo, exif: bytes | None, xmp: bytes) -> int:
