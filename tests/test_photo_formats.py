@@ -175,3 +175,15 @@ def test_re_encoded_jpeg_keeps_its_adobe_segment() -> None:
 
 def _chunk(data: bytes, kind: bytes) -> bytes | None:
     return next((payload for found, payload in png_chunks(data) if found == kind), None)
+
+
+@pytest.mark.parametrize("name", ["exif.avif", "xmp_tags_orientation.avif"])
+def test_avif_is_shown_as_its_source_was(name: str) -> None:
+    # exif.avif has an EXIF Orientation tag, xmp_tags_orientation.avif an XMP tiff:Orientation of 3.
+    photo = read_photo(CAMERAS / name)
+    data = encode_photo(photo, photo.rgb, marker=MARKER)
+    assert fx.mean_diff(fx.displayed(data), fx.displayed(CAMERAS / name)) < 4  # lossy, but not turned
+    if photo.exif is not None:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.getexif().get(0x0112) is None  # left out rather than Pillow's rewrite of the EXIF
+        assert any("Orientation" in note for note in photo.dropped)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import avif, containers, jpeg, jpegscans, tiff
-from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.exif import ORIENTATION, ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
 from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
 from lowkeyd.photo.model import Photo, SourceEncoding
@@ -175,6 +175,8 @@ def _decode(
         raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
 
     exif = _read_exif(image.info.get("exif"), dropped)
+    if fmt == "AVIF" and exif is not None and exif.has(ORIENTATION):
+        dropped.append("the EXIF Orientation tag (the AVIF is written upright: Pillow rewrites EXIF that has one)")
     xmp, marker, video_in_xmp = _read_xmp(image.info.get("xmp"), dropped)
     has_video = has_video or video_in_xmp
     if has_video:
@@ -192,8 +194,8 @@ def _decode(
         source_path=path,
         grayscale=grayscale,
         # Without a writable EXIF block there is no tag to keep, so the output is written upright
-        # (a TIFF keeps its own Orientation tag).
-        orientation=orientation if exif is not None or fmt == "TIFF" else 1,
+        # (a TIFF keeps its own Orientation tag; an AVIF is written upright, see _read_exif).
+        orientation=orientation if (exif is not None and fmt != "AVIF") or fmt == "TIFF" else 1,
         exif=exif,
         icc_profile=image.info.get("icc_profile") or None,
         xmp=xmp,

@@ -25,6 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import avif, containers, jpeg, jpegblocks, tiff
 from lowkeyd.photo.atomic import atomic_write
+from lowkeyd.photo.exif import ORIENTATION
 from lowkeyd.photo.formats import LABELS
 from lowkeyd.photo.model import Photo
 from lowkeyd.photo.orientation import TO_STORED, transpose_array
@@ -45,9 +46,13 @@ def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marke
     xmp = photo.xmp.copy() if photo.xmp is not None else Xmp.empty()
     if strip_gps:
         xmp.remove_gps()
+    if photo.orientation == 1:  # stored upright: an XMP orientation would turn it a second time
+        xmp.make_upright()
     xmp.set_marker(marker)
     try:
-        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image) if photo.exif is not None else None
+        # Pillow re-serialises (and so mangles) AVIF EXIF that has an Orientation tag: an AVIF is written upright.
+        without = frozenset({ORIENTATION}) if photo.format == "AVIF" else frozenset()
+        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image, without=without) if photo.exif is not None else None
         samples = _stored_samples(photo, rgb)
         if photo.format == "JPEG":
             return _encode_jpeg(photo, image, samples, exif, xmp, strip_gps=strip_gps)

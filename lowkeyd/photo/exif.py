@@ -31,6 +31,7 @@ MAX_JPEG_EXIF_BYTES = 65533
 _THUMBNAIL_GROUP = "Thumbnail"
 _XML_PACKET = "Exif.Image.XMLPacket"
 _GPS_POINTER = "Exif.Image.GPSTag"
+ORIENTATION = "Exif.Image.Orientation"
 
 
 @dataclass
@@ -64,15 +65,26 @@ class ExifData:
         has_gps = any(datum.groupName() == "GPSInfo" for datum in data)
         return cls(tiff, _thumbnail_size(data), has_gps, notes, frozenset(kept))
 
+    def has(self, key: str) -> bool:
+        """Whether the block has the tag ``key`` (a libexiv2 key) that the output would carry."""
+        return key in self.keys
+
     def dump(
-        self, *, strip_gps: bool, thumbnail_of: Image.Image | None, max_bytes: int = MAX_JPEG_EXIF_BYTES
+        self,
+        *,
+        strip_gps: bool,
+        thumbnail_of: Image.Image | None,
+        max_bytes: int = MAX_JPEG_EXIF_BYTES,
+        without: frozenset[str] = frozenset(),
     ) -> bytes | None:
         """The output's EXIF, "Exif\\0\\0" header included; None when nothing of it is left to keep.
 
         A thumbnail is rebuilt from ``thumbnail_of`` (the output's stored pixels) when the
         source had one, at a lower JPEG quality or not at all where that is what fits ``max_bytes``.
+        ``without`` names tags (libexiv2 keys) the output leaves out.
         """
         wanted = {k for k in self.keys if not (strip_gps and (k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER))}
+        wanted -= without
         rebuild_thumbnail = bool(self.thumbnail_size and thumbnail_of)
         if not wanted and not rebuild_thumbnail:
             return None  # e.g. EXIF that held nothing but the GPS position being stripped
@@ -80,7 +92,10 @@ class ExifData:
         for quality in qualities:
             thumbnail = _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality) if quality else None
             try:
-                out = _rewrite(self.tiff, strip_gps=strip_gps, thumbnail=thumbnail, erase_thumbnail=bool(self.thumbnail_size))
+                out = _rewrite(
+                    self.tiff, strip_gps=strip_gps, thumbnail=thumbnail, erase_thumbnail=bool(self.thumbnail_size),
+                    erase=without,
+                )
             except (exiv2.Exiv2Error, ValueError):
                 continue  # too large for one segment: try a smaller thumbnail, then none
             # Over 64 KiB libexiv2 quietly leaves out the MakerNote: a smaller thumbnail is better.
@@ -112,7 +127,9 @@ def _label(datum: exiv2.Exifdatum) -> str:
     return datum.tagName()
 
 
-def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thumbnail: bool = True) -> bytes:
+def _rewrite(
+    tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thumbnail: bool = True, erase: frozenset[str] = frozenset()
+) -> bytes:
     """The EXIF block rewritten by libexiv2 with ``thumbnail`` (or none, where ``erase_thumbnail``)."""
     try:
         image = exiv2.ImageFactory.open(_carrier(EXIF_HEADER + tiff))
@@ -121,6 +138,10 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thu
         raise ValueError(f"EXIF is unreadable: {exc}") from exc
     data = image.exifData()
     sanitise(data, strip_gps=strip_gps)
+    for key in erase:
+        position = data.findKey(exiv2.ExifKey(key))
+        if position != data.end():
+            data.erase(position)
     if thumbnail is not None:
         exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
     elif erase_thumbnail:
