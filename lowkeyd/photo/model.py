@@ -54,7 +54,7 @@ class Photo:
     has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
     dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
     has_location: bool = False  # GPS in EXIF or XMP, or IPTC location fields
-    samples: Samples | None = None  # the source's own samples when deeper than 8 bits or CMYK
+    samples: Samples | None = None  # the source's own samples when deeper than 8 bits, CMYK, or TIFF
     source_stat: os.stat_result | None = field(default=None, repr=False)
     source_bytes: bytes = field(default=b"", repr=False)  # the file as read: a JPEG output is made from it
 

@@ -1,4 +1,4 @@
-"""The source's own samples when they are not 8-bit RGB or grayscale: 10-16 bit channels, or CMYK.
+"""The source's own samples when they are not 8-bit RGB or grayscale: 10-16 bit channels, CMYK, or a TIFF's.
 
 The engine cloaks 8-bit RGB. A deeper or CMYK source keeps its samples here, and the output
 is those samples with the cloak's change carried onto them: a pixel the cloak left alone
@@ -18,7 +18,7 @@ from PIL import Image
 class Samples:
     """Upright source samples: (H, W, C) with C channels L, LA, RGB, RGBA at ``bits``, or CMYK at 8 bits."""
 
-    array: np.ndarray  # uint16 for 9-16 bits, uint8 for CMYK; treat as read-only
+    array: np.ndarray  # uint16 for 9-16 bits, uint8 for CMYK and 8-bit TIFF; treat as read-only
     bits: int
     cmyk: bool = False
 
