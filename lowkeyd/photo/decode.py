@@ -187,15 +187,18 @@ def _decode(
         or (xmp is not None and xmp.copy().remove_gps())
         or (encoding.photoshop is not None and encoding.photoshop.has_location)
     )
+    # Without a writable EXIF block there is no tag to keep, so the output is written upright
+    # (a TIFF keeps its own Orientation tag; an AVIF is written upright, see above).
+    kept_orientation = orientation if (exif is not None and fmt != "AVIF") or fmt == "TIFF" else 1
+    if kept_orientation == 1 and xmp is not None and xmp.copy().make_upright():
+        dropped.append("the XMP orientation (the pixels are written upright instead)")
     return Photo(
         rgb=rgb,
         alpha=alpha,
         format=fmt,
         source_path=path,
         grayscale=grayscale,
-        # Without a writable EXIF block there is no tag to keep, so the output is written upright
-        # (a TIFF keeps its own Orientation tag; an AVIF is written upright, see _read_exif).
-        orientation=orientation if (exif is not None and fmt != "AVIF") or fmt == "TIFF" else 1,
+        orientation=kept_orientation,
         exif=exif,
         icc_profile=image.info.get("icc_profile") or None,
         xmp=xmp,
