@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import exiv2
 import numpy as np
 import photo_fixtures as fx
 import pytest
@@ -124,3 +125,25 @@ def test_a_tiff_still_being_written_is_not_complete(name: str) -> None:
     data = (CAMERAS / name).read_bytes()
     assert looks_complete(data)
     assert not any(looks_complete(data[:cut]) for cut in (100, len(data) // 2, len(data) - 10))
+
+
+def test_tiff_gps_goes_unless_kept() -> None:
+    # ExifTool.tif with a GPS position added by libexiv2, as a geotagging tool would.
+    image = exiv2.ImageFactory.open((CAMERAS / "ExifTool.tif").read_bytes())
+    image.readMetadata()
+    gps = image.exifData()
+    gps["Exif.GPSInfo.GPSLatitudeRef"] = "N"
+    gps["Exif.GPSInfo.GPSLatitude"] = "38/1 53/1 2316/100"
+    image.writeMetadata()
+    photo = read_photo(bytes(image.io().mmap()))
+    assert photo.has_location
+    stripped = encode_photo(photo, photo.rgb, marker=MARKER)
+    kept = encode_photo(photo, photo.rgb, marker=MARKER, strip_gps=False)
+    assert not read_photo(stripped).has_location and _gps_keys(stripped) == set()
+    assert _gps_keys(kept) == {"Exif.GPSInfo.GPSLatitudeRef", "Exif.GPSInfo.GPSLatitude"}
+
+
+def _gps_keys(data: bytes) -> set[str]:
+    image = exiv2.ImageFactory.open(data)
+    image.readMetadata()
+    return {datum.key() for datum in image.exifData() if datum.groupName() == "GPSInfo"}
