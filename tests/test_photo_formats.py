@@ -187,3 +187,13 @@ def test_avif_is_shown_as_its_source_was(name: str) -> None:
         with Image.open(io.BytesIO(data)) as image:
             assert image.getexif().get(0x0112) is None  # left out rather than Pillow's rewrite of the EXIF
         assert any("Orientation" in note for note in photo.dropped)
+
+
+def test_without_jpegtran_a_progressive_copy_is_baseline_and_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # a machine without libjpeg-turbo's tools
+    photo = read_photo(CAMERAS / "progressive_photoshop.jpg")
+    assert any("progressive scans" in note and "jpegtran" in note for note in photo.dropped)
+    rgb, away = cloak_block(photo.rgb)
+    data = encode_photo(photo, rgb, marker=MARKER)
+    assert scan_mode(data).plain
+    assert np.array_equal(read_photo(data).rgb[away], photo.rgb[away])
