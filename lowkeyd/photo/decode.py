@@ -155,8 +155,9 @@ def _decode(
             f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels,"
             f" over the limit of {limit / 1e6:g} (a decompression bomb or not a photo)"
         )
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and fmt not in ("JPEG", "TIFF"):  # an MPO's frames are dropped; a TIFF's pages are judged below
+    # A TIFF's pages are counted by tifffile below (Pillow's count can fail on a damaged later page).
+    frames = 1 if fmt == "TIFF" else getattr(image, "n_frames", 1)
+    if frames > 1 and fmt != "JPEG":  # an MPO's frames are the secondary images it drops
         what = f"holds {frames} images (a burst or collection)" if fmt == "HEIF" else f"is animated ({frames} frames)"
         raise PhotoError(f"{name}: the {label} {what}; lowkeyd cloaks still photos only")
     dropped: list[str] = []

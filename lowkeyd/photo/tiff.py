@@ -78,11 +78,11 @@ def _page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
     if page.subifds:
         reasons.append("sub-images (SubIFDs)")
     if page.compression not in _COMPRESSIONS:
-        reasons.append(f"{page.compression.name} compression")
+        reasons.append(f"{_named(page.compression)} compression")
     if page.predictor not in (1, 2):
         reasons.append(f"predictor {page.predictor}")
     if page.photometric not in _PHOTOMETRICS:
-        reasons.append(f"{page.photometric.name} colour")
+        reasons.append(f"{_named(page.photometric)} colour")
     if page.planarconfig != 1:
         reasons.append("separate colour planes")
     if page.dtype not in (np.uint8, np.uint16) or page.bitspersample not in (8, 16):
@@ -93,10 +93,18 @@ def _page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
         reasons.append("extra or premultiplied channels")
     if page.is_tiled and page.tiledepth > 1:
         reasons.append("volumetric tiles")
+    missing = [name for name in _layout_tags(page) if name not in page.tags]
+    if missing:
+        reasons.append(f"no {' or '.join(missing)} (the writer needs them)")
     if reasons:
         raise ValueError(f"a TIFF with {', '.join(reasons)}; lowkeyd writes back 8/16-bit grayscale or RGB TIFFs"
                          " (uncompressed, LZW or Deflate)")
     return page
+
+
+def _named(code: int) -> str:
+    """A TIFF code as tifffile names it, or its number where the code is unknown."""
+    return str(getattr(code, "name", code))
 
 
 def facts(data: bytes) -> TiffFacts:
@@ -142,8 +150,8 @@ def with_pixels(source: bytes, before: np.ndarray, after: np.ndarray) -> bytes:
     with tifffile.TiffFile(io.BytesIO(source)) as tif:
         page = _page(tif)
         order = tif.byteorder
-        offsets_tag = page.tags["TileOffsets" if page.is_tiled else "StripOffsets"]
-        counts_tag = page.tags["TileByteCounts" if page.is_tiled else "StripByteCounts"]
+        offsets_name, counts_name = _layout_tags(page)
+        offsets_tag, counts_tag = page.tags[offsets_name], page.tags[counts_name]
         offsets, counts = list(page.dataoffsets), list(page.databytecounts)
         for index, (rows, cols) in enumerate(_chunks(page)):
             if np.array_equal(before[rows, cols], after[rows, cols]):
@@ -161,6 +169,11 @@ def with_pixels(source: bytes, before: np.ndarray, after: np.ndarray) -> bytes:
         _patch(out, offsets_tag, offsets, order)
         _patch(out, counts_tag, counts, order)
     return bytes(out)
+
+
+def _layout_tags(page: tifffile.TiffPage) -> tuple[str, str]:
+    """The names of the tags that say where the strips or tiles are and how long."""
+    return ("TileOffsets", "TileByteCounts") if page.is_tiled else ("StripOffsets", "StripByteCounts")
 
 
 def _chunks(page: tifffile.TiffPage) -> list[tuple[slice, slice]]:
