@@ -63,15 +63,18 @@ def deep_file(carrier: bytes, pixels: np.ndarray, source: AvifCoding, quality: i
     colour = {}
     if source.cicp is not None:
         colour = {"primaries": source.cicp[0], "transfer": source.cicp[1], "matrix": source.cicp[2]}
-    deep = bytes(
-        imagecodecs.avif_encode(
-            pixels[..., 0] if pixels.shape[2] == 1 else pixels,
-            quality,
-            bitspersample=source.bits,
-            pixelformat=_PIXEL_FORMATS[source.subsampling],
-            **colour,
+    try:
+        deep = bytes(
+            imagecodecs.avif_encode(
+                pixels[..., 0] if pixels.shape[2] == 1 else pixels,
+                quality,
+                bitspersample=source.bits,
+                pixelformat=_PIXEL_FORMATS[source.subsampling],
+                **colour,
+            )
         )
-    )
+    except imagecodecs.AvifError as exc:
+        raise ValueError(f"libavif cannot code the {source.bits}-bit picture: {exc}") from exc
     out = bytearray(containers.bmff_with_primary_data(carrier, containers.bmff_primary_data(deep)))
     donors = _coding_spans(deep)
     for kind, (start, end) in _coding_spans(bytes(out)).items():

@@ -209,7 +209,10 @@ def _compress(page: tifffile.TiffPage, chunk: np.ndarray, order: str) -> bytes:
     if page.compression == 1:
         return raw
     if page.compression == 5:
-        return bytes(imagecodecs.lzw_encode(raw))
+        try:
+            return bytes(imagecodecs.lzw_encode(raw))
+        except imagecodecs.LzwError as exc:
+            raise ValueError(f"LZW cannot code a strip: {exc}") from exc
     return zlib.compress(raw, 6)
 
 
