@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import Counter
 import struct
 import zlib
 from dataclasses import dataclass
@@ -153,13 +154,19 @@ def with_pixels(source: bytes, before: np.ndarray, after: np.ndarray) -> bytes:
         offsets_name, counts_name = _layout_tags(page)
         offsets_tag, counts_tag = page.tags[offsets_name], page.tags[counts_name]
         offsets, counts = list(page.dataoffsets), list(page.databytecounts)
-        for index, (rows, cols) in enumerate(_chunks(page)):
+        chunks = _chunks(page)
+        if len(chunks) != len(offsets) or any(o + n > len(source) for o, n in zip(offsets, counts, strict=True)):
+            raise ValueError("the TIFF's strips or tiles do not match its size")
+        # Writers may point blank tiles at one shared copy: that copy is never overwritten.
+        shared = {offset for offset, uses in Counter(offsets).items() if uses > 1}
+        for index, (rows, cols) in enumerate(chunks):
             if np.array_equal(before[rows, cols], after[rows, cols]):
                 continue
             coded = _compress(page, _chunk_samples(page, after, rows, cols), order)
             old_start, old_size = offsets[index], counts[index]
-            out[old_start : old_start + old_size] = bytes(old_size)  # the old data shows the original face
-            if len(coded) <= old_size:
+            if old_start not in shared:
+                out[old_start : old_start + old_size] = bytes(old_size)  # the old data shows the original face
+            if len(coded) <= old_size and old_start not in shared:
                 out[old_start : old_start + len(coded)] = coded
             else:
                 out.extend(bytes(-len(out) % _ALIGN))
