@@ -1,10 +1,12 @@
 """Writing cloaked pixels back in the source's format, with its metadata and lowkeyd's marker.
 
 A JPEG is the source file itself with its metadata sanitised and only the changed blocks
-re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`). Other formats are
-encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new thumbnail,
-GPS optional), ICC, the cleaned XMP and a few format details. MPF images, gain maps,
-trailing data, motion videos and HEIF thumbnails/depth/auxiliary images are never written.
+re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`); a TIFF likewise,
+with only the changed strips or tiles compressed again (:mod:`lowkeyd.photo.tiff`). Other
+formats are encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new
+thumbnail, GPS optional), ICC, the cleaned XMP and a few format details (bit depth, chroma
+subsampling, PNG chunks). MPF images, gain maps, trailing data, motion videos, Photoshop
+layers and HEIF thumbnails/depth/auxiliary images are never written.
 """
 
 from __future__ import annotations

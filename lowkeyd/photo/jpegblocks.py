@@ -5,7 +5,9 @@ to 30 levels) and, at any fixed quality, its size. Working on the coefficients i
 (``jpeglib`` reads and writes them through libjpeg) leaves every block outside the cloaked
 faces exactly as the camera stored it, with the photo's own quantisation tables and chroma
 subsampling; only the minimum coded units that hold a changed pixel are transformed and
-quantised again from the cloaked pixels.
+quantised again from the cloaked pixels. The same holds for CMYK and YCCK JPEGs, whose black
+channel libjpeg cannot write changed (so the cloak leaves K alone), and the source's scan
+mode is restored afterwards (:mod:`lowkeyd.photo.jpegscans`).
 """
 
 from __future__ import annotations
