@@ -265,7 +265,7 @@ class PhotoProtector:
 
 def _unchanged(photo: Photo) -> str:
     """What stays of a photo whose pixels lowkeyd did not change, in words."""
-    if photo.format == "JPEG":
+    if photo.format in ("JPEG", "TIFF"):
         return "its image data byte for byte, metadata sanitised"
     if photo.format == "PNG" or photo.encoding.lossless:
         return "the same pixels (recompressed losslessly), metadata sanitised"

@@ -65,7 +65,7 @@ def warnings(path: Path) -> set[str]:
 
 
 def exiv2_complaints(path: Path) -> set[str]:
-    out = subprocess.run(["exiv2", "-pa", str(path)], capture_output=True, text=True, check=False)  # 253: warnings
+    out = subprocess.run(["exiv2", "-pa", str(path)], capture_output=True, text=True, errors="replace", check=False)  # 253: warnings
     return {line.split(":", 1)[-1].strip() for line in out.stderr.splitlines()}
 
 
@@ -103,7 +103,10 @@ def test_camera_metadata_survives_but_what_leaks(tmp_path: Path, camera: Path, c
     removed, changed_tags, added = metadata_diff(camera, output)
     # JFIF density, IPTC (if not in a trailer), MakerNotes with their offsets: all as they were
     trailer_iptc = {k for k in removed if k.startswith(("FotoStation", "IPTC2"))}
-    assert removed - trailer_iptc == set() and changed_tags == set() and added == set()
+    # A tag libexiv2 cannot write into a JPEG (an image-structure tag such as IFD0's
+    # PhotometricInterpretation) may go, but only where the read said so.
+    unwritable = {k for k in removed if any(k.partition(":")[2] in d and "libexiv2" in d for d in photo.dropped)}
+    assert removed - trailer_iptc - unwritable == set() and changed_tags == set() and added == set()
     if trailer_iptc:
         assert any("after the end of the image" in d for d in photo.dropped)
     assert warnings(output) <= warnings(camera)

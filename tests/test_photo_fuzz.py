@@ -42,6 +42,7 @@ def _seeds() -> dict[str, bytes]:
         out = io.BytesIO()
         image.save(out, **options)
         seeds[name] = out.getvalue()
+    seeds["tiff"] = (fx.DATA / "cameras" / "ExifTool.tif").read_bytes()  # LZW, ICC, IPTC
     return seeds
 
 
@@ -88,6 +89,7 @@ MAGIC = [
     b"RIFF\x00\x00\x00\x00WEBPVP8L",
     b"\x00\x00\x00\x18ftypheic",
     b"\x00\x00\x00\x1cftypavif",
+    b"II*\x00\x08\x00\x00\x00",
     b"",
 ]
 

@@ -11,13 +11,19 @@ to wait for it.
 
 from __future__ import annotations
 
+import io
+import struct
+
+import tifffile
+
+from lowkeyd.photo import tiff  # noqa: F401  (quiets tifffile's logging of damaged files)
 from lowkeyd.photo.containers import PNG_SIGNATURE, jpeg_layout, png_chunks
 
 _BMFF_BRANDS = b"ftyp"
 
 
 def looks_complete(data: bytes) -> bool:
-    """True when ``data`` (a whole file, e.g. an mmap) is a complete JPEG, PNG, WebP, HEIF or AVIF container."""
+    """True when ``data`` (a whole file, e.g. an mmap) is a complete JPEG, PNG, WebP, HEIF, AVIF or TIFF container."""
     try:
         if data[:3] == b"\xff\xd8\xff":
             return jpeg_layout(data).is_image
@@ -28,9 +34,46 @@ def looks_complete(data: bytes) -> bool:
             return int.from_bytes(data[4:8], "little") + 8 <= len(data)
         if data[4:8] == _BMFF_BRANDS:
             return _bmff_complete(data)
+        if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            return _tiff_complete(data)
     except ValueError:
         return False
     return False
+
+
+def _tiff_complete(data: bytes) -> bool:
+    """Every IFD, every tag value and every strip or tile lies inside the file."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            pages = list(tif.pages)
+            if not pages or not all(_ifd_inside(data, page.offset, tif.byteorder, tif.is_bigtiff) for page in pages):
+                return False
+            return all(
+                page.dataoffsets and all(
+                    0 < offset and offset + count <= len(data)
+                    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)
+                )
+                for page in pages
+            )
+    except (tifffile.TiffFileError, struct.error, IndexError, KeyError, ValueError):
+        return False
+
+
+# Bytes per value of each TIFF field type.
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+
+
+def _ifd_inside(data: bytes, offset: int, order: str, big: bool) -> bool:
+    """Whether one IFD and the values its entries point at lie inside ``data`` (tifffile skips a tag that does not)."""
+    count_format, entry_format, entry_size, inline = ("Q", "HHQQ", 20, 8) if big else ("H", "HHII", 12, 4)
+    (entries,) = struct.unpack_from(order + count_format, data, offset)
+    start = offset + struct.calcsize(count_format)
+    for index in range(entries):
+        _, kind, count, value = struct.unpack_from(order + entry_format, data, start + index * entry_size)
+        size = _TIFF_TYPE_SIZES.get(kind, 1) * count
+        if size > inline and value + size > len(data):
+            return False
+    return True
 
 
 def _bmff_complete(data: bytes) -> bool:

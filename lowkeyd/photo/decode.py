@@ -20,10 +20,10 @@ import pillow_heif
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg
-from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo import avif, containers, jpeg, jpegscans, tiff
+from lowkeyd.photo.exif import ORIENTATION, ExifData
 from lowkeyd.photo.formats import EXTENSIONS, LABELS, SUPPORTED_LIST
-from lowkeyd.photo.iptc import PhotoshopBlock
+from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
 from lowkeyd.photo.model import Photo, SourceEncoding
 from lowkeyd.photo.orientation import TO_UPRIGHT, transpose_array
 from lowkeyd.photo.samples import Samples
@@ -39,7 +39,7 @@ MAX_FILE_BYTES = 1 << 30
 
 # Pillow's JPEG opener returns format "MPO" for a JPEG that carries MPF secondary images (depth
 # maps, gain maps). HEIF is tried before AVIF: both plugins accept the generic "mif1" brand.
-_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "TIFF")
 # What Pillow and its plugins raise on malformed data, beyond their own UnidentifiedImageError.
 _DECODE_ERRORS = (
     OSError,
@@ -155,8 +155,9 @@ def _decode(
             f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels,"
             f" over the limit of {limit / 1e6:g} (a decompression bomb or not a photo)"
         )
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and image.format != "MPO":
+    # A TIFF's pages are counted by tifffile below (Pillow's count can fail on a damaged later page).
+    frames = 1 if fmt == "TIFF" else getattr(image, "n_frames", 1)
+    if frames > 1 and fmt != "JPEG":  # an MPO's frames are the secondary images it drops
         what = f"holds {frames} images (a burst or collection)" if fmt == "HEIF" else f"is animated ({frames} frames)"
         raise PhotoError(f"{name}: the {label} {what}; lowkeyd cloaks still photos only")
     dropped: list[str] = []
@@ -164,33 +165,41 @@ def _decode(
     if fmt in _SIZE_MATCHED:
         metadata = sum(len(image.info.get(key) or b"") for key in ("exif", "xmp", "icc_profile"))
         encoding = replace(encoding, image_bytes=len(data) - metadata)
-    if image.mode not in _MODES:
+    if fmt != "TIFF" and image.mode not in _MODES:  # TIFF samples are read by tifffile, and judged there
         raise PhotoError(f"{name}: {_mode_reason(image.mode)}; lowkeyd cloaks RGB, grayscale and CMYK photos")
     orientation = _orientation(image)
     try:
-        image.load()
+        if fmt != "TIFF":
+            image.load()
         rgb, alpha, grayscale, samples = _pixels(image, data, fmt, orientation, dropped)
     except _DECODE_ERRORS + (cv2.error,) as exc:
         raise PhotoError(f"{name}: truncated or corrupt {label} ({exc})") from exc
 
     exif = _read_exif(image.info.get("exif"), dropped)
+    if fmt == "AVIF" and exif is not None and exif.has(ORIENTATION):
+        dropped.append("the EXIF Orientation tag (the AVIF is written upright: Pillow rewrites EXIF that has one)")
     xmp, marker, video_in_xmp = _read_xmp(image.info.get("xmp"), dropped)
     has_video = has_video or video_in_xmp
     if has_video:
         dropped.append("the attached motion video")
     has_location = bool(
         (exif is not None and exif.has_gps)
+        or encoding.tiff_gps
         or (xmp is not None and xmp.copy().remove_gps())
         or (encoding.photoshop is not None and encoding.photoshop.has_location)
     )
+    # Without a writable EXIF block there is no tag to keep, so the output is written upright
+    # (a TIFF keeps its own Orientation tag; an AVIF is written upright, see above).
+    kept_orientation = orientation if (exif is not None and fmt != "AVIF") or fmt == "TIFF" else 1
+    if kept_orientation == 1 and xmp is not None and xmp.copy().make_upright():
+        dropped.append("the XMP orientation (the pixels are written upright instead)")
     return Photo(
         rgb=rgb,
         alpha=alpha,
         format=fmt,
         source_path=path,
         grayscale=grayscale,
-        # Without a writable EXIF block there is no tag to keep, so the output is written upright.
-        orientation=orientation if exif is not None else 1,
+        orientation=kept_orientation,
         exif=exif,
         icc_profile=image.info.get("icc_profile") or None,
         xmp=xmp,
@@ -238,10 +247,13 @@ def _pixels(
 
 
 def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, int] | None:
-    """(stored (H, W, C) uint16 samples, significant bits) of a 16-bit PNG or a 10/12-bit HEIF; else None.
+    """(stored (H, W, C) samples, significant bits) of a 16-bit PNG, a 10/12-bit HEIF or AVIF, or any TIFF; else None.
 
-    Pillow decodes these to 8 bits (or not at all), so OpenCV and pillow-heif read them instead.
+    Pillow decodes these to 8 bits (or not at all), so OpenCV, pillow-heif and imagecodecs read them instead.
+    A TIFF's samples are always read by tifffile, whose layout its output is written back in.
     """
+    if fmt == "TIFF":
+        return tiff.samples(data)
     if fmt == "PNG" and _png_bit_depth(data) == 16:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None:
@@ -249,6 +261,11 @@ def _deep_samples(image: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray
         if array.ndim == 2:
             return array[..., None], 16
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB), 16
+    if fmt == "AVIF":
+        coding = avif.coding(data)
+        if coding.bits <= 8 or image.mode not in ("RGB", "L"):
+            return None
+        return avif.samples(data), coding.bits
     bits = image.info.get("bit_depth", 8) if fmt == "HEIF" else 8
     if bits <= 8:
         return None
@@ -292,6 +309,14 @@ def _inspect_container(
         except ValueError:
             lossless = False
         return False, SourceEncoding(lossless=lossless)
+    if fmt == "TIFF":
+        try:
+            tiff.check(data)
+            found = tiff.facts(data)
+        except ValueError as exc:
+            raise PhotoError(f"{name}: {exc}") from exc
+        dropped.extend(found.notes)
+        return False, SourceEncoding(photoshop=found.photoshop, tiff_gps=found.has_gps)
     if fmt == "HEIF":
         extras = [label for key, label in _HEIF_EXTRAS.items() if image.info.get(key)]
         if extras:
@@ -300,20 +325,18 @@ def _inspect_container(
             has_video = b"mpvd" in containers.bmff_boxes(data)  # Samsung's motion photo box
         except ValueError:
             has_video = False
-        return has_video, SourceEncoding(nclx_profile=image.info.get("nclx_profile"))
-    return False, SourceEncoding()
+        return has_video, SourceEncoding(nclx_profile=image.info.get("nclx_profile"), chroma=image.info.get("chroma"))
+    try:
+        coding = avif.coding(data)
+    except ValueError:
+        return False, SourceEncoding()  # Pillow decoded it; the output is then written at Pillow's defaults
+    if coding.bits > 8 and image.mode not in ("RGB", "L"):
+        dropped.append(f"the AVIF's {coding.bits}-bit depth (with alpha it is written at 8 bits)")
+    return False, SourceEncoding(avif=coding)
 
 
 def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[bool, SourceEncoding]:
-    qtables = getattr(image, "quantization", None) or {}
-    encoding = SourceEncoding(
-        jpeg_qtables=tuple(tuple(qtables[k]) for k in sorted(qtables)) or None,
-        progressive=bool(image.info.get("progressive") or image.info.get("progression")),
-        dpi=image.info.get("dpi"),
-        comment=image.info.get("comment"),
-    )
-    if image.mode == "CMYK":
-        dropped.append("block-exact writing (a cloaked CMYK JPEG is re-encoded whole, at its own quantisation)")
+    encoding = SourceEncoding()  # the output is made from the source's own segments and scans
     if image.format == "MPO":
         count = image.n_frames - 1
         dropped.append(f"{count} MPF secondary image(s) (depth map, HDR gain map or second view)")
@@ -321,17 +344,24 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         layout = containers.jpeg_layout(data)
     except ValueError:
         return False, encoding  # Pillow decoded it; the layout only feeds the report below
+    if (lost := jpegscans.lost_in_writing(jpegscans.scan_mode(data))) is not None:
+        dropped.append(lost)
+    photoshop: list[bytes] = []
     for marker, payload in jpeg.metadata_segments(data, layout):
         fate = jpeg.segment_fate(marker, payload)
         if fate == jpeg.PHOTOSHOP:
-            try:
-                encoding = replace(encoding, photoshop=PhotoshopBlock.parse(payload))
-            except ValueError:
-                fate = "the Photoshop/IPTC block (APP13; unreadable)"
-            else:
-                dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
-        if fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
+            photoshop.append(payload)
+        elif fate not in jpeg.FATES and not (image.format == "MPO" and payload.startswith(b"MPF\0")) and fate not in dropped:
             dropped.append(fate)
+    if photoshop:
+        # Photoshop splits a block over 64 KiB across APP13 segments, each with its own header.
+        joined = photoshop[0] + b"".join(p.removeprefix(PHOTOSHOP_HEADER) for p in photoshop[1:])
+        try:
+            encoding = replace(encoding, photoshop=PhotoshopBlock.parse(joined))
+        except ValueError:
+            dropped.append("the Photoshop/IPTC block (APP13; unreadable)")
+        else:
+            dropped.extend(encoding.photoshop.notes)  # type: ignore[union-attr]
     trailer = data[layout.end :]
     has_video = b"ftyp" in trailer or b"MotionPhoto_Data" in trailer
     if trailer.strip(b"\x00") and image.format != "MPO" and not has_video:

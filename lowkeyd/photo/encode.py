@@ -1,14 +1,17 @@
 """Writing cloaked pixels back in the source's format, with its metadata and lowkeyd's marker.
 
 A JPEG is the source file itself with its metadata sanitised and only the changed blocks
-re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`). Other formats are
-encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new thumbnail,
-GPS optional), ICC, the cleaned XMP and a few format details. MPF images, gain maps,
-trailing data, motion videos and HEIF thumbnails/depth/auxiliary images are never written.
+re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`); a TIFF likewise,
+with only the changed strips or tiles compressed again (:mod:`lowkeyd.photo.tiff`). Other
+formats are encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new
+thumbnail, GPS optional), ICC, the cleaned XMP and a few format details (bit depth, chroma
+subsampling, PNG chunks). MPF images, gain maps, trailing data, motion videos, Photoshop
+layers and HEIF thumbnails/depth/auxiliary images are never written.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable
@@ -22,8 +25,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo import containers, jpeg, jpegblocks
+from lowkeyd.photo import avif, containers, jpeg, jpegblocks, tiff
 from lowkeyd.photo.atomic import atomic_write
+from lowkeyd.photo.exif import ORIENTATION
 from lowkeyd.photo.formats import LABELS
 from lowkeyd.photo.model import Photo
 from lowkeyd.photo.orientation import TO_STORED, transpose_array
@@ -44,12 +48,18 @@ def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marke
     xmp = photo.xmp.copy() if photo.xmp is not None else Xmp.empty()
     if strip_gps:
         xmp.remove_gps()
+    if photo.orientation == 1:  # stored upright: an XMP orientation would turn it a second time
+        xmp.make_upright()
     xmp.set_marker(marker)
     try:
-        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image) if photo.exif is not None else None
+        # Pillow re-serialises (and so mangles) AVIF EXIF that has an Orientation tag: an AVIF is written upright.
+        without = frozenset({ORIENTATION}) if photo.format == "AVIF" else frozenset()
+        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image, without=without) if photo.exif is not None else None
         samples = _stored_samples(photo, rgb)
         if photo.format == "JPEG":
             return _encode_jpeg(photo, image, samples, exif, xmp, strip_gps=strip_gps)
+        if photo.format == "TIFF":
+            return _encode_tiff(photo, samples, xmp, strip_gps=strip_gps)
         return _ENCODERS[photo.format](image, samples, photo, exif, xmp.to_bytes())
     except (OSError, ValueError, cv2.error) as exc:
         raise PhotoError(f"{photo.name}: cannot encode the {LABELS[photo.format]} output ({exc})") from exc
@@ -117,43 +127,42 @@ def _encode_jpeg(
     photo: Photo, image: Image.Image, samples: np.ndarray | None, exif: bytes | None, xmp: Xmp, *, strip_gps: bool
 ) -> bytes:
     """The source file with sanitised metadata; only the blocks holding changed pixels are re-encoded."""
-    if samples is not None:
-        picture = None if np.array_equal(samples, _source_samples(photo)) else _cmyk_picture(photo, samples)
+    if samples is not None:  # CMYK: the inks themselves are what the blocks code
+        before, after = _source_samples(photo), samples
     else:
         before, after = np.asarray(_stored_image(photo, photo.rgb).convert(image.mode)), np.asarray(image)
-        picture = jpegblocks.reencode(photo.source_bytes, before, after, progressive=photo.encoding.progressive)
+    picture = jpegblocks.reencode(photo.source_bytes, before, after)
     block = photo.encoding.photoshop
     photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
     return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
 
 
-def _cmyk_picture(photo: Photo, cmyk: np.ndarray) -> bytes:
-    """A CMYK JPEG's image data re-encoded whole with the source's own quantisation tables.
-
-    Not block by block: jpeglib does not write a changed black channel back. Pillow writes
-    the inks inverted with its own Adobe segment, which travels with the image data.
-    """
-    out = io.BytesIO()
-    tables = [list(table) for table in photo.encoding.jpeg_qtables or ()] or None
-    Image.fromarray(cmyk, "CMYK").save(out, format="JPEG", qtables=tables, progressive=photo.encoding.progressive, optimize=True)
-    return jpeg.image_data(out.getvalue())
+def _encode_tiff(photo: Photo, samples: np.ndarray | None, xmp: Xmp, *, strip_gps: bool) -> bytes:
+    """The source file with only the changed strips or tiles compressed again, its metadata edited by libexiv2."""
+    assert samples is not None  # a TIFF's samples are always kept
+    pixels = tiff.with_pixels(photo.source_bytes, _source_samples(photo), samples)
+    block = photo.encoding.photoshop
+    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
+    return tiff.with_metadata(
+        pixels, strip_gps=strip_gps, xmp=xmp.to_bytes(), photoshop=photoshop, person_names=xmp.person_names
+    )
 
 
 def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
     info = PngInfo()
-    for kind, payload in photo.encoding.png_chunks:
-        info.add(kind, payload)
     info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, **_common(photo, exif))
+    # The source's own chunks go in after the header: Pillow writes pHYs only from a dpi it rounds.
+    data = containers.png_with_chunks(out.getvalue(), photo.encoding.png_chunks)
     if samples is None:
-        return out.getvalue()
+        return data
     # Pillow has no 16-bit colour mode: OpenCV codes the samples, Pillow's file lends the chunks.
     bgr = samples[..., 0] if samples.shape[2] == 1 else cv2.cvtColor(samples, cv2.COLOR_RGBA2BGRA if samples.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     ok, coded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError("OpenCV could not encode the 16-bit PNG")
-    return containers.png_with_image(out.getvalue(), coded.tobytes())
+    return containers.png_with_image(data, coded.tobytes())
 
 
 def _size_target(photo: Photo, exif: bytes | None, xmp: bytes) -> int:
@@ -202,11 +211,19 @@ def _encode_heif(image: Image.Image, samples: np.ndarray | None, photo: Photo, e
 
 
 def _encode_avif(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
-    def at(quality: int) -> bytes:
+    coding = photo.encoding.avif
+    # The source's chroma subsampling: Pillow's default 4:2:0 blurs a 4:4:4 source's colour edges.
+    subsampling = {"subsampling": coding.subsampling} if coding is not None else {}
+
+    def pillow(quality: int) -> bytes:
         out = io.BytesIO()
-        image.save(out, format="AVIF", quality=quality, xmp=xmp, **_common(photo, exif))
+        image.save(out, format="AVIF", quality=quality, xmp=xmp, **subsampling, **_common(photo, exif))
         return out.getvalue()
 
+    at = pillow
+    if samples is not None and coding is not None:  # deeper than 8 bits: Pillow's file lends its metadata boxes
+        carrier = pillow(1)
+        at = functools.partial(avif.deep_file, carrier, samples, coding)
     return match_size(at, _size_target(photo, exif, xmp))[0]
 
 

@@ -31,6 +31,7 @@ MAX_JPEG_EXIF_BYTES = 65533
 _THUMBNAIL_GROUP = "Thumbnail"
 _XML_PACKET = "Exif.Image.XMLPacket"
 _GPS_POINTER = "Exif.Image.GPSTag"
+ORIENTATION = "Exif.Image.Orientation"
 
 
 @dataclass
@@ -51,9 +52,7 @@ class ExifData:
         notes: list[str] = []
         if data.findKey(exiv2.ExifKey(_XML_PACKET)) != data.end():
             notes.append("the XMP copy inside EXIF (IFD0 XMLPacket)")
-        previews = sum(1 for datum in data if _hides_picture(datum))
-        if previews:
-            notes.append(f"{previews} preview image(s) inside the EXIF MakerNote (blanked)")
+        notes.extend(leaks(data))
         # libexiv2 leaves out what it cannot parse (a corrupt MakerNote): say so rather than lose it silently.
         try:
             rewritten = _rewrite(tiff, strip_gps=False, thumbnail=None)
@@ -66,15 +65,26 @@ class ExifData:
         has_gps = any(datum.groupName() == "GPSInfo" for datum in data)
         return cls(tiff, _thumbnail_size(data), has_gps, notes, frozenset(kept))
 
+    def has(self, key: str) -> bool:
+        """Whether the block has the tag ``key`` (a libexiv2 key) that the output would carry."""
+        return key in self.keys
+
     def dump(
-        self, *, strip_gps: bool, thumbnail_of: Image.Image | None, max_bytes: int = MAX_JPEG_EXIF_BYTES
+        self,
+        *,
+        strip_gps: bool,
+        thumbnail_of: Image.Image | None,
+        max_bytes: int = MAX_JPEG_EXIF_BYTES,
+        without: frozenset[str] = frozenset(),
     ) -> bytes | None:
         """The output's EXIF, "Exif\\0\\0" header included; None when nothing of it is left to keep.
 
         A thumbnail is rebuilt from ``thumbnail_of`` (the output's stored pixels) when the
         source had one, at a lower JPEG quality or not at all where that is what fits ``max_bytes``.
+        ``without`` names tags (libexiv2 keys) the output leaves out.
         """
         wanted = {k for k in self.keys if not (strip_gps and (k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER))}
+        wanted -= without
         rebuild_thumbnail = bool(self.thumbnail_size and thumbnail_of)
         if not wanted and not rebuild_thumbnail:
             return None  # e.g. EXIF that held nothing but the GPS position being stripped
@@ -82,7 +92,10 @@ class ExifData:
         for quality in qualities:
             thumbnail = _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality) if quality else None
             try:
-                out = _rewrite(self.tiff, strip_gps=strip_gps, thumbnail=thumbnail, erase_thumbnail=bool(self.thumbnail_size))
+                out = _rewrite(
+                    self.tiff, strip_gps=strip_gps, thumbnail=thumbnail, erase_thumbnail=bool(self.thumbnail_size),
+                    erase=without,
+                )
             except (exiv2.Exiv2Error, ValueError):
                 continue  # too large for one segment: try a smaller thumbnail, then none
             # Over 64 KiB libexiv2 quietly leaves out the MakerNote: a smaller thumbnail is better.
@@ -114,7 +127,9 @@ def _label(datum: exiv2.Exifdatum) -> str:
     return datum.tagName()
 
 
-def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thumbnail: bool = True) -> bytes:
+def _rewrite(
+    tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thumbnail: bool = True, erase: frozenset[str] = frozenset()
+) -> bytes:
     """The EXIF block rewritten by libexiv2 with ``thumbnail`` (or none, where ``erase_thumbnail``)."""
     try:
         image = exiv2.ImageFactory.open(_carrier(EXIF_HEADER + tiff))
@@ -122,6 +137,31 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thu
     except exiv2.Exiv2Error as exc:
         raise ValueError(f"EXIF is unreadable: {exc}") from exc
     data = image.exifData()
+    sanitise(data, strip_gps=strip_gps)
+    for key in erase:
+        position = data.findKey(exiv2.ExifKey(key))
+        if position != data.end():
+            data.erase(position)
+    if thumbnail is not None:
+        exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
+    elif erase_thumbnail:
+        exiv2.ExifThumb(data).erase()
+    image.writeMetadata()
+    written = bytes(image.io().mmap())
+    for marker, payload in jpeg_layout(written).segments:
+        if marker == 0xE1 and payload.startswith(EXIF_HEADER):
+            return payload
+    raise ValueError("libexiv2 wrote no EXIF")
+
+
+def leaks(data: exiv2.ExifData) -> list[str]:
+    """What :func:`sanitise` will blank in ``data``, in words (IFD0's XMLPacket aside)."""
+    previews = sum(1 for datum in data if _hides_picture(datum))
+    return [f"{previews} preview image(s) inside the EXIF MakerNote (blanked)"] if previews else []
+
+
+def sanitise(data: exiv2.ExifData, *, strip_gps: bool) -> None:
+    """Edit libexiv2's EXIF in place: GPS out when stripping, IFD0's XMLPacket out, hidden previews blanked."""
     doomed = [
         datum.key()
         for datum in data
@@ -133,16 +173,6 @@ def _rewrite(tiff: bytes, *, strip_gps: bool, thumbnail: bytes | None, erase_thu
     for datum in data:
         if _hides_picture(datum):
             _blank(datum)
-    if thumbnail is not None:
-        exiv2.ExifThumb(data).setJpegThumbnail(thumbnail)
-    elif erase_thumbnail:
-        exiv2.ExifThumb(data).erase()
-    image.writeMetadata()
-    written = bytes(image.io().mmap())
-    for marker, payload in jpeg_layout(written).segments:
-        if marker == 0xE1 and payload.startswith(EXIF_HEADER):
-            return payload
-    raise ValueError("libexiv2 wrote no EXIF")
 
 
 @functools.cache

@@ -11,11 +11,12 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "WEBP": (".webp",),
     "HEIF": (".heic", ".heif", ".hif"),
     "AVIF": (".avif",),
+    "TIFF": (".tif", ".tiff"),
 }
 PHOTO_EXTENSIONS = frozenset(ext for exts in EXTENSIONS.values() for ext in exts)
 # Human names for messages.
-LABELS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF", "AVIF": "AVIF"}
-SUPPORTED_LIST = "JPEG, PNG, HEIC/HEIF, WebP and AVIF"
+LABELS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF", "AVIF": "AVIF", "TIFF": "TIFF"}
+SUPPORTED_LIST = "JPEG, PNG, HEIC/HEIF, WebP, AVIF and TIFF"
 
 
 def is_photo_path(path: Path | str) -> bool:

@@ -73,16 +73,13 @@ class PhotoshopBlock:
 
     @property
     def has_location(self) -> bool:
-        return any(record == 2 and number in LOCATION_DATASETS for r in self._iptc() for record, number, _ in r)
+        return any(is_location(record, number) for r in self._iptc() for record, number, _ in r)
 
     def _iptc(self) -> list[list[tuple[int, int, bytes]]]:
         return [_datasets(r.data) for r in self.resources if r.kind == _IPTC]
 
     def cleaned(self, *, strip_location: bool, person_names: set[str]) -> bytes | None:
         """The APP13 payload to write, or None when nothing is left in it."""
-        names = {name.encode("utf-8") for name in person_names} | {
-            name.encode("latin-1", "ignore") for name in person_names
-        }
         kept: list[Resource] = []
         digests: dict[bytes, bytes] = {}  # MD5 of an IPTC record as read -> as written
         for resource in self.resources:
@@ -93,8 +90,7 @@ class PhotoshopBlock:
                 keep = [
                     (record, number, value)
                     for record, number, value in datasets
-                    if not (record == 2 and strip_location and number in LOCATION_DATASETS)
-                    and not (record == 2 and number == _KEYWORDS and value.strip() in names)
+                    if not leaks(record, number, value, strip_location=strip_location, person_names=person_names)
                 ]
                 data = resource.data if keep == datasets else b"".join(_dataset_bytes(*d) for d in keep)
                 digests[hashlib.md5(resource.data).digest()] = hashlib.md5(data).digest()
@@ -107,6 +103,19 @@ class PhotoshopBlock:
         if not kept:
             return None
         return PHOTOSHOP_HEADER + b"".join(r.to_bytes() for r in kept)
+
+
+def is_location(record: int, number: int) -> bool:
+    """True for an IIM dataset that says where the photo was taken."""
+    return record == 2 and number in LOCATION_DATASETS
+
+
+def leaks(record: int, number: int, value: bytes, *, strip_location: bool, person_names: set[str]) -> bool:
+    """True for an IIM dataset the output leaves out: a place when stripping location, a keyword naming a person."""
+    if strip_location and is_location(record, number):
+        return True
+    names = {name.encode("utf-8") for name in person_names} | {name.encode("latin-1", "ignore") for name in person_names}
+    return record == 2 and number == _KEYWORDS and value.strip() in names
 
 
 def _datasets(data: bytes) -> list[tuple[int, int, bytes]]:

@@ -89,6 +89,13 @@ def segment(marker: int, payload: bytes) -> bytes:
     return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
 
 
+def _photoshop_segments(block: bytes) -> list[bytes]:
+    """A Photoshop block as APP13 segments, split as Photoshop does when it exceeds one (each with the header)."""
+    body = block.removeprefix(PHOTOSHOP_HEADER)
+    room = MAX_SEGMENT_PAYLOAD - len(PHOTOSHOP_HEADER)
+    return [segment(0xED, PHOTOSHOP_HEADER + body[at : at + room]) for at in range(0, max(len(body), 1), room)]
+
+
 def assemble(
     source: bytes, *, exif: bytes | None, xmp: bytes, photoshop: bytes | None, image: bytes | None = None
 ) -> bytes:
@@ -111,7 +118,7 @@ def assemble(
         if fate == EXIF and exif:
             out.append(segment(marker, exif))
         elif fate == PHOTOSHOP and photoshop:
-            out.append(segment(marker, photoshop))
+            out.extend(_photoshop_segments(photoshop))
         elif fate == XMP:
             out.append(segment(marker, XMP_HEADER + xmp))
         if fate == EXIF and XMP not in written:  # XMP follows EXIF, where readers expect it

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowkeyd.photo.avif import AvifCoding
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.samples import Samples
@@ -18,16 +19,14 @@ from lowkeyd.photo.xmp import Xmp
 class SourceEncoding:
     """How the source was encoded, as far as the output should follow it."""
 
-    jpeg_qtables: tuple[tuple[int, ...], ...] | None = None  # the source's quantisation tables
-    progressive: bool = False  # JPEG: progressive scan order
     lossless: bool = False  # WebP: the source was VP8L; PNG is always lossless
-    dpi: tuple[float, float] | None = None  # JPEG: JFIF density
-    comment: bytes | None = None  # JPEG: COM segment
     png_chunks: tuple[tuple[bytes, bytes], ...] = ()  # PNG ancillary chunks copied verbatim
     nclx_profile: dict | None = None  # HEIF: colour description when given as NCLX, not ICC
-    photoshop: PhotoshopBlock | None = None  # JPEG: the APP13 block with its IPTC record
+    photoshop: PhotoshopBlock | None = None  # JPEG: the APP13 block; TIFF: its ImageResources
+    tiff_gps: bool = False  # TIFF: GPS tags or IPTC location fields in the file's own IFDs
     image_bytes: int | None = None  # HEIF/AVIF/WebP: the file less its EXIF, XMP and ICC, the output's target
     chroma: int | None = None  # HEIF: chroma subsampling (420, 422, 444), kept by the output
+    avif: AvifCoding | None = None  # AVIF: depth, chroma subsampling and colour description, kept by the output
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +42,7 @@ class Photo:
 
     rgb: np.ndarray  # (H, W, 3) uint8, upright
     alpha: np.ndarray | None  # (H, W) uint8, upright; None when the source has no alpha
-    format: str  # Pillow's name: "JPEG", "PNG", "WEBP", "HEIF" or "AVIF"
+    format: str  # Pillow's name: "JPEG", "PNG", "WEBP", "HEIF", "AVIF" or "TIFF"
     source_path: Path | None  # None when read from bytes
     grayscale: bool  # written back as grayscale; the cloak's colour part is then lost
     orientation: int  # EXIF orientation of the stored pixels (1-8); the output keeps it
@@ -55,7 +54,7 @@ class Photo:
     has_motion_video: bool  # a Motion Photo / micro video was attached; it is never written out
     dropped: tuple[str, ...] = ()  # what the output will not carry, in words, for logs and reports
     has_location: bool = False  # GPS in EXIF or XMP, or IPTC location fields
-    samples: Samples | None = None  # the source's own samples when deeper than 8 bits or CMYK
+    samples: Samples | None = None  # the source's own samples when deeper than 8 bits, CMYK, or TIFF
     source_stat: os.stat_result | None = field(default=None, repr=False)
     source_bytes: bytes = field(default=b"", repr=False)  # the file as read: a JPEG output is made from it
 

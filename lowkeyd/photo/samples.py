@@ -1,4 +1,4 @@
-"""The source's own samples when they are not 8-bit RGB or grayscale: 10-16 bit channels, or CMYK.
+"""The source's own samples when they are not 8-bit RGB or grayscale: 10-16 bit channels, CMYK, or a TIFF's.
 
 The engine cloaks 8-bit RGB. A deeper or CMYK source keeps its samples here, and the output
 is those samples with the cloak's change carried onto them: a pixel the cloak left alone
@@ -18,7 +18,7 @@ from PIL import Image
 class Samples:
     """Upright source samples: (H, W, C) with C channels L, LA, RGB, RGBA at ``bits``, or CMYK at 8 bits."""
 
-    array: np.ndarray  # uint16 for 9-16 bits, uint8 for CMYK; treat as read-only
+    array: np.ndarray  # uint16 for 9-16 bits, uint8 for CMYK and 8-bit TIFF; treat as read-only
     bits: int
     cmyk: bool = False
 
@@ -55,18 +55,18 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def _cmyk_with(cmyk: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """CMYK whose changed pixels convert (as Pillow converts CMYK) to ``after``; the others as they were.
+    """CMYK whose changed pixels convert (as Pillow converts CMYK) to ``after`` as near as their black allows.
 
-    Pillow's conversion is R = (255 - C)(255 - K) / 255. A changed pixel keeps its black ink
-    where that can still reach the cloaked colour, so its tone stays close to the source's.
+    Pillow's conversion is R = (255 - C)(255 - K) / 255. The black ink stays as it was: a CMYK
+    JPEG is rewritten block by block, and libjpeg cannot write a changed black channel. A
+    cloaked colour brighter than its black admits (R > 255 - K) is written at that limit.
     """
     out = cmyk.copy()
     changed = (before != after).any(axis=2)
     if not changed.any():
         return out
     rgb = after[changed].astype(np.float64)
-    black = np.minimum(cmyk[changed][:, 3].astype(np.float64), 255 - rgb.max(axis=1))
-    white = 255 - black
+    white = 255 - cmyk[changed][:, 3].astype(np.float64)
     inks = 255 - np.divide(rgb * 255, white[:, None], out=np.zeros_like(rgb), where=white[:, None] > 0)
-    out[changed] = np.clip(np.rint(np.column_stack([inks, black])), 0, 255).astype(np.uint8)
+    out[changed, :3] = np.clip(np.rint(inks), 0, 255).astype(np.uint8)
     return out

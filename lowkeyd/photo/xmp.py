@@ -103,6 +103,9 @@ _LOCATION_PROPERTIES = (
 _NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
+_TIFF_NS = "http://ns.adobe.com/tiff/1.0/"
+
+
 def _split(qname: str) -> tuple[str, str]:
     """'{uri}local' -> (uri, local); an unqualified name has the empty namespace."""
     if qname.startswith("{"):
@@ -214,6 +217,19 @@ class Xmp:
             self._label(ns, local) for ns, locals_ in _EMBEDDED_MEDIA for local, _ in self._pop_properties(ns, locals_)
         }
         return sorted(removed)
+
+    def make_upright(self) -> bool:
+        """Remove a tiff:Orientation other than 1 (the pixels are stored upright); True if there was one."""
+        for desc in self._descriptions():
+            for name in list(desc.attrib):
+                if name == _q(_TIFF_NS, "Orientation") and desc.attrib[name].strip() != "1":
+                    del desc.attrib[name]
+                    return True
+            for child in list(desc):
+                if child.tag == _q(_TIFF_NS, "Orientation") and (child.text or "").strip() != "1":
+                    desc.remove(child)
+                    return True
+        return False
 
     def remove_gps(self) -> bool:
         """Remove every GPS property, top-level or inside a structure (exif:GPS*, *:Gps*), and the

@@ -1,0 +1,95 @@
+"""AVIF coding details Pillow does not keep: chroma subsampling and samples deeper than 8 bits.
+
+Pillow reads and writes AVIF at 8 bits and writes 4:2:0 unless told otherwise: a 4:4:4 source
+would lose the sharpness of its colour edges (up to 59 levels on a saturated edge) and a
+10-bit one its depth. The source's AV1 configuration (``av1C``) says both. Deep samples are
+read and coded by libavif through ``imagecodecs``, which writes no metadata: the output is
+Pillow's 8-bit file, which carries EXIF, XMP, ICC and orientation, with its coded picture,
+AV1 configuration, pixel depth and colour description replaced by the deep encode's
+(:func:`deep_file`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+
+from lowkeyd.photo import containers
+
+# The boxes of the picture's own coding, taken from the deep encode; each is the same size in both files.
+_CODING_BOXES = (b"av1C", b"pixi")
+_SUBSAMPLING = {(0, 0): "4:4:4", (1, 0): "4:2:2", (1, 1): "4:2:0"}
+_PIXEL_FORMATS = {"4:4:4": 1, "4:2:2": 2, "4:2:0": 3, "4:0:0": 4}  # libavif's avifPixelFormat
+
+
+@dataclass(frozen=True)
+class AvifCoding:
+    """The primary picture's depth, chroma subsampling and colour description (CICP; None if not given)."""
+
+    bits: int
+    subsampling: str  # Pillow's notation: "4:2:0", "4:2:2", "4:4:4" or "4:0:0"
+    cicp: tuple[int, int, int] | None  # colour primaries, transfer characteristics, matrix coefficients
+
+
+def coding(data: bytes) -> AvifCoding:
+    """Read an AVIF's coding from its first ``av1C`` and ``nclx`` boxes; ValueError without an ``av1C``."""
+    properties = dict(containers.bmff_properties(data))
+    config = properties.get(b"av1C")
+    if config is None or len(config) < 3:
+        raise ValueError("AVIF has no AV1 configuration")
+    flags = config[2]  # seq_tier_0, high_bitdepth, twelve_bit, monochrome, subsampling_x, subsampling_y, ...
+    bits = 12 if flags & 0x20 else 10 if flags & 0x40 else 8
+    subsampling = "4:0:0" if flags & 0x10 else _SUBSAMPLING.get(((flags >> 3) & 1, (flags >> 2) & 1), "4:2:0")
+    colour = properties.get(b"colr")
+    cicp = None
+    if colour is not None and colour[:4] == b"nclx" and len(colour) >= 10:
+        cicp = (int.from_bytes(colour[4:6], "big"), int.from_bytes(colour[6:8], "big"), int.from_bytes(colour[8:10], "big"))
+    return AvifCoding(bits, subsampling, cicp)
+
+
+def samples(data: bytes) -> np.ndarray:
+    """The primary picture's (H, W, C) samples at their own depth (uint16 for 10 and 12 bits)."""
+    array = imagecodecs.avif_decode(data)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def deep_file(carrier: bytes, pixels: np.ndarray, source: AvifCoding, quality: int) -> bytes:
+    """``carrier`` (Pillow's 8-bit AVIF of the same picture) with its picture coded from ``pixels`` at the source's depth.
+
+    Only a picture without alpha: an alpha plane is a second item this does not replace.
+    """
+    colour = {}
+    if source.cicp is not None:
+        colour = {"primaries": source.cicp[0], "transfer": source.cicp[1], "matrix": source.cicp[2]}
+    try:
+        deep = bytes(
+            imagecodecs.avif_encode(
+                pixels[..., 0] if pixels.shape[2] == 1 else pixels,
+                quality,
+                bitspersample=source.bits,
+                pixelformat=_PIXEL_FORMATS[source.subsampling],
+                **colour,
+            )
+        )
+    except imagecodecs.AvifError as exc:
+        raise ValueError(f"libavif cannot code the {source.bits}-bit picture: {exc}") from exc
+    out = bytearray(containers.bmff_with_primary_data(carrier, containers.bmff_primary_data(deep)))
+    donors = _coding_spans(deep)
+    for kind, (start, end) in _coding_spans(bytes(out)).items():
+        donor = donors.get(kind)
+        if donor is None or donor[1] - donor[0] != end - start:
+            raise ValueError(f"the deep AVIF's {kind.decode()} box does not fit Pillow's")
+        out[start:end] = deep[donor[0] : donor[1]]
+    return bytes(out)
+
+
+def _coding_spans(data: bytes) -> dict[bytes, tuple[int, int]]:
+    """Payload spans of the boxes that describe the coded picture: av1C, pixi, and the colr box given as nclx."""
+    spans: dict[bytes, tuple[int, int]] = {}
+    for kind, (start, end) in containers.bmff_property_spans(data):
+        key = b"nclx" if kind == b"colr" and data[start : start + 4] == b"nclx" else kind
+        if key in _CODING_BOXES + (b"nclx",):
+            spans.setdefault(key, (start, end))
+    return spans
