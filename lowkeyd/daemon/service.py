@@ -149,7 +149,22 @@ class _Pending:
 
 
 def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
-    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`."""
+    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`.
+
+    With ``remote:`` a remote service cloaks instead (the models are loaded here only for ``fallback: local``).
+    """
+    if config.remote is not None:
+        from lowkeyd.daemon.remote import remote_protector
+        from lowkeyd.pipeline import PhotoProtector
+
+        return remote_protector(  # type: ignore[return-value] - the interface the daemon uses
+            config.remote,
+            lambda engine: PhotoProtector(  # type: ignore[arg-type]
+                engine, strip_gps=config.strip_gps, no_face=config.no_face,
+                max_pixels=pixel_limit(config.work.max_megapixels), is_own_output=is_own_output,
+            ),
+            lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
+        )
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.engine.device import set_cpu_threads
     from lowkeyd.pipeline import PhotoProtector
