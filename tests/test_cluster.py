@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from daemon_fixtures import FAST_ATTACK, face_photo, wait_until
+from daemon_fixtures import FAST_ATTACK, face_photo, stop_daemon, wait_until
 
 from lowkeyd.daemon.config import parse_config
 from lowkeyd.errors import ConfigError
@@ -99,18 +99,27 @@ def test_cloak_remote_that_does_not_answer_is_one_clear_error(tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[str]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Storage the service and its clients share (a NAS): a job root and the outbox."""
+    root = tmp_path_factory.mktemp("shared")
+    (root / "uploads").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(shared: Path) -> Iterator[str]:
     pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'lowkeyd[cluster]')")
     from lowkeyd.cluster.run import start_service, stop_service
     from lowkeyd.cluster.settings import ServeSettings
 
     settings = ServeSettings(
         attack=FAST_ATTACK, replicas=2, threads=1, batch_size=4, concurrency=CONCURRENCY, queue_size=QUEUE,
-        max_upload_bytes=MAX_UPLOAD, token=TOKEN,
+        max_upload_bytes=MAX_UPLOAD, token=TOKEN, outbox=shared / "out", job_roots=(("uploads", shared / "uploads"),),
     )
     # Three logical CPUs: one per model replica, one to spare; everything else reserves none.
     url = start_service(settings, port=_free_port(), num_cpus=3,
-                        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "LOWKEYD_THREADS": "1"}})
+                        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "LOWKEYD_THREADS": "1",
+                                                  "LOWKEYD_STATE_DIR": str(shared / "state")}})
     try:
         yield url
     finally:
@@ -161,6 +170,27 @@ def test_the_answer_is_the_local_pipelines_byte_for_byte(service: str, local_out
     answer = _cloak(service, face_photo(0))
     _assert_protected(answer, face_photo(0))
     assert hashlib.sha256(answer.content).hexdigest() == hashlib.sha256(local_output[0]).hexdigest()
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_job_on_shared_storage_is_published_into_the_outbox(
+    service: str, shared: Path, local_output: dict[int, bytes]
+) -> None:
+    (shared / "uploads" / "day1").mkdir()
+    (shared / "uploads" / "day1" / "a.jpg").write_bytes(face_photo(0))
+    created = httpx.post(f"{service}/v1/jobs", json={"path": str(shared / "uploads" / "day1" / "a.jpg")}, headers=AUTH)
+    assert created.status_code == 202, created.text
+    job = created.json()
+    while job["status"] in ("queued", "running"):
+        time.sleep(0.5)
+        job = httpx.get(f"{service}{created.headers['Location']}", headers=AUTH).json()
+    assert job["status"] == "done", job
+    assert Path(job["output"]) == shared / "out" / "uploads" / "day1" / "a.jpg"
+    assert Path(job["output"]).read_bytes() == local_output[0]
+    outside = httpx.post(f"{service}/v1/jobs", json={"path": str(shared / "out" / "uploads" / "day1" / "a.jpg")},
+                         headers=AUTH)
+    assert outside.status_code == 403
 
 
 @pytest.mark.slow
@@ -330,10 +360,5 @@ def test_a_daemon_with_remote_waits_while_it_is_down_then_publishes_through_it(
         assert published.read_bytes() == local_output[0]
         assert "answers again" in read_log()
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_daemon(process)
         forwarder.close()
