@@ -179,9 +179,12 @@ def test_a_job_on_shared_storage_is_published_into_the_outbox(
 ) -> None:
     (shared / "uploads" / "day1").mkdir()
     (shared / "uploads" / "day1" / "a.jpg").write_bytes(face_photo(0))
-    created = httpx.post(f"{service}/v1/jobs", json={"path": str(shared / "uploads" / "day1" / "a.jpg")}, headers=AUTH)
+    request = {"json": {"path": str(shared / "uploads" / "day1" / "a.jpg")}, "headers": {**AUTH, "Idempotency-Key": "job-a"}}
+    created = httpx.post(f"{service}/v1/jobs", **request)
     assert created.status_code == 202, created.text
     job = created.json()
+    retried = httpx.post(f"{service}/v1/jobs", **request)  # the client lost the answer: the same job, not a second
+    assert (retried.status_code, retried.json()["id"]) == (202, job["id"])
     while job["status"] in ("queued", "running"):
         time.sleep(0.5)
         job = httpx.get(f"{service}{created.headers['Location']}", headers=AUTH).json()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.exceptions
@@ -29,6 +29,9 @@ from lowkeyd.cluster.intake import Intake
 from lowkeyd.cluster.settings import ServeSettings
 from lowkeyd.daemon.worker import WorkerStopped
 from lowkeyd.engine.presets import Preset
+
+if TYPE_CHECKING:
+    from lowkeyd.engine.cloak import CloakResult
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +57,17 @@ class CloakModel:
             set_cpu_threads(settings.replica_threads)
         self.cloak.set_max_batch_size(settings.batch_size)
         self.cloak.set_batch_wait_timeout_s(settings.batch_wait)
-        self.batches: list[int] = []  # photos per batch run, for the benchmark and the tests
 
     def describe(self) -> dict[str, Any]:
         return {"preset": self.cloaker.preset, "device": str(self.cloaker.device), "pid": os.getpid()}
 
-    def batch_sizes(self) -> list[int]:
-        return list(self.batches)
-
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
-    async def cloak(self, items: list[tuple[np.ndarray, bool]]) -> list[Any]:
+    async def cloak(self, items: list[tuple[np.ndarray, bool]]) -> list[CloakResult]:
         # The attack is CPU/GPU work: off the replica's event loop, which keeps answering health checks.
         return await asyncio.to_thread(self._cloak, items)
 
-    def _cloak(self, items: Sequence[tuple[np.ndarray, bool]]) -> list[Any]:
-        self.batches.append(len(items))
-        results: list[Any] = [None] * len(items)
+    def _cloak(self, items: Sequence[tuple[np.ndarray, bool]]) -> list[CloakResult]:
+        results: list[CloakResult] = [None] * len(items)  # type: ignore[list-item] - every slot is filled below
         for luma_only in (False, True):  # grayscale photos get their own batch, as in the pipeline
             group = [i for i, item in enumerate(items) if item[1] == luma_only]
             if group:
@@ -93,12 +91,12 @@ class ServeCloaker:
         self.preset: Preset = description["preset"]
         self.device = f"ray serve ({description['device']} replicas)"
 
-    def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[Any]:
+    def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[CloakResult]:
         # One call per photo: the replicas' @serve.batch gathers the photos of concurrent requests.
         responses = [self._model.cloak.remote((rgb, luma_only)) for rgb in images]
         return [self._result(response, rgb, luma_only) for response, rgb in zip(responses, images, strict=True)]
 
-    def _result(self, response: Any, rgb: np.ndarray, luma_only: bool) -> Any:
+    def _result(self, response: Any, rgb: np.ndarray, luma_only: bool) -> CloakResult:
         try:
             return response.result()
         except _REPLICA_LOST as exc:

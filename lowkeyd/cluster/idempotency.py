@@ -1,9 +1,10 @@
-"""Idempotent uploads: a retried ``POST /v1/cloak`` with the same ``Idempotency-Key`` is not cloaked twice.
+"""Idempotent uploads: a retried ``POST /v1/cloak`` or ``/v1/jobs`` with the same ``Idempotency-Key`` is done once.
 
 A client that lost its answer (a dropped connection, a replica that died after the work was
 done, its own restart) sends the photo again with the same key. The first request with a
 key claims it; a retry while it runs waits for it; a retry after it succeeded gets the same
-answer, replayed byte for byte (marked ``Idempotent-Replayed: true``). Failures are not
+answer, replayed byte for byte (marked ``Idempotent-Replayed: true``): the cloaked photo, or the
+job it created (so the file is cloaked once, under one job id). Failures are not
 remembered, so a retry after a 429, 503 or 422 is tried afresh.
 
 :class:`AnswerBook` keeps the answers in one process (the service runs it as one
@@ -25,6 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 KEY_HEADER = b"idempotency-key"
 REPLAYED_HEADER = b"idempotent-replayed"
 MAX_KEY_LENGTH = 200
+# What is done once per key, and the answers that say it was done.
+IDEMPOTENT_PATHS = ("/v1/cloak", "/v1/jobs")
+SUCCESS = (200, 202, 204)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
 
 
 class IdempotentUploads:
-    """Middleware: ``POST /v1/cloak`` with an ``Idempotency-Key`` is done once; everything else passes through.
+    """Middleware: a POST to an idempotent path with an ``Idempotency-Key`` is done once; the rest passes through.
 
     It must sit inside the authentication: a replayed answer is a cloaked photo, for token holders only.
     """
@@ -110,12 +114,14 @@ class IdempotentUploads:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = _header(scope, KEY_HEADER) if scope["type"] == "http" else None
-        if key is None or scope["method"] != "POST" or scope["path"] != "/v1/cloak":
+        if key is None or scope["method"] != "POST" or scope["path"] not in IDEMPOTENT_PATHS:
             await self.app(scope, receive, send)
             return
         if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
             await _send_json(send, 400, {"error": f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"})
             return
+        # A key names one request: the same key on the other path is another one.
+        key = f"{scope['path']} {key}"
         answer = await self.book.claim(key)
         if answer is not None:
             await send({"type": "http.response.start", "status": answer.status,
@@ -136,7 +142,7 @@ class IdempotentUploads:
         done = False
         try:
             await self.app(scope, receive, keep)
-            done = start.get("status") in (200, 204)
+            done = start.get("status") in SUCCESS
         finally:
             if done:
                 await self.book.finish(key, Answer(start["status"], tuple(start.get("headers", ())), bytes(body)))

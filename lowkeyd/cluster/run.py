@@ -37,7 +37,9 @@ def start_service(
         ray.init(address=address, include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING, **local)
     serve.start(http_options={"host": host, "port": port})
     started = time.monotonic()
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    # Warnings and errors only: one access-log line per photo would drown what matters.
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/",
+              logging_config={"log_level": "WARNING", "enable_access_log": False})
     log.info("lowkeyd service up in %.0f s", time.monotonic() - started)
     return f"http://{host}:{port}"
 
