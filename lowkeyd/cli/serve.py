@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise LowkeydError("replicas, batch size, concurrency and queue size must be at least 1")
     if args.max_replicas is not None and args.max_replicas < args.replicas:
         raise LowkeydError("--max-replicas must be at least --replicas")
+    job_roots = _job_roots(args.job_root, args.outbox)
 
     from lowkeyd.cluster.run import cluster_has_gpus, start_service, stop_service
     from lowkeyd.cluster.settings import ServeSettings
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         ingress_replicas=args.ingress_replicas, concurrency=args.concurrency, queue_size=args.queue_size,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout=args.timeout, token=token,
         strip_gps=not args.keep_gps, no_face=args.no_face, outbox=args.outbox,
-        job_roots=_job_roots(args.job_root, args.outbox),
+        job_roots=job_roots,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
