@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     token = load_token(args.token_file)
     import ray
 
-    ray.init(address=args.address, include_dashboard=False, **({} if args.address else {"num_cpus": args.num_cpus}))
+    local = {} if args.address else {"num_cpus": args.num_cpus}
+    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, **local)
     gpus = cluster_has_gpus() if args.gpus == "auto" else args.gpus == "yes"
     settings = ServeSettings(
         preset=args.preset, attack=overrides, replicas=args.replicas, max_replicas=args.max_replicas,

@@ -35,11 +35,11 @@ def start_service(
     if not ray.is_initialized():
         local = {} if address else {"num_cpus": num_cpus}
         ray.init(address=address, include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING, **local)
-    serve.start(http_options={"host": host, "port": port})
+    # Warnings and errors only: Serve's progress lines and one access-log line per photo would drown what matters.
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     started = time.monotonic()
-    # Warnings and errors only: one access-log line per photo would drown what matters.
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/",
-              logging_config={"log_level": "WARNING", "enable_access_log": False})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config=quiet)
     log.info("lowkeyd service up in %.0f s", time.monotonic() - started)
     return f"http://{host}:{port}"
 
