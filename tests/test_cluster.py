@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -321,6 +321,45 @@ class _Forwarder:
             self._server.close()
 
 
+class _RemoteDaemon:
+    """A real `lowkeyd run` process with ``remote:``, a watched folder and an outbox under ``root``."""
+
+    def __init__(self, root: Path, remote: dict[str, object]) -> None:
+        (root / "src").mkdir()
+        (root / "token").write_text(TOKEN + "\n")
+        config = {
+            "sources": [{"path": str(root / "src"), "name": "cam"}],
+            "outbox": str(root / "out"),
+            "attack": FAST_ATTACK,  # what fallback: local runs; the service has its own
+            "api": {"enabled": False},
+            "notifications": {"enabled": False},
+            "work": {"nice": 0, "idle_priority": False},
+            "watch": {"settle_seconds": 0.5},
+            "remote": {"token_file": str(root / "token"), "retry_seconds": 1, **remote},
+        }
+        (root / "config.yaml").write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k != "LOWKEYD_API_TOKEN"}
+        env.update({f"LOWKEYD_{d}_DIR": str(root / d.lower()) for d in ("STATE", "CONFIG", "RUNTIME")})
+        self.root, self.log_path = root, root / "daemon.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lowkeyd", "run", "--config", str(root / "config.yaml")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_until(condition, timeout, what, self.process, self.log)
+
+    def drop_photo(self, name: str, data: bytes) -> Path:
+        """Write a photo as a sync client does (a temporary name renamed into place); its outbox path."""
+        (self.root / "src" / f"{name}.part").write_bytes(data)
+        (self.root / "src" / f"{name}.part").rename(self.root / "src" / name)
+        return self.root / "out" / "cam" / name
+
+
 @pytest.mark.slow
 @needs_ray
 def test_a_daemon_with_remote_waits_while_it_is_down_then_publishes_through_it(
@@ -328,40 +367,30 @@ def test_a_daemon_with_remote_waits_while_it_is_down_then_publishes_through_it(
 ) -> None:
     host, port = service.removeprefix("http://").split(":")
     forwarder = _Forwarder(_free_port(), (host, int(port)))
-    (tmp_path / "src").mkdir()
-    (tmp_path / "token").write_text(TOKEN + "\n")
-    config = {
-        "sources": [{"path": str(tmp_path / "src"), "name": "cam"}],
-        "outbox": str(tmp_path / "out"),
-        "api": {"enabled": False},
-        "notifications": {"enabled": False},
-        "work": {"nice": 0, "idle_priority": False},
-        "watch": {"settle_seconds": 0.5},
-        "remote": {"url": f"http://127.0.0.1:{forwarder.port}", "token_file": str(tmp_path / "token"),
-                   "retry_seconds": 1},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "LOWKEYD_API_TOKEN"}
-    env.update({f"LOWKEYD_{d}_DIR": str(tmp_path / d.lower()) for d in ("STATE", "CONFIG", "RUNTIME")})
-    log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "lowkeyd", "run", "--config", str(tmp_path / "config.yaml")],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-
-    def read_log() -> str:
-        return log_path.read_text(errors="replace")
-
-    published = tmp_path / "out" / "cam" / "a.jpg"
+    daemon = _RemoteDaemon(tmp_path, {"url": f"http://127.0.0.1:{forwarder.port}"})
     try:
-        wait_until(lambda: "ready:" in read_log(), 120, "the daemon to start", process, read_log)
-        (tmp_path / "src" / "a.jpg.part").write_bytes(face_photo(0))
-        (tmp_path / "src" / "a.jpg.part").rename(tmp_path / "src" / "a.jpg")
-        wait_until(lambda: "photos wait for it" in read_log(), 120, "the daemon to wait for the remote", process, read_log)
+        daemon.wait_for(lambda: "ready:" in daemon.log(), 120, "the daemon to start")
+        published = daemon.drop_photo("a.jpg", face_photo(0))
+        daemon.wait_for(lambda: "photos wait for it" in daemon.log(), 120, "the daemon to wait for the remote")
         assert not published.exists() and not any((tmp_path / "out").rglob("*.jpg"))
         forwarder.open()
-        wait_until(published.exists, 600, "the photo to be published through the service", process, read_log)
+        daemon.wait_for(published.exists, 600, "the photo to be published through the service")
         assert published.read_bytes() == local_output[0]
-        assert "answers again" in read_log()
+        assert "answers again" in daemon.log()
     finally:
-        stop_daemon(process)
+        stop_daemon(daemon.process)
         forwarder.close()
+
+
+@pytest.mark.slow
+def test_a_daemon_whose_remote_is_down_cloaks_locally_with_fallback_local(
+    local_output: dict[int, bytes], tmp_path: Path
+) -> None:
+    daemon = _RemoteDaemon(tmp_path, {"url": f"http://127.0.0.1:{_free_port()}", "fallback": "local"})
+    try:
+        published = daemon.drop_photo("a.jpg", face_photo(0))
+        daemon.wait_for(published.exists, 600, "the photo to be cloaked locally")
+        assert published.read_bytes() == local_output[0]
+        assert "cloaking here" in daemon.log()
+    finally:
+        stop_daemon(daemon.process)
