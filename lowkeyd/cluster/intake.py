@@ -54,7 +54,3 @@ class Intake(Generic[R]):
 
     def has_room(self) -> bool:
         return self.room() > 0
-
-    def stop(self) -> None:
-        """Cancel what waits; what runs finishes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
