@@ -42,7 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--target-queue", type=float, default=2.0, help="requests per replica the autoscaler aims at")
     models.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each CPU replica reserves")
     models.add_argument("--threads", type=int, default=None, help="torch threads per CPU replica")
-    models.add_argument("--batch-size", type=int, default=4, help="photos from concurrent requests cloaked together")
+    models.add_argument("--batch-size", type=int, default=None,
+                        help="photos from concurrent requests cloaked together (default: 16 on GPUs, 4 on CPUs)")
     models.add_argument("--no-batch", action="store_true", help="one photo per model call (outputs byte for byte "
                         "those of lowkeyd cloak; see docs/cluster.md)")
     models.add_argument("--batch-wait", type=float, default=0.05, help="seconds a batch waits to fill")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         TcpConfig(host=args.host, port=args.port, allow_remote=args.allow_remote)
     except ValueError:
         raise LowkeydError(f"--host {args.host} is reachable from other machines: use 127.0.0.1, or add --allow-remote") from None
-    if min(args.replicas, args.batch_size, args.ingress_replicas, args.concurrency, args.queue_size) < 1:
+    if min(args.replicas, args.ingress_replicas, args.concurrency, args.queue_size, args.batch_size or 1) < 1 or args.batch_size == 0:
         raise LowkeydError("replicas, batch size, concurrency and queue size must be at least 1")
     if args.max_replicas is not None and args.max_replicas < args.replicas:
         raise LowkeydError("--max-replicas must be at least --replicas")
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         preset=args.preset, attack=overrides, replicas=args.replicas, max_replicas=args.max_replicas,
         target_queue=args.target_queue, gpus=gpus, cpus_per_replica=args.cpus_per_replica, threads=args.threads,
-        batch_size=1 if args.no_batch else args.batch_size, batch_wait=args.batch_wait,
+        batch_size=1 if args.no_batch else args.batch_size or (16 if gpus else 4), batch_wait=args.batch_wait,
         ingress_replicas=args.ingress_replicas, concurrency=args.concurrency, queue_size=args.queue_size,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout=args.timeout, token=token,
         strip_gps=not args.keep_gps, no_face=args.no_face, outbox=args.outbox,
