@@ -27,6 +27,7 @@ import pytest
 import yaml
 from daemon_fixtures import FAST_ATTACK, face_photo, stop_daemon, wait_until
 
+from lowkeyd.daemon.client import DaemonClient
 from lowkeyd.daemon.config import parse_config
 from lowkeyd.errors import ConfigError
 from lowkeyd.photo import read_photo
@@ -334,7 +335,6 @@ class _RemoteDaemon:
             "sources": [{"path": str(root / "src"), "name": "cam"}],
             "outbox": str(root / "out"),
             "attack": FAST_ATTACK,  # what fallback: local runs; the service has its own
-            "api": {"enabled": False},
             "notifications": {"enabled": False},
             "work": {"nice": 0, "idle_priority": False},
             "watch": {"settle_seconds": 0.5},
@@ -380,6 +380,10 @@ def test_a_daemon_with_remote_waits_while_it_is_down_then_publishes_through_it(
         daemon.wait_for(published.exists, 600, "the photo to be published through the service")
         assert published.read_bytes() == local_output[0]
         assert "answers again" in daemon.log()
+        # The daemon's own API hands its requests on too.
+        with DaemonClient(socket_path=tmp_path / "runtime" / "api.sock") as client:
+            cloaked, summary = client.cloak_bytes(face_photo(1))
+        assert cloaked == local_output[1] and summary["faces_cloaked"] == 1
     finally:
         stop_daemon(daemon.process)
         forwarder.close()
