@@ -12,7 +12,7 @@ from lowkeyd import __version__
 from lowkeyd.errors import LowkeydError
 
 # Each module registers its own sub-commands; importing them is cheap (no torch at import time).
-_COMMAND_MODULES = ("cloak", "verify", "bench", "models", "daemon", "status_page")
+_COMMAND_MODULES = ("cloak", "verify", "bench", "models", "daemon", "status_page", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

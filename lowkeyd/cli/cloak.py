@@ -46,6 +46,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="load the models here even when a lowkeyd daemon runs (by default its loaded models do the work, "
         "with its config's settings, unless an engine option above is given)",
     )
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        help="send the photos to a lowkeyd service (lowkeyd serve, or a daemon's TCP API) and write its answers here; "
+        "its own preset and policies apply",
+    )
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="the --remote service's bearer token (default: $LOWKEYD_API_TOKEN)"
+    )
     p.set_defaults(func=run)
 
 
@@ -69,10 +78,29 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def _remote(args: argparse.Namespace, asked: bool) -> DaemonProtector:
+    from lowkeyd.daemon.api.client import DaemonClient, DaemonProtector
+    from lowkeyd.daemon.config import RemoteConfig
+    from lowkeyd.daemon.remote import read_remote_token
+
+    if asked or args.no_daemon:
+        raise LowkeydError("--remote takes no engine or policy option: the service applies its own")
+    try:
+        config = RemoteConfig(url=args.remote, token_file=args.token_file)
+    except ValueError:
+        raise LowkeydError(f"--remote {args.remote}: expected http://HOST:PORT or https://...") from None
+    client = DaemonClient(url=config.url, token=read_remote_token(config))
+    client.status()  # down, or a wrong token: one clear error before any photo
+    print(f"lowkeyd: using the lowkeyd service at {client.where}", file=sys.stderr)
+    return DaemonProtector(client)
+
+
 def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
     given = (args.preset, args.device, args.keep_gps, args.no_face)
     asked = bool(args.overrides) or any(option is not None for option in given)
+    if args.remote:
+        return _remote(args, asked)
     if args.no_daemon or asked:
         return None
     from lowkeyd.daemon.api.client import DaemonProtector, find_daemon

@@ -257,6 +257,30 @@ def _overrides_of(preset: type[Preset]) -> type[Preset]:
 AttackSettings = _overrides_of(Preset)
 
 
+class RemoteConfig(_Section):
+    """A lowkeyd service that does the cloaking (``lowkeyd serve`` on a GPU box, or a daemon's TCP API)."""
+
+    url: str
+    # The service's bearer token; $LOWKEYD_API_TOKEN overrides it.
+    token_file: Path | None = None
+    # While the remote does not answer: photos wait for it (wait), or are cloaked here (local: the
+    # models are loaded on the first such photo). Never published uncloaked either way.
+    fallback: Literal["wait", "local"] = "wait"
+    # How often a remote that does not answer is tried again (seconds).
+    retry_seconds: float = Field(default=10.0, gt=0)
+    # A photo not answered within this many seconds is failed (and retried as the retry: section says).
+    timeout: float = Field(default=600.0, gt=0)
+
+    _expand_token_file = field_validator("token_file", mode="before")(_expand)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise _problem("bad_url", f"expected http://HOST:PORT or https://..., not {url!r}")
+        return url.rstrip("/")
+
+
 class DaemonConfig(_Section):
     sources: list[SourceConfig] = Field(min_length=1)
     outbox: Path
@@ -274,6 +298,8 @@ class DaemonConfig(_Section):
     api: ApiConfig = ApiConfig()
     # A command run for each photo published to the outbox (e.g. an upload); none by default.
     on_published: PublishHookConfig | None = None
+    # Offload the cloaking to a lowkeyd service; none by default (the models run here).
+    remote: RemoteConfig | None = None
 
     _expand_outbox = field_validator("outbox", mode="before")(_expand)
 

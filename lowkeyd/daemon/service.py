@@ -104,7 +104,21 @@ class _Pending:
 
 
 def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
-    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`."""
+    """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`.
+
+    With ``remote:`` a remote service cloaks instead (the models are loaded here only for ``fallback: local``).
+    """
+    if config.remote is not None:
+        from lowkeyd.daemon.remote import remote_protector
+
+        return remote_protector(  # type: ignore[return-value] - the interface the daemon uses
+            config.remote,
+            lambda engine: PhotoProtector(  # type: ignore[arg-type]
+                engine, strip_gps=config.strip_gps, no_face=config.no_face,
+                max_pixels=pixel_limit(config.work.max_megapixels), is_own_output=is_own_output,
+            ),
+            lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
+        )
     protector = PhotoProtector.load(
         config.attack_preset,
         config.device,

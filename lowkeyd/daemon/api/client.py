@@ -11,6 +11,7 @@ e.g. a GPU box on the LAN.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -29,6 +30,8 @@ API_SOCKET_NAME = "api.sock"
 URL_ENV = "LOWKEYD_URL"
 TOKEN_ENV = "LOWKEYD_API_TOKEN"
 SUMMARY_HEADER = "X-Lowkeyd-Summary"
+# A retried upload with the same key is not cloaked twice where the server keeps answers (lowkeyd serve).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 STATUS_PAGE_LOGIN = "/v1/status-page/login"
 # Waiting for room in a busy daemon's queue: at most this many tries, each after its Retry-After.
 BUSY_TRIES = 5
@@ -127,11 +130,13 @@ class DaemonClient:
         """The cloaked photo (same format; None when the daemon's no-face policy skips it) and its summary.
 
         Waits (as the daemon's Retry-After says) while the queue is full, a few times, then raises :class:`DaemonBusy`.
+        Every try names the upload by its content hash (``Idempotency-Key``): a service that kept the answer of
+        an earlier try replays it instead of cloaking the photo again.
         """
         params = {} if timeout is None else {"timeout": timeout}
+        headers = {"Content-Type": "application/octet-stream", IDEMPOTENCY_HEADER: hashlib.sha256(data).hexdigest()}
         for attempt in range(BUSY_TRIES):
-            response = self._request("POST", "/v1/cloak", content=data, params=params,
-                                     headers={"Content-Type": "application/octet-stream"})
+            response = self._request("POST", "/v1/cloak", content=data, params=params, headers=headers)
             if response.status_code not in (429, 503):
                 break
             if attempt < BUSY_TRIES - 1:
@@ -180,7 +185,7 @@ class DaemonProtector:
 
     def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
         cloaked, summary = self.client.cloak_bytes(data)
-        return cloaked, _outcome(summary, None)
+        return cloaked, outcome_of(summary, None)
 
     def protect_file(self, src: Path, dest: Path) -> Outcome:
         try:
@@ -190,10 +195,11 @@ class DaemonProtector:
         cloaked, summary = self.client.cloak_bytes(data)
         if cloaked is not None:
             atomic_write(dest, cloaked, like=src.stat())
-        return _outcome(summary, None if cloaked is None else dest)
+        return outcome_of(summary, None if cloaked is None else dest)
 
 
-def _outcome(summary: dict[str, Any], written: Path | None) -> Outcome:
+def outcome_of(summary: dict[str, Any], written: Path | None, sha256: str | None = None) -> Outcome:
+    """The :class:`~lowkeyd.pipeline.Outcome` an API summary describes (without per-face reports)."""
     return Outcome(
         status=summary["status"],
         faces_cloaked=summary["faces_cloaked"],
@@ -204,4 +210,5 @@ def _outcome(summary: dict[str, Any], written: Path | None) -> Outcome:
         # Validated by the daemon that ran it, so taken as sent: a daemon of another version (other knobs, or
         # none sent) still answers, its preset named and its settings as far as this version knows them.
         preset=Preset.model_construct(**summary.get("preset_settings", {"name": summary["preset"]})),
+        sha256=sha256,
     )

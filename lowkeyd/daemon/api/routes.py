@@ -315,6 +315,8 @@ class LocalApi:
             raise _error(504, f"not done within {timeout:g} s; lowkeyd is busy or the photo is large") from None
         except PhotoError as exc:
             raise _error(415, str(exc)) from None
+        except WorkerStopped as exc:  # stopping, or the service's model replicas lost: nothing was written
+            raise _error(503, str(exc), retry_after="10") from None
         except LowkeydError as exc:  # the engine's: a face that could not be protected is never returned
             raise _error(422, str(exc)) from None
         self._timed(outcome.seconds)

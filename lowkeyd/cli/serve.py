@@ -1,0 +1,126 @@
+"""``lowkeyd serve``: the cloaking API on Ray Serve, for many clients and many GPUs (needs ``lowkeyd[cluster]``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from lowkeyd.cli.options import parse_overrides
+from lowkeyd.errors import LowkeydError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the cloaking API on Ray Serve (one box, or a Ray cluster of GPU machines)",
+        description="The daemon's HTTP API (POST /v1/cloak, /v1/jobs, GET /v1/status, OpenAPI; bearer token, 413, 429) "
+        "on Ray Serve: model replicas with the ensemble resident (one per GPU, or CPU replicas), faces of concurrent "
+        "requests batched together, replicas scaled on queue length. Needs: pip install 'lowkeyd[cluster]'. "
+        "See docs/cluster.md.",
+    )
+    where = p.add_argument_group("where")
+    where.add_argument("--address", default=None, help="the Ray cluster to join (e.g. auto, or ray://HEAD:10001); "
+                       "default: a Ray instance started on this machine")
+    where.add_argument("--num-cpus", type=int, default=None, help="CPUs a local Ray instance offers its replicas")
+    where.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    where.add_argument("--port", type=int, default=8000)
+    where.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
+    where.add_argument("--token-file", type=Path, default=None,
+                       help="the bearer token clients send (default: the daemon's api-token; $LOWKEYD_API_TOKEN overrides)")
+    models = p.add_argument_group("model replicas")
+    models.add_argument("--preset", default="default", help="attack preset (default: default)")
+    models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one preset setting, e.g. --set steps=20 (repeatable)")
+    models.add_argument("--gpus", choices=("auto", "yes", "no"), default="auto",
+                        help="one GPU per replica (auto: when the cluster has GPUs)")
+    models.add_argument("--replicas", type=int, default=1, help="model replicas (the minimum with --max-replicas)")
+    models.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many on queue length")
+    models.add_argument("--target-queue", type=float, default=2.0, help="requests per replica the autoscaler aims at")
+    models.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each CPU replica reserves")
+    models.add_argument("--threads", type=int, default=None, help="torch threads per CPU replica")
+    models.add_argument("--batch-size", type=int, default=None,
+                        help="photos from concurrent requests cloaked together (default: 16 on GPUs, 4 on CPUs)")
+    models.add_argument("--no-batch", action="store_true", help="one photo per model call (outputs byte for byte "
+                        "those of lowkeyd cloak; see docs/cluster.md)")
+    models.add_argument("--batch-wait", type=float, default=0.05, help="seconds a batch waits to fill")
+    http = p.add_argument_group("requests")
+    http.add_argument("--ingress-replicas", type=int, default=1, help="replicas decoding and encoding photos")
+    http.add_argument("--concurrency", type=int, default=16, help="photos each ingress replica works on at once")
+    http.add_argument("--queue-size", type=int, default=32, help="photos waiting per ingress replica before 429")
+    http.add_argument("--max-upload-mb", type=float, default=100)
+    http.add_argument("--timeout", type=float, default=600, help="seconds before a request is answered 504")
+    http.add_argument("--keep-gps", action="store_true", help="keep GPS position (removed by default)")
+    http.add_argument("--no-face", choices=("copy", "skip"), default="copy")
+    http.add_argument("--outbox", type=Path, default=None, help="shared storage for POST /v1/jobs results")
+    http.add_argument("--job-root", action="append", default=[], metavar="NAME=PATH",
+                      help="a folder on shared storage POST /v1/jobs may cloak from (repeatable; one ingress replica)")
+    p.set_defaults(func=run)
+
+
+def _job_roots(pairs: list[str], outbox: Path | None) -> tuple[tuple[str, Path], ...]:
+    roots = []
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or "/" in name or not Path(path).is_dir():
+            raise LowkeydError(f"--job-root {pair!r}: expected NAME=PATH of an existing folder")
+        roots.append((name, Path(path).resolve()))
+    if roots and outbox is None:
+        raise LowkeydError("--job-root needs --outbox: where the cloaked files go")
+    return tuple(roots)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lowkeyd.cluster import require_ray
+    from lowkeyd.daemon.api.server import load_token
+    from lowkeyd.daemon.config import TcpConfig
+    from lowkeyd.engine.presets import get_preset
+
+    require_ray()
+    overrides = parse_overrides(args.overrides)
+    get_preset(args.preset, **overrides)  # a bad setting is a one-line error here, not a replica crash-loop
+    try:
+        TcpConfig(host=args.host, port=args.port, allow_remote=args.allow_remote)
+    except ValueError:
+        raise LowkeydError(f"--host {args.host} is reachable from other machines: use 127.0.0.1, or add --allow-remote") from None
+    if min(args.replicas, args.ingress_replicas, args.concurrency, args.queue_size, args.batch_size or 1) < 1 or args.batch_size == 0:
+        raise LowkeydError("replicas, batch size, concurrency and queue size must be at least 1")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise LowkeydError("--max-replicas must be at least --replicas")
+    job_roots = _job_roots(args.job_root, args.outbox)
+
+    from lowkeyd.cluster.run import cluster_has_gpus, start_service, stop_service
+    from lowkeyd.cluster.settings import ServeSettings
+
+    token = load_token(args.token_file)
+    import ray
+
+    local = {} if args.address else {"num_cpus": args.num_cpus}
+    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, **local)
+    gpus = cluster_has_gpus() if args.gpus == "auto" else args.gpus == "yes"
+    settings = ServeSettings(
+        preset=args.preset, attack=overrides, replicas=args.replicas, max_replicas=args.max_replicas,
+        target_queue=args.target_queue, gpus=gpus, cpus_per_replica=args.cpus_per_replica, threads=args.threads,
+        batch_size=1 if args.no_batch else args.batch_size or (16 if gpus else 4), batch_wait=args.batch_wait,
+        ingress_replicas=args.ingress_replicas, concurrency=args.concurrency, queue_size=args.queue_size,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout=args.timeout, token=token,
+        strip_gps=not args.keep_gps, no_face=args.no_face, outbox=args.outbox,
+        job_roots=job_roots,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = start_service(settings, host=args.host, port=args.port)
+        kind = "GPU" if gpus else f"{args.cpus_per_replica:g}-CPU"
+        scale = str(args.replicas) if args.max_replicas is None else f"{args.replicas}-{args.max_replicas}"
+        batching = "off" if settings.batch_size == 1 else f"up to {settings.batch_size} photos"
+        print(f"lowkeyd: serving on {url} ({scale} {kind} model replica(s), batching {batching}); "
+              "bearer token required; Ctrl-C stops", file=sys.stderr)
+        stop.wait()
+    finally:
+        stop_service()
+    return 0

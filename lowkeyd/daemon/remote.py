@@ -1,0 +1,189 @@
+"""The daemon's cloaking done by a remote lowkeyd service (``remote:`` in the config).
+
+A sync box without a GPU hands each photo to ``lowkeyd serve`` (or another daemon's TCP
+API) on the GPU box and publishes the answer into its own outbox, staged and renamed like
+any other result. Everything else stays here: watching, the state database, the outbox, the
+hook. What the remote applies is its own preset and policies.
+
+When the remote does not answer (down, unreachable, its queue full) a photo waits for it,
+tried again every ``retry_seconds``: the worker's queue fills and new photos wait on disk,
+so nothing piles up and nothing is published uncloaked. With ``fallback: local`` the
+models are loaded here on the first such photo and the photo is cloaked locally instead.
+A remote that answers with an error (a photo it cannot read, a face it cannot protect)
+fails that photo like a local error would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowkeyd.daemon.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
+from lowkeyd.errors import ConfigError, LowkeydError
+from lowkeyd.photo import Photo, write_bytes
+
+if TYPE_CHECKING:
+    from lowkeyd.daemon.config import RemoteConfig
+    from lowkeyd.pipeline import Outcome, PhotoProtector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+
+
+class RemoteEngine:
+    """Stands where the local :class:`~lowkeyd.engine.cloak.Cloaker` would: no detector, no models here.
+
+    With it a :class:`~lowkeyd.pipeline.PhotoProtector` still reads photos and publishes lowkeyd's own
+    output as it is; every other photo counts as one with faces, for the remote to cloak.
+    """
+
+    detector = None
+    models: tuple[()] = ()
+
+    def __init__(self, preset: str, url: str) -> None:
+        self.preset = _Named(preset)
+        self.device = f"remote {url}"
+
+
+def read_remote_token(config: RemoteConfig) -> str:
+    """``$LOWKEYD_API_TOKEN``, else the token file (never created here: it is the service's secret)."""
+    token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        if config.token_file is None:
+            raise ConfigError(f"remote: needs token_file (or ${TOKEN_ENV}): the service's bearer token")
+        try:
+            token = config.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"remote.token_file: cannot read {config.token_file}: {exc}") from None
+    if not token:
+        raise ConfigError("remote: the token is empty")
+    return token
+
+
+class RemoteProtector:
+    """The part of :class:`~lowkeyd.pipeline.PhotoProtector` the daemon uses, with the attack done remotely."""
+
+    def __init__(
+        self,
+        client: DaemonClient,
+        rules: PhotoProtector,
+        *,
+        fallback: str,
+        retry_seconds: float,
+        load_local: Callable[[], PhotoProtector],
+    ) -> None:
+        """``rules``: a protector on a :class:`RemoteEngine`, for reading and for lowkeyd's own output."""
+        self.client = client
+        self._rules = rules
+        self.cloaker = rules.cloaker
+        self.max_pixels = rules.max_pixels
+        self._fallback = fallback
+        self._retry_seconds = retry_seconds
+        self._load_local = load_local
+        self._local: PhotoProtector | None = None
+        self._lock = threading.Lock()
+
+    def read(self, src: Path, *, follow_symlinks: bool = True) -> Photo:
+        return self._rules.read(src, follow_symlinks=follow_symlinks)
+
+    def protect_without_attack(self, photo: Photo, dest: Path) -> Outcome | None:
+        return self._rules.protect_without_attack(photo, dest)
+
+    def protect_files(
+        self, jobs: Sequence[tuple[Path | Photo, Path]], *, follow_symlinks: bool = True
+    ) -> list[Outcome | LowkeydError]:
+        results: list[Outcome | LowkeydError] = []
+        for src, dest in jobs:
+            try:
+                photo = src if isinstance(src, Photo) else self.read(Path(src), follow_symlinks=follow_symlinks)
+                results.append(self._protect(photo, Path(dest)))
+            except LowkeydError as exc:
+                results.append(exc)
+        return results
+
+    def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]:
+        """For the daemon's own API: the remote's answer as it is (the remote judges lowkeyd's own output too)."""
+        answer = self._send(data)
+        if answer is None:
+            return self._local_protector().protect_bytes(data)
+        cloaked, summary = answer
+        return cloaked, outcome_of(summary, None, None if cloaked is None else hashlib.sha256(cloaked).hexdigest())
+
+    def _protect(self, photo: Photo, dest: Path) -> Outcome:
+        own = self._rules.protect_without_attack(photo, dest)  # lowkeyd's own output is not sent to be cloaked again
+        if own is not None:
+            return own
+        start = time.perf_counter()
+        answer = self._send(photo.source_bytes)
+        if answer is None:  # the remote is down and local work is allowed
+            result = self._local_protector().protect_files([(photo, dest)])[0]
+            if isinstance(result, LowkeydError):
+                raise result
+            return result
+        cloaked, summary = answer
+        if cloaked is None:
+            return outcome_of(summary, None)
+        write_bytes(photo, cloaked, dest)
+        outcome = outcome_of(summary, dest, hashlib.sha256(cloaked).hexdigest())
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def _send(self, data: bytes) -> tuple[bytes | None, dict] | None:
+        """The remote's answer; None when it is down and ``fallback: local``. Waits for it otherwise."""
+        down_since = None
+        while True:
+            try:
+                answer = self.client.cloak_bytes(data)
+            except (DaemonUnavailable, DaemonBusy) as exc:
+                if self._fallback == "local":
+                    log.warning("the remote lowkeyd does not answer (%s); cloaking here", exc)
+                    return None
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("the remote lowkeyd does not answer (%s); photos wait for it", exc)
+                time.sleep(self._retry_seconds)
+                continue
+            if down_since is not None:
+                log.info("the remote lowkeyd answers again after %.0f s", time.monotonic() - down_since)
+            return answer
+
+    def _local_protector(self) -> PhotoProtector:
+        with self._lock:
+            if self._local is None:
+                log.info("loading the models here, for while the remote is down")
+                self._local = self._load_local()
+            return self._local
+
+
+def remote_protector(
+    config: RemoteConfig,
+    rules: Callable[[RemoteEngine], PhotoProtector],
+    load_local: Callable[[], PhotoProtector],
+) -> RemoteProtector:
+    """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
+    client = DaemonClient(url=config.url, token=read_remote_token(config), timeout=config.timeout)
+    try:
+        preset = str(client.status().get("preset") or "remote")
+    except DaemonUnavailable as exc:
+        log.warning("the remote lowkeyd does not answer yet (%s)", exc)
+        preset = "remote"
+    except LowkeydError as exc:
+        client.close()
+        raise ConfigError(f"remote: {exc}") from None
+    log.info("cloaking on the remote lowkeyd at %s (preset %s)", config.url, preset)
+    return RemoteProtector(
+        client, rules(RemoteEngine(preset, config.url)), fallback=config.fallback,
+        retry_seconds=config.retry_seconds, load_local=load_local,
+    )
+
