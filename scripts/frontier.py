@@ -53,7 +53,7 @@ def main() -> None:
         for line in args.sweep.read_text().splitlines():
             record = json.loads(line)
             tried[record["label"]] = record["folds"]
-        _panel(axes[0][1], tried, "settings tried: SFace held out, 3 photos (the hardest fold)", "margin_social", 1)
+        _panel(axes[0][1], tried, "settings tried: SFace held out (the hardest fold), 3 photos unless labelled", "margin_social", 1)
         axes[0][1].axhline(0, color="grey", lw=0.8)
         axes[0][1].set_ylabel("held-out margin past its threshold, after resize + JPEG\n(mean over faces; > 0: no match)")
     fig.tight_layout()
