@@ -13,10 +13,11 @@ will be published.
 
 For transfer to recognisers outside the ensemble the objective is taken in
 expectation over input diversity (random view, rescale and small affine
-misalignment, a differentiable JPEG round trip: DI, Xie et al. 2019), over thinned members (feature-map dropout,
-:mod:`lowkeyd.engine.surrogate`), optionally with an intermediate-feature term,
-and the step is smoothed (translation invariance, Dong et al. 2019) and
-accumulated with momentum (MI, Dong et al. 2018).
+misalignment, a differentiable JPEG round trip: DI, Xie et al. 2019), over
+thinned members (feature-map dropout, :mod:`lowkeyd.engine.surrogate`),
+optionally with an intermediate-feature term, and the step is smoothed
+(translation invariance, Dong et al. 2019) and accumulated with momentum (MI,
+Dong et al. 2018).
 """
 
 from __future__ import annotations
@@ -31,15 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.align import warp_faces
-from lowkeyd.engine.jpeg_approx import jpeg_round_trip
+from lowkeyd.engine.jpeg_approx import YCBCR_TO_RGB, jpeg_round_trip
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.presets import Preset
 from lowkeyd.engine.surrogate import Surrogates
 
-# ITU-R BT.601 YCbCr -> RGB for differences (no offsets): chroma can be damped
-# independently of luma, since colour blotches on skin are what people notice.
-_YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
@@ -292,8 +290,10 @@ class LowKey:
 
     def _perturbed(self, param: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.preset.chroma_scale < 1:
+            # The perturbation lives in YCbCr: chroma can be damped independently of luma,
+            # since colour blotches on skin are what people notice.
             scale = torch.tensor([1.0, self.preset.chroma_scale, self.preset.chroma_scale], device=x.device)
-            param = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x.device) * scale, param)
+            param = torch.einsum("ij,bjhw->bihw", YCBCR_TO_RGB.to(x.device) * scale, param)
         return (x + weight * param).clamp(0, 1)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:

@@ -33,8 +33,9 @@ _CHROMA_TABLE = (
     99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
 )  # fmt: skip
 
-_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-_YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
+# Full-range ITU-R BT.601 (JFIF), without the chroma offset of 128.
+RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
 
 
 def quantisation_tables(quality: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,17 +80,17 @@ def jpeg_round_trip(rgb: torch.Tensor, quality: int, *, subsample: bool = True) 
     ph, pw = -h % mcu, -w % mcu
     x = F.pad(rgb * 255, (0, pw, 0, ph), mode="replicate") if ph or pw else rgb * 255
     # The codec works on 8-bit samples at each stage: colour conversion, subsampling, decoding.
-    ycc = _round_through(torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x))
+    ycc = _round_through(torch.einsum("ij,bjhw->bihw", RGB_TO_YCBCR.to(x), x))
     luma_table, chroma_table = (t.to(x) for t in quantisation_tables(quality))
     dct = _dct_matrix(x.device)
     luma = _quantise(ycc[:, 0] - 128, luma_table, dct)
     chroma = ycc[:, 1:]
     if subsample:
         chroma = _round_through(F.avg_pool2d(chroma, 2))
-    chroma = torch.stack([_quantise(chroma[:, c], chroma_table, dct) for c in range(2)], 1)
+    chroma = _quantise(chroma.flatten(0, 1), chroma_table, dct).view_as(chroma)
     chroma = _round_through(chroma.clamp(-128, 127))
     if subsample:
         chroma = _round_through(F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False))
     decoded = torch.cat([_round_through((luma[:, None] + 128).clamp(0, 255)), chroma], 1)
-    out = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), decoded)
+    out = torch.einsum("ij,bjhw->bihw", YCBCR_TO_RGB.to(x), decoded)
     return (_round_through(out.clamp(0, 255)) / 255)[..., :h, :w]
