@@ -10,7 +10,7 @@ import torch
 
 from conftest import aligned_face, detected_face, load_rgb
 from lowkeyd.engine.align import warp_faces
-from lowkeyd.engine.attack import LowKey, feature_guard
+from lowkeyd.engine.attack import LowKey, feature_guard, remove_shading
 from lowkeyd.engine.presets import get_preset
 from lowkeyd.engine.surrogate import Surrogates
 
@@ -114,6 +114,78 @@ def test_translation_invariant_steps_are_smoother(sface):
     assert roughness(smoothed) < 0.5 * roughness(plain), (roughness(plain), roughness(smoothed))
 
 
+@pytest.mark.parametrize("ycbcr", [True, False])
+def test_shading_removal_takes_the_broad_luma_change_and_leaves_texture_and_colour(ycbcr):
+    g = torch.Generator().manual_seed(0)
+    texture = torch.randn(1, 3, 96, 96, generator=g) * 0.1
+    ramp = torch.linspace(-1, 1, 96).view(1, 1, 1, 96).expand(1, 3, 96, 96)  # darker on one side: shading
+    step = texture + ramp
+    eyes = torch.tensor([32.0])  # a 4 px sigma
+
+    def luma(t: torch.Tensor) -> torch.Tensor:
+        return t[:, :1] if ycbcr else 0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
+
+    def broad(t: torch.Tensor) -> float:  # luma averaged over 16 px squares: what reads as shading
+        return float(torch.nn.functional.avg_pool2d(luma(t), 16).abs().mean())
+
+    kept = remove_shading(step, eyes, keep=0.0, ycbcr=ycbcr)
+    assert broad(kept) < 0.05 * broad(step)
+    # What is left is the texture (away from the borders, where a reflected ramp is no ramp).
+    inner = (..., slice(16, -16), slice(16, -16))
+    error = (luma(kept) - luma(texture))[inner].pow(2).mean()
+    assert float(error) < 0.1 * float(luma(texture)[inner].pow(2).mean())
+    if ycbcr:
+        assert torch.equal(kept[:, 1:], step[:, 1:])  # chroma untouched
+    else:
+        # Only an equal change to R, G and B: colour differences untouched.
+        assert torch.allclose(kept[:, 0] - kept[:, 1], step[:, 0] - step[:, 1], atol=1e-6)
+    half = remove_shading(step, eyes, keep=0.5, ycbcr=ycbcr)
+    assert broad(kept) < broad(half) < broad(step)
+    assert torch.equal(remove_shading(step, eyes, keep=1.0, ycbcr=ycbcr), step)
+
+
+def test_the_change_cap_holds_every_pixel_and_spreads_the_change():
+    from lowkeyd.engine.cloak import Cloaker
+
+    rgb = load_rgb("astronaut.png")
+
+    def change(cap: float | None) -> torch.Tensor:
+        cloaker = Cloaker("default", "cpu", models=["sface"], steps=8, step_size=0.006, target=None, max_change=cap)
+        crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+        result = cloaker.attack(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+        return (result.adversarial - crop.pixels[None]).abs()
+
+    free, capped = change(None), change(0.02)
+    assert float(free.max()) > 0.04  # uncapped, the change piles up somewhere
+    assert float(capped.max()) <= 0.02 + 1e-6
+    # Not simply clipped: the capped run moves more pixels by a visible amount.
+    assert float((capped > 0.01).float().mean()) > float((free > 0.01).float().mean())
+
+
+def test_the_decoy_is_someone_else_and_the_push_moves_towards_them(sface):
+    from lowkeyd.engine.cloak import Cloaker
+
+    rgb = load_rgb("obama.jpg")  # obama.jpg is also a decoy: it must never be picked for itself
+
+    def run(decoy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cloaker = Cloaker("default", "cpu", models=["sface"], steps=6, target=None, decoy_weight=decoy_weight)
+        crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+        result = cloaker.attack(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+        decoys = cloaker.attack._decoy_embeddings
+        adversarial = cloaker.attack._embeddings(result.adversarial, crop.landmarks[None], None)["sface"][0, 0]
+        original = cloaker.attack._embeddings(crop.pixels[None], crop.landmarks[None], None)["sface"][0, 0]
+        return adversarial, original, decoys
+
+    towards, original, decoys = run(1.0)
+    away, _, _ = run(0.0)
+    assert decoys is not None and decoys["sface"].shape[0] == 3
+    likeness = decoys["sface"] @ original
+    assert float(likeness.max()) > sface.threshold  # obama.jpg itself is among the decoys...
+    decoy = decoys["sface"][likeness.argmin()]
+    assert float(decoy @ original) < sface.threshold  # ...and the one picked is another person
+    assert float(towards @ decoy) > float(away @ decoy) + 0.02
+
+
 @pytest.mark.parametrize("quality", [70, 80, 95])
 def test_the_differentiable_jpeg_decodes_like_pillow_and_passes_gradients(quality):
     import io
@@ -163,9 +235,9 @@ def test_the_stop_averages_the_published_views_looks(sface, smoothing, stops):
     def look(cos: float) -> dict[str, torch.Tensor]:  # an embedding at cosine ``cos`` to the original
         return {"sface": (cos * reference + math.sqrt(1 - cos**2) * side).requires_grad_()}
 
-    batch = _Batch(*(None,) * 5, reference={"sface": reference}, taps={})
+    batch = _Batch(*(None,) * 5, reference={"sface": reference}, taps={}, decoys={})
     idx = torch.tensor([0])
-    state = attack._start(_Batch(torch.zeros(1, 3, 8, 8), *(None,) * 6), torch.Generator().manual_seed(0))
+    state = attack._start(_Batch(torch.zeros(1, 3, 8, 8), *(None,) * 7), torch.Generator().manual_seed(0))
     assert isinstance(state, _State)
     # Well past the target on one look, a little short of it on the next (a bad misalignment):
     # on average past it.

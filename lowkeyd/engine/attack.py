@@ -32,22 +32,56 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.align import warp_faces
+from lowkeyd.engine.decoys import Decoy
 from lowkeyd.engine.jpeg_approx import YCBCR_TO_RGB, jpeg_round_trip
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.presets import Preset
 from lowkeyd.engine.surrogate import Surrogates
 
+# Shading is the scale of an eye socket or a cheek's fold: change at that scale
+# reads as darker brows, deeper lines, make-up. As a Gaussian's sigma, in eye
+# distances.
+SHADING_SIGMA = 1 / 8
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
     """Depthwise Gaussian blur with reflected borders (G in LowKey's objective)."""
-    r = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
-    k1 = torch.exp(-(r**2) / (2 * sigma**2))
-    k1 = k1 / k1.sum()
+    k1 = _gaussian_kernel(kernel // 2, sigma, x)
     k2 = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, kernel, kernel)
     pad = kernel // 2
     return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k2, groups=x.shape[1])
+
+
+def _gaussian_kernel(radius: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """``(2 * radius + 1,)`` normalised 1-D Gaussian, of ``like``'s dtype and device."""
+    r = torch.arange(-radius, radius + 1, dtype=like.dtype, device=like.device)
+    k = torch.exp(-(r**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def remove_shading(step: torch.Tensor, eye_distance: torch.Tensor, keep: float, ycbcr: bool) -> torch.Tensor:
+    """``step`` (B, 3, H, W) with its luma's shading-scale part scaled to ``keep``.
+
+    The shading part is the luma blurred by a Gaussian of :data:`SHADING_SIGMA`
+    eye distances (``eye_distance`` (B,) in pixels); what is left is texture
+    finer than that. ``ycbcr``: the step's channels are Y, Cb, Cr (else RGB,
+    where adding the same amount to all three changes luma alone).
+    """
+    luma = step[:, :1] if ycbcr else 0.299 * step[:, 0:1] + 0.587 * step[:, 1:2] + 0.114 * step[:, 2:3]
+    shading = torch.cat([_separable_blur(luma[i : i + 1], float(d) * SHADING_SIGMA) for i, d in enumerate(eye_distance)])
+    correction = (1 - keep) * shading
+    if ycbcr:
+        return torch.cat([step[:, :1] - correction, step[:, 1:]], 1)
+    return step - correction
+
+
+def _separable_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``(1, 1, H, W)`` as two 1-D passes: shading-scale kernels are too wide for a 2-D one."""
+    radius = min(int(3 * sigma), min(x.shape[-2:]) - 1)
+    k = _gaussian_kernel(radius, sigma, x)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
 
 
 def texture_weight(x: torch.Tensor, flat_weight: float, window: int = 7, texture_level: float = 0.03) -> torch.Tensor:
@@ -111,6 +145,7 @@ class _Batch:
     area: torch.Tensor  # (B, 1, 1, 1): pixels x channels the face may change
     reference: dict[str, torch.Tensor]  # model -> (F, B, D) clean embeddings
     taps: dict[str, torch.Tensor]  # model -> (F*B, C) clean intermediate features
+    decoys: dict[str, torch.Tensor]  # model -> (B, D) embedding of each face's decoy (empty: untargeted)
 
 
 @dataclass
@@ -132,12 +167,19 @@ class LowKey:
     pixels, ``masks`` ``(B, 1, H, W)`` in ``[0, 1]``: 0 where the crop must not
     change; ``regions`` ``(B, 4)`` integer ``x1, y1, x2, y2``: the face region
     whose LPIPS is kept small (computed on that region alone, as
-    :mod:`lowkeyd.engine.evaluate` reports it).
+    :mod:`lowkeyd.engine.evaluate` reports it). ``decoys``: the identities a
+    targeted push (``preset.decoy_weight``) may steer faces towards.
     """
 
-    def __init__(self, models: Sequence[FaceEmbedder], lpips: torch.nn.Module, preset: Preset) -> None:
+    def __init__(
+        self, models: Sequence[FaceEmbedder], lpips: torch.nn.Module, preset: Preset, decoys: Sequence[Decoy] = ()
+    ) -> None:
         if not models:
             raise ValueError("the attack needs at least one recogniser")
+        if preset.decoy_weight and not decoys:
+            raise ValueError("a targeted push (decoy_weight) needs decoy identities")
+        self.decoys = list(decoys) if preset.decoy_weight else []
+        self._decoy_embeddings: dict[str, torch.Tensor] | None = None
         self.models = list(models)
         self.lpips = lpips
         self.preset = preset
@@ -182,7 +224,18 @@ class LowKey:
         reference = self._embeddings(crops, landmarks, None)
         taps = dict(self.surrogates.taps)
         area = masks.sum((1, 2, 3), keepdim=True).clamp_min(1) * crops.shape[1]
-        return _Batch(crops, landmarks, regions, weight, area, reference, taps)
+        return _Batch(crops, landmarks, regions, weight, area, reference, taps, self._pick_decoys(reference))
+
+    def _pick_decoys(self, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per member, ``(B, D)``: the embedding of the decoy the members find least like each face."""
+        if not self.decoys:
+            return {}
+        if self._decoy_embeddings is None:
+            per_decoy = [self._embeddings(d.image, d.landmarks, None) for d in self.decoys]
+            self._decoy_embeddings = {m.name: torch.cat([e[m.name][0] for e in per_decoy]) for m in self.models}
+        likeness = sum(reference[n][0] @ e.T for n, e in self._decoy_embeddings.items())  # (B, K)
+        choice = likeness.argmin(1)
+        return {n: e[choice] for n, e in self._decoy_embeddings.items()}
 
     def _start(self, batch: _Batch, generator: torch.Generator) -> _State:
         p, n = self.preset, batch.crops.shape[0]
@@ -253,6 +306,8 @@ class LowKey:
                     old = state.expected[name][idx]
                     state.expected[name][idx] = torch.where(old.isnan(), cos, old + p.stop_smoothing * (cos - old))
             distance = self._feature_distance(e, ref)
+            if name in batch.decoys:
+                distance = distance + p.decoy_weight * self._likeness(e, batch.decoys[name][idx])
             if name in self.surrogates.taps:
                 distance = distance + p.tap_weight * self._tap_distance(self.surrogates.taps[name], batch.taps[name], idx)
             # Focus: a member already past its target gets no more of the step; the budget
@@ -275,6 +330,11 @@ class LowKey:
         if p.ti_kernel:
             # Translation invariance: the step for every small shift of the face at once.
             grad = gaussian_blur(grad, p.ti_kernel, p.ti_kernel / 4)
+        if p.shading < 1:
+            # Band-limited from above too: the perturbation is a sum of steps, so its
+            # shading is kept to the same share.
+            eyes = (batch.landmarks[idx, 1] - batch.landmarks[idx, 0]).norm(dim=-1).clamp_min(8.0)
+            grad = remove_shading(grad, eyes, p.shading, ycbcr=p.chroma_scale < 1)
         if p.step_rule == "sign":
             direction = grad.sign()
         else:
@@ -294,7 +354,11 @@ class LowKey:
             # since colour blotches on skin are what people notice.
             scale = torch.tensor([1.0, self.preset.chroma_scale, self.preset.chroma_scale], device=x.device)
             param = torch.einsum("ij,bjhw->bihw", YCBCR_TO_RGB.to(x.device) * scale, param)
-        return (x + weight * param).clamp(0, 1)
+        change = weight * param
+        if self.preset.max_change is not None:
+            # A capped pixel passes no gradient: the next steps spread the change to the others.
+            change = change.clamp(-self.preset.max_change, self.preset.max_change)
+        return (x + change).clamp(0, 1)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         p = self.preset.precision
@@ -394,6 +458,13 @@ class LowKey:
         d2 = (emb - ref.repeat(1, emb.shape[1] // batch, 1)).pow(2).sum(-1)
         d2 = d2 / (emb.shape[-1] if self.preset.feature_scale == "per_dim" else 4.0)
         return d2.mean(0).view(-1, batch).sum(0)
+
+    @staticmethod
+    def _likeness(emb: torch.Tensor, decoy: torch.Tensor) -> torch.Tensor:
+        """``(F, V*B, D)`` vs ``(B, D)`` -> ``(B,)``: (1 + cosine) / 2 to the decoy, flips averaged, views summed."""
+        batch = decoy.shape[0]
+        cos = (emb * decoy.repeat(emb.shape[1] // batch, 1)).sum(-1)
+        return ((1 + cos) / 2).mean(0).view(-1, batch).sum(0)
 
     def _tap_distance(self, tap: torch.Tensor, reference: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``(b,)``: 1 - cosine of pooled intermediate features, flips averaged and views summed.

@@ -143,9 +143,10 @@ class Cloaker:
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
         self.detector: FaceDetector = self.resident.detector_for(preset.min_face_px)
         lpips = self.resident.lpips
-        self.attack = LowKey(self.models, lpips, preset)
+        decoys = self.resident.decoys if preset.decoy_weight else ()
+        self.attack = LowKey(self.models, lpips, preset, decoys)
         # Grayscale photos are written back as grayscale: only a luma change survives that.
-        self._luma_attack = LowKey(self.models, lpips, preset.model_copy(update={"chroma_scale": 0.0}))
+        self._luma_attack = LowKey(self.models, lpips, preset.model_copy(update={"chroma_scale": 0.0}), decoys)
 
     @property
     def crop_size(self) -> int:

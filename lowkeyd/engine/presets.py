@@ -22,7 +22,11 @@ A preset is a complete set of attack parameters; any field can be overridden
   overshoot: on every holdout fold the same protection at face LPIPS 0.0237
   instead of 0.0263. Tried on the hardest folds and not kept: an LPIPS weight
   of 5, a differentiable JPEG view (``jpeg_views``), deciding the stop on an
-  average of looks (``stop_smoothing``): README, Transfer.
+  average of looks (``stop_smoothing``), a targeted push towards a decoy
+  identity (``decoy_weight``), and three ways of keeping the change from where
+  people look: filtering shading out of the steps (``shading``), less chroma,
+  a cap on any pixel's change (``max_change``). Each cost transfer or LPIPS:
+  README, Transfer.
 * ``strong`` - the default pushed further (target 2.5, 80 steps of 0.002), for
   photos that matter most: a wider margin against unseen recognisers at a
   more visible change. (A target of 3 with flipped copies was tried: it ran
@@ -87,9 +91,21 @@ class Preset(BaseModel):
     eye_weight: float = Field(
         1.0, ge=0, le=1, description="perturbation weight over eyes, brows and nose bridge relative to the rest; 1 = no guard"
     )
+    shading: float = Field(
+        1.0, ge=0, le=1, description="share of each step's luma change at the scale of shading (an eye socket, a "
+        "cheek's fold) that is kept; the rest of the budget goes to finer texture. 1 = unfiltered",
+    )
     jpeg_views: float = Field(
         0.0, ge=0, le=1, description="share of steps whose view goes through a differentiable JPEG round trip "
         "(random quality 70-95, 4:2:0), as photo sites re-encode uploads; 0 = off",
+    )
+    max_change: float | None = Field(
+        None, gt=0, le=1, description="cap on any pixel's change per channel: the attack otherwise piles it "
+        "onto the eyes, in blobs of 20 levels and more; None = no cap",
+    )
+    decoy_weight: float = Field(
+        0.0, ge=0, description="weight of a targeted push towards another person's face (a decoy: "
+        "lowkeyd.engine.decoys) beside the push away from the original; 0 = untargeted",
     )
     rescale_min: float = Field(0.7, gt=0, le=1, description="random down-and-up rescale factor averaged over")
     work_face_px: int = Field(320, ge=64, le=1024, description="face size at which the attack works; larger faces are downscaled")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
+from lowkeyd.engine.decoys import Decoy, load_decoys
 from lowkeyd.engine.device import pick_device, set_cpu_threads
 from lowkeyd.engine.faces import DEFAULT_MIN_FACE, FaceDetector
 from lowkeyd.engine.models.base import FaceEmbedder
@@ -56,6 +58,11 @@ class ResidentModels:
         if unknown:
             raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
         return replace(self, recognisers=tuple(m for m in self.recognisers if m.name in names))
+
+    @cached_property
+    def decoys(self) -> tuple[Decoy, ...]:
+        """The decoy identities of a targeted push, found on first use (three photos through the detector)."""
+        return load_decoys(self.detector, self.device)
 
     def detector_for(self, min_face: int) -> FaceDetector:
         """A detector finding faces from ``min_face`` px up: the resident one, unless a smaller size is asked for."""
