@@ -22,14 +22,19 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 
-def _panel(ax, points: dict[str, list[dict]], title: str, key: str, scale: float) -> None:
-    for i, (name, folds) in enumerate(sorted(points.items())):
+def _panel(ax, points: dict[str, list[dict]], title: str, key: str, scale: float, numbered: bool = False) -> None:
+    """One point per setting; ``numbered``: points carry numbers and a legend names them (for crowded panels)."""
+    for i, (name, folds) in enumerate(points.items() if numbered else sorted(points.items())):
         values = [scale * f[key] for f in folds]
         x = statistics.mean(f["lpips"] for f in folds)
         y = statistics.mean(values)
-        ax.errorbar(x, y, yerr=[[y - min(values)], [max(values) - y]], fmt="o", capsize=3)
+        label = f"{i + 1}: {name}" if numbered else None
+        ax.errorbar(x, y, yerr=[[y - min(values)], [max(values) - y]], fmt="o", capsize=3, label=label)
         # Neighbouring points are common: alternate the label above and below its point.
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=7)
+        text = str(i + 1) if numbered else name
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -11), fontsize=7)
+    if numbered:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("face LPIPS (alex, phase-averaged)")
     ax.grid(alpha=0.3)
@@ -44,7 +49,7 @@ def main() -> None:
     presets: dict[str, list[dict]] = {}
     for path in args.reports:
         presets.update(json.loads(path.read_text()))
-    fig, axes = plt.subplots(1, 2 if args.sweep else 1, figsize=(12 if args.sweep else 6, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if args.sweep else 1, figsize=(15 if args.sweep else 6, 5.4), squeeze=False)
     _panel(axes[0][0], presets, "presets: every leave-one-out fold, 5 sample photos", "self_social", 100)
     axes[0][0].set_ylim(-5, 105)
     axes[0][0].set_ylabel("faces an unseen recogniser fails to match,\nself-match after resize + JPEG (%)")
@@ -53,7 +58,7 @@ def main() -> None:
         for line in args.sweep.read_text().splitlines():
             record = json.loads(line)
             tried[record["label"]] = record["folds"]
-        _panel(axes[0][1], tried, "settings tried: SFace held out (the hardest fold), 3 photos unless labelled", "margin_social", 1)
+        _panel(axes[0][1], tried, "settings tried: SFace held out (the hardest fold), 3 photos unless labelled", "margin_social", 1, numbered=True)
         axes[0][1].axhline(0, color="grey", lw=0.8)
         axes[0][1].set_ylabel("held-out margin past its threshold, after resize + JPEG\n(mean over faces; > 0: no match)")
     fig.tight_layout()

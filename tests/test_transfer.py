@@ -10,7 +10,7 @@ import torch
 
 from conftest import aligned_face, detected_face, load_rgb
 from lowkeyd.engine.align import warp_faces
-from lowkeyd.engine.attack import LowKey, feature_guard, remove_shading
+from lowkeyd.engine.attack import LowKey, eye_spots, feature_guard, remove_shading
 from lowkeyd.engine.presets import get_preset
 from lowkeyd.engine.surrogate import Surrogates
 
@@ -256,6 +256,27 @@ def test_the_feature_guard_spares_eyes_brows_and_bridge_not_cheeks():
         assert guard[y, x] < 0.25, (x, y, float(guard[y, x]))
     for x, y in ((30, 90), (90, 90), (60, 120), (5, 5)):  # cheeks, chin, background
         assert guard[y, x] > 0.99, (x, y, float(guard[y, x]))
+
+
+def test_the_eye_chroma_guard_keeps_the_iris_colour_and_not_its_brightness(sface):
+    from lowkeyd.engine.cloak import Cloaker
+
+    landmarks = torch.tensor([[[40.0, 50.0], [80.0, 50.0], [60.0, 75.0], [45.0, 95.0], [75.0, 95.0]]])
+    spots = eye_spots(landmarks, (128, 128), weight=0.0)[0, 0]
+    assert spots[50, 40] == 0 and spots[50, 80] == 0
+    assert spots[50, 60] == 1 and spots[90, 30] == 1  # bridge, cheek
+
+    rgb = load_rgb("obama.jpg")
+    cloaker = Cloaker("default", "cpu", models=["sface"], steps=4, step_size=0.004, target=None, eye_chroma=0.0)
+    crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
+    result = cloaker.attack(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
+    delta = (result.adversarial - crop.pixels[None])[0]
+    luma = 0.299 * delta[0] + 0.587 * delta[1] + 0.114 * delta[2]
+    colour = (delta - luma).abs().amax(0)  # how far the change is from grey
+    for x, y in crop.landmarks[:2].round().long().tolist():
+        assert float(colour[y, x]) < 2e-3, float(colour[y, x])
+        assert float(luma[y - 2 : y + 3, x - 2 : x + 3].abs().max()) > 2e-3  # brightness still changes there
+    assert float(colour.max()) > 5e-3  # colour elsewhere still does
 
 
 def test_targets_sit_between_threshold_and_a_stranger_on_each_models_own_scale(sface):

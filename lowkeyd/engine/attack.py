@@ -106,24 +106,39 @@ def feature_guard(landmarks: torch.Tensor, size: tuple[int, int], weight: float)
     creases are the first thing someone who knows the face notices. Each eye's
     ellipse reaches up over its brow; one more covers the bridge between them.
     """
+    left, right = landmarks[:, 0], landmarks[:, 1]
+    d = (right - left).norm(dim=-1).clamp_min(1.0)
+    eye_line = right - left
+    up = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1) / d[:, None]  # unit vector towards the brows (-y)
+    lift = up * d[:, None]
+    ellipses = ((left + 0.2 * lift, 0.36, 0.42), (right + 0.2 * lift, 0.36, 0.42), ((left + right) / 2 - 0.05 * lift, 0.16, 0.34))
+    return (1 - (1 - weight) * _ellipse_cover(size, ellipses, d))[:, None]
+
+
+def eye_spots(landmarks: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+    """``(B, 1, H, W)``: ``weight`` over each eye's opening (iris and white), 1 elsewhere, soft-edged."""
+    left, right = landmarks[:, 0], landmarks[:, 1]
+    d = (right - left).norm(dim=-1).clamp_min(1.0)
+    return (1 - (1 - weight) * _ellipse_cover(size, ((left, 0.22, 0.15), (right, 0.22, 0.15)), d))[:, None]
+
+
+def _ellipse_cover(size: tuple[int, int], ellipses: Sequence[tuple[torch.Tensor, float, float]], d: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)``: 1 inside any of ``ellipses`` (centre ``(B, 2)``, half-axes in eye distances ``d`` ``(B,)``),
+    0 well outside, a smooth step between."""
     h, w = size
     ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=landmarks.device),
-        torch.arange(w, dtype=torch.float32, device=landmarks.device),
+        torch.arange(h, dtype=torch.float32, device=d.device),
+        torch.arange(w, dtype=torch.float32, device=d.device),
         indexing="ij",
     )
-    left, right = landmarks[:, 0], landmarks[:, 1]
-    d = (right - left).norm(dim=-1).clamp_min(1.0)[:, None, None]
-    eye_line = right - left
-    up = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1) / d[:, :, 0]  # unit vector towards the brows (-y)
-    guard = torch.zeros(landmarks.shape[0], h, w, device=landmarks.device)
-    for centre, ax, ay in ((left + 0.2 * up * d[:, :, 0], 0.36, 0.42), (right + 0.2 * up * d[:, :, 0], 0.36, 0.42),
-                           ((left + right) / 2 - 0.05 * up * d[:, :, 0], 0.16, 0.34)):
+    d = d[:, None, None]
+    cover = torch.zeros(d.shape[0], h, w, device=d.device)
+    for centre, ax, ay in ellipses:
         # Axis-aligned ellipses are enough: the roll of a face the attack keeps is small.
         r = ((xs - centre[:, 0, None, None]) / (ax * d)) ** 2 + ((ys - centre[:, 1, None, None]) / (ay * d)) ** 2
         t = ((1.3 - r.sqrt()) / 0.5).clamp(0, 1)
-        guard = torch.maximum(guard, t * t * (3 - 2 * t))
-    return (1 - (1 - weight) * guard)[:, None]
+        cover = torch.maximum(cover, t * t * (3 - 2 * t))
+    return cover
 
 
 @dataclass
@@ -146,6 +161,7 @@ class _Batch:
     reference: dict[str, torch.Tensor]  # model -> (F, B, D) clean embeddings
     taps: dict[str, torch.Tensor]  # model -> (F*B, C) clean intermediate features
     decoys: dict[str, torch.Tensor]  # model -> (B, D) embedding of each face's decoy (empty: untargeted)
+    chroma: torch.Tensor | None = None  # (B, 1, H, W): chroma change allowed per pixel, relative (None: everywhere)
 
 
 @dataclass
@@ -183,6 +199,7 @@ class LowKey:
         self.models = list(models)
         self.lpips = lpips
         self.preset = preset
+        self._ycbcr = preset.chroma_scale < 1 or preset.eye_chroma < 1
         self.surrogates = Surrogates(self.models, preset.dropout, preset.tap_depth if preset.tap_weight else None)
         # Models sharing a template and input size share one warp per step.
         key = lambda m: (tuple(m.template.flatten().tolist()), tuple(m.input_size))  # noqa: E731
@@ -221,10 +238,11 @@ class LowKey:
             weight = weight * texture_weight(crops, p.flat_weight)
         if p.eye_weight < 1:
             weight = weight * feature_guard(landmarks, tuple(crops.shape[-2:]), p.eye_weight)
+        chroma = eye_spots(landmarks, tuple(crops.shape[-2:]), p.eye_chroma) if p.eye_chroma < 1 else None
         reference = self._embeddings(crops, landmarks, None)
         taps = dict(self.surrogates.taps)
         area = masks.sum((1, 2, 3), keepdim=True).clamp_min(1) * crops.shape[1]
-        return _Batch(crops, landmarks, regions, weight, area, reference, taps, self._pick_decoys(reference))
+        return _Batch(crops, landmarks, regions, weight, area, reference, taps, self._pick_decoys(reference), chroma)
 
     def _pick_decoys(self, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per member, ``(B, D)``: the embedding of the decoy the members find least like each face."""
@@ -253,7 +271,7 @@ class LowKey:
 
     @torch.no_grad()
     def _finish(self, batch: _Batch, state: _State) -> AttackResult:
-        adversarial = self._perturbed(state.param, batch.crops, batch.weight)
+        adversarial = self._perturbed(state.param, batch.crops, batch.weight, batch.chroma)
         final = self._embeddings(adversarial, batch.landmarks, None)
         similarity = {n: (e[0] * batch.reference[n][0]).sum(-1) for n, e in final.items()}
         lp = self._region_lpips(adversarial, batch.crops, batch.regions, None)
@@ -268,7 +286,8 @@ class LowKey:
         p = self.preset
         x = batch.crops[idx]
         sub = state.param[idx].requires_grad_()
-        xp = self._perturbed(sub, x, batch.weight[idx])
+        chroma = None if batch.chroma is None else batch.chroma[idx]
+        xp = self._perturbed(sub, x, batch.weight[idx], chroma)
         views, view_scale, plain_seen = self._views(xp, generator)
         members = None
         if p.focus_members and not plain_seen:
@@ -334,7 +353,7 @@ class LowKey:
             # Band-limited from above too: the perturbation is a sum of steps, so its
             # shading is kept to the same share.
             eyes = (batch.landmarks[idx, 1] - batch.landmarks[idx, 0]).norm(dim=-1).clamp_min(8.0)
-            grad = remove_shading(grad, eyes, p.shading, ycbcr=p.chroma_scale < 1)
+            grad = remove_shading(grad, eyes, p.shading, ycbcr=self._ycbcr)
         if p.step_rule == "sign":
             direction = grad.sign()
         else:
@@ -348,10 +367,14 @@ class LowKey:
 
     # -- pieces of the objective ---------------------------------------------------------------
 
-    def _perturbed(self, param: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.preset.chroma_scale < 1:
+    def _perturbed(
+        self, param: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, chroma: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self._ycbcr:
             # The perturbation lives in YCbCr: chroma can be damped independently of luma,
-            # since colour blotches on skin are what people notice.
+            # since colour blotches on skin (and a tinted iris) are what people notice.
+            if chroma is not None:
+                param = torch.cat([param[:, :1], param[:, 1:] * chroma], 1)
             scale = torch.tensor([1.0, self.preset.chroma_scale, self.preset.chroma_scale], device=x.device)
             param = torch.einsum("ij,bjhw->bihw", YCBCR_TO_RGB.to(x.device) * scale, param)
         change = weight * param
