@@ -68,12 +68,17 @@ def remove_shading(step: torch.Tensor, eye_distance: torch.Tensor, keep: float, 
     finer than that. ``ycbcr``: the step's channels are Y, Cb, Cr (else RGB,
     where adding the same amount to all three changes luma alone).
     """
-    luma = step[:, :1] if ycbcr else 0.299 * step[:, 0:1] + 0.587 * step[:, 1:2] + 0.114 * step[:, 2:3]
+    luma = step[:, :1] if ycbcr else _luma(step)
     shading = torch.cat([_separable_blur(luma[i : i + 1], float(d) * SHADING_SIGMA) for i, d in enumerate(eye_distance)])
     correction = (1 - keep) * shading
     if ycbcr:
         return torch.cat([step[:, :1] - correction, step[:, 1:]], 1)
     return step - correction
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` BT.601 luma of RGB ``x``."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _separable_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -90,7 +95,7 @@ def texture_weight(x: torch.Tensor, flat_weight: float, window: int = 7, texture
     Local standard deviation of luma over ``window`` px, saturating at
     ``texture_level`` (a soft version of contrast masking in JPEG-era visibility models).
     """
-    luma = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    luma = _luma(x)
     mean = F.avg_pool2d(luma, window, 1, window // 2, count_include_pad=False)
     var = F.avg_pool2d(luma**2, window, 1, window // 2, count_include_pad=False) - mean**2
     texture = (var.clamp_min(0).sqrt() / texture_level).clamp(max=1.0)
@@ -109,8 +114,7 @@ def feature_guard(landmarks: torch.Tensor, size: tuple[int, int], weight: float)
     left, right = landmarks[:, 0], landmarks[:, 1]
     d = (right - left).norm(dim=-1).clamp_min(1.0)
     eye_line = right - left
-    up = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1) / d[:, None]  # unit vector towards the brows (-y)
-    lift = up * d[:, None]
+    lift = torch.stack([eye_line[:, 1], -eye_line[:, 0]], -1)  # one eye distance towards the brows (-y)
     ellipses = ((left + 0.2 * lift, 0.36, 0.42), (right + 0.2 * lift, 0.36, 0.42), ((left + right) / 2 - 0.05 * lift, 0.16, 0.34))
     return (1 - (1 - weight) * _ellipse_cover(size, ellipses, d))[:, None]
 

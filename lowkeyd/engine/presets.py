@@ -9,17 +9,18 @@ A preset is a complete set of attack parameters; any field can be overridden
   flipped copies, no early stop. The reference the others are measured against.
 * ``default`` - what the daemon runs, tuned for transfer to recognisers outside
   the ensemble (``lowkeyd bench --holdout``), not for the members themselves:
-  gradient-proportional (L2) steps of 0.0015 (up to 80) smoothed by a 9x9 Gaussian (translation
-  invariance) with momentum 0.5, in expectation over input diversity (one
-  random view per step, plain or blurred; random down-and-up rescale to 70 %;
-  misalignment of 2 px, 4 degrees and 5 % scale) and over thinned members (3 %
-  feature-map dropout), until every member sees the face twice as far past its
-  match threshold as a typical stranger is (``target`` 2). An LPIPS penalty on
-  the face region, a texture mask and damped chroma (none over the eyes'
-  openings, where a tinted iris is the first colour change anyone sees) keep
-  the change in texture rather than colour blotches on skin; antialiased
-  downscaling before alignment spreads it over every pixel; members already past their target stop pulling;
-  bf16 on GPUs. On every holdout fold an unseen recogniser misses every face
+  gradient-proportional (L2) steps of 0.0015 (up to 80) smoothed by a 9x9
+  Gaussian (translation invariance) with momentum 0.5, in expectation over
+  input diversity (one random view per step, plain or blurred; random
+  down-and-up rescale to 70 %; misalignment of 2 px, 4 degrees and 5 % scale)
+  and over thinned members (3 % feature-map dropout), until every member sees
+  the face twice as far past its match threshold as a typical stranger is
+  (``target`` 2). An LPIPS penalty on the face region, a texture mask and
+  damped chroma (none over the eyes' openings, where a tinted iris is the
+  first colour change anyone sees) keep the change in texture rather than
+  colour blotches on skin; antialiased downscaling before alignment spreads it
+  over every pixel; members already past their target stop pulling; bf16 on
+  GPUs. On every holdout fold an unseen recogniser misses every face
   after the social pipeline, at face LPIPS 0.0243. Tried on the hardest folds
   and not kept: an LPIPS weight of 5, a differentiable JPEG view
   (``jpeg_views``), deciding the stop on an average of looks

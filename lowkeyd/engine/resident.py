@@ -57,7 +57,11 @@ class ResidentModels:
         unknown = set(names) - {m.name for m in self.recognisers}
         if unknown:
             raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
-        return replace(self, recognisers=tuple(m for m in self.recognisers if m.name in names))
+        other = replace(self, recognisers=tuple(m for m in self.recognisers if m.name in names))
+        if "decoys" in self.__dict__:
+            # Found once: the decoys depend on the detector, not on which recognisers attack.
+            other.__dict__["decoys"] = self.decoys
+        return other
 
     @cached_property
     def decoys(self) -> tuple[Decoy, ...]:
