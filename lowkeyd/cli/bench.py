@@ -1,16 +1,28 @@
-"""``lowkeyd bench``: presets side by side on the bundled sample photos.
+"""``lowkeyd bench``: presets side by side on the bundled test photos.
+
+The photos are the varied test set by default (``--photo-set varied``: the
+five sample photos and black-and-white, 112 px, small, dim, q50 and group
+variants of them; see ``lowkeyd/engine/testset.py``), or the five sample
+photos alone (``--photo-set samples``); ``--photos`` and ``--categories``
+pick a subset.
 
 ``--holdout`` (the headline figure): for each preset, leave-one-out over every
 recogniser lowkeyd runs: each fold attacks without one of them and judges with
-that one alone, self-match and cross-photo, plain and after the social
-pipeline; every fold is shown, then the mean and the worst fold.
+that one alone, face by face, self-match and cross-photo (against the person's
+faces made from other source photos), plain and after the social pipeline.
+Each fold gets a table per category and overall, every rate with its n and a
+Wilson 95% interval, and the visibility of the worst face for each measure;
+then the folds side by side. ``--json`` writes every fold's and every face's
+figures (``scripts/transfer_figures.py`` turns them into ``transfer.json``).
 
 Without it, for each preset in one run on one machine: seconds per face,
 protection against dlib (the photo against its own cloaked copy, plain and
 after the social pipeline, and cross-photo: a cloaked photo against the clean
-other photos of the same person), face-region LPIPS, whole-photo PSNR, and
-each preset's speed relative to ``paper``. When dlib's torch port is an attack
-member, that dlib column is white-box: only ``--holdout`` says what transfers.
+photos of the same person from other sources), face-region LPIPS, whole-photo
+PSNR, and each preset's speed relative to ``paper``. When dlib's torch port is
+an attack member, that dlib column is white-box: only ``--holdout`` says what
+transfers. ``--crops DIR`` saves each cloaked photo for
+``scripts/crop_sheet.py``.
 """
 
 from __future__ import annotations
@@ -33,22 +45,27 @@ from rich.table import Table
 from lowkeyd.cli.options import add_engine_options, parse_overrides
 from lowkeyd.errors import LowkeydError
 
-# The bundled photos and who is in them (public-domain; see samples/SOURCES.md).
-SAMPLES = {"obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama", "biden.jpg": "biden", "astronaut.png": "astronaut"}
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="compare attack presets on the bundled sample photos", description=__doc__)
+    p = sub.add_parser("bench", help="compare attack presets on the bundled test photos", description=__doc__)
     p.add_argument("--presets", default="paper,default", help="comma-separated presets (default: %(default)s)")
-    p.add_argument("--photos", default=",".join(SAMPLES), help="comma-separated sample photos (default: all five)")
+    p.add_argument(
+        "--photo-set", choices=("varied", "samples"), default="varied",
+        help="the varied test set or the five sample photos (default: %(default)s)",
+    )
+    p.add_argument("--photos", help="comma-separated file names of the set's photos to run (default: all)")
+    p.add_argument("--categories", help="comma-separated categories of the varied set to run, e.g. grey_rgb,small")
     p.add_argument(
         "--holdout",
         action="store_true",
         help="leave-one-out transfer: attack without each recogniser in turn, judge with the one left out",
     )
     p.add_argument("--folds", help="with --holdout: comma-separated recognisers to hold out (default: every one)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="with --holdout: also write every fold's figures here")
-    p.add_argument("--crops", type=Path, metavar="DIR", help="save 1:1 face crops (original and each preset) here")
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --holdout: also write every fold's and face's figures here")
+    p.add_argument(
+        "--crops", type=Path, metavar="DIR",
+        help="without --holdout: save each cloaked photo as DIR/PRESET/PHOTO.png (for scripts/crop_sheet.py)",
+    )
     p.add_argument(
         "--megapixels",
         action="store_true",
@@ -81,52 +98,47 @@ def _dlib_distance(check) -> float:
     return check.scores["dlib"] if check.found else math.inf
 
 
-def _bench_preset(cloaker, args: argparse.Namespace, photos: dict[str, np.ndarray], console: Console) -> PresetRun:
+def _bench_preset(cloaker, args: argparse.Namespace, subjects: list, console: Console) -> PresetRun:
     from lowkeyd.engine.evaluate import Evaluator
 
     evaluator = Evaluator(cloaker.resident)
     run = PresetRun(cloaker.preset.name)
     probes: dict[str, dict[str, np.ndarray] | None] = {}  # each cloaked photo's largest face, as compare() found it
-    for photo, rgb in photos.items():
+    for subject in subjects:
         start = time.perf_counter()
-        result = cloaker.cloak(rgb)
+        result = cloaker.cloak(subject.rgb, luma_only=subject.grayscale)
         elapsed = time.perf_counter() - start
         if result.cloaked:
             run.seconds_per_face.append(elapsed / result.cloaked)
             run.steps.extend(f.steps for f in result.faces if f.status == "cloaked")
-        plain = evaluator.compare(rgb, result.rgb)
-        probes[photo] = plain.probe
-        social = evaluator.compare(rgb, result.rgb, social=True)
+        plain = evaluator.compare(subject.rgb, result.rgb)
+        probes[subject.name] = plain.probe
+        social = evaluator.compare(subject.rgb, result.rgb, social=True)
         run.self_distance.extend(_dlib_distance(f) for f in plain.faces)
         run.social_distance.extend(_dlib_distance(f) for f in social.faces)
         run.lpips.extend(f.lpips for f in plain.faces if f.lpips is not None)
         run.psnr.append(plain.psnr)
         console.print(
-            f"  {run.name:>10} {photo:>14}: {elapsed:6.1f} s, dlib {min(map(_dlib_distance, plain.faces), default=0):.3f} "
+            f"  {run.name:>10} {subject.name:>22}: {elapsed:6.1f} s, dlib {min(map(_dlib_distance, plain.faces), default=0):.3f} "
             f"(social {min(map(_dlib_distance, social.faces), default=0):.3f}), LPIPS {plain.faces[0].lpips if plain.faces else 0:.4f}, "
             f"PSNR {plain.psnr:.1f} dB",
             highlight=False,
         )
         if args.crops:
-            _save_crop(args.crops, photo, run.name, rgb, result.rgb, plain.faces)
-    clean = {photo: evaluator.largest_face(rgb) for photo, rgb in photos.items()}
-    for photo in photos:
-        probe = probes[photo]
-        for other in photos:
-            if other != photo and SAMPLES.get(other) == SAMPLES.get(photo) and clean[other]:
-                run.cross_distance.append(math.inf if probe is None else evaluator.match(probe, clean[other])[0]["dlib"])
+            folder = args.crops / run.name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(result.rgb).save(folder / f"{Path(subject.name).stem}.png")
+    # Cross-photo on photos of one person: the largest face is theirs. Groups are for --holdout, which goes face by face.
+    single = [s for s in subjects if len(s.people) == 1]
+    clean = {s.name: evaluator.largest_face(s.rgb) for s in single}
+    for subject in single:
+        probe = probes[subject.name]
+        for other in single:
+            if other.people == subject.people and other.sources != subject.sources and clean[other.name]:
+                run.cross_distance.append(math.inf if probe is None else evaluator.match(probe, clean[other.name])[0]["dlib"])
     if args.megapixels:
         run.scaling = _scaling(cloaker)
     return run
-
-
-def _save_crop(folder: Path, photo: str, preset: str, original: np.ndarray, cloaked: np.ndarray, faces) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(photo).stem
-    for i, face in enumerate(faces):
-        x1, y1, x2, y2 = (int(v) for v in face.box)
-        Image.fromarray(original[y1:y2, x1:x2]).save(folder / f"{stem}-{i}-original.png")
-        Image.fromarray(cloaked[y1:y2, x1:x2]).save(folder / f"{stem}-{i}-{preset}.png")
 
 
 def _scaling(cloaker) -> float:
@@ -152,32 +164,37 @@ def _scaling(cloaker) -> float:
 def run(args: argparse.Namespace) -> int:
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.engine.presets import get_preset
+    from lowkeyd.engine.testset import load_set
 
     # The table is wide: keep it whole when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 200)
-    names = [p.strip() for p in args.photos.split(",") if p.strip()]
-    unknown = [n for n in names if n not in SAMPLES]
-    if unknown:
-        raise LowkeydError(f"unknown sample photo {unknown[0]!r} (choose from {', '.join(SAMPLES)})")
-    photos = {n: _sample(n) for n in names}
+    if args.crops and args.holdout:
+        raise LowkeydError("--crops saves the cloaks of the whole ensemble: run it without --holdout")
+    subjects = load_set(args.photo_set, _names(args.photos), _names(args.categories))
     overrides = parse_overrides(args.overrides)
-    presets = [get_preset(p.strip(), **overrides) for p in args.presets.split(",") if p.strip()]
+    presets = [get_preset(p, **overrides) for p in _names(args.presets)]
+    if not presets:
+        raise LowkeydError("--presets names no preset")
     with console.status("loading the face models..."):
         # One resident set of models for every preset (and every fold).
         base = Cloaker(presets[0], args.device)
     if args.holdout:
-        return _run_holdout(base, presets, photos, args, console)
+        return _run_holdout(base, presets, subjects, args, console)
     runs = []
     for preset in presets:
         console.print(f"[bold]{preset.name}[/]")
-        runs.append(_bench_preset(base.with_preset(preset), args, photos, console))
-    _print_runs(runs, photos, console)
+        runs.append(_bench_preset(base.with_preset(preset), args, subjects, console))
+    _print_runs(runs, len(subjects), console)
     return 0
 
 
-def _print_runs(runs: list[PresetRun], photos: dict[str, np.ndarray], console: Console) -> None:
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _print_runs(runs: list[PresetRun], photos: int, console: Console) -> None:
     paper = next((r for r in runs if r.name == "paper"), None)
-    table = Table(title=f"lowkeyd bench: {len(photos)} photos, judged by dlib (match if L2 <= 0.6)")
+    table = Table(title=f"lowkeyd bench: {photos} photos, judged by dlib (match if L2 <= 0.6)")
     for column in (
         "preset", "s/face", "steps", "self protected", "social protected", "cross protected",
         "dlib self", "dlib social", "LPIPS face", "PSNR dB", "speed vs paper",
@@ -205,55 +222,109 @@ def _print_runs(runs: list[PresetRun], photos: dict[str, np.ndarray], console: C
             console.print(f"{r.name}: one face in a 12 MP photo takes {r.scaling:.2f}x the time of the ~1 MP original", highlight=False)
 
 
-def _run_holdout(base, presets, photos: dict[str, np.ndarray], args: argparse.Namespace, console: Console) -> int:
-    from lowkeyd.engine.holdout import Subject, holdout
+def _run_holdout(base, presets, subjects: list, args: argparse.Namespace, console: Console) -> int:
+    from lowkeyd.engine.holdout import holdout
+    from lowkeyd.engine.testset import load_set
+    from lowkeyd.engine.transfer import preset_hash
 
-    subjects = [Subject(n, rgb, SAMPLES[n]) for n, rgb in photos.items()]
-    folds = [f.strip() for f in args.folds.split(",")] if args.folds else None
-    report = {}
+    folds = _names(args.folds) or None
+    # A run on some photos still matches each cloaked face against every clean photo of the set.
+    gallery = load_set(args.photo_set) if args.photos or args.categories else subjects
+    report: dict[str, object] = {
+        "set": args.photo_set,
+        "subset": bool(args.photos or args.categories),
+        "photos": [s.name for s in subjects],
+        "presets": {},
+    }
     for preset in presets:
         console.print(f"[bold]{preset.name}[/]")
-        results = holdout(base.with_preset(preset), subjects, heldout=folds, progress=lambda line: console.print("  " + line, highlight=False))
-        report[preset.name] = [f.summary() for f in results]
-        table = Table(title=f"{preset.name}: leave-one-out on {len(photos)} photos (protected = the held-out recogniser does not match)")
-        for column in (
-            "held out", "attacked with", "self", "self social", "cross", "cross social",
-            "margin social", "LPIPS face", "steps", "s/face",
-        ):
-            table.add_column(column, justify="right")
-        rows = report[preset.name]
-        for row in rows:
-            table.add_row(*_holdout_cells(row))
-        if len(rows) > 1:
-            for label, pick in (("mean", statistics.mean), ("worst fold", min)):
-                agg = {k: pick([r[k] for r in rows]) for k in _HOLDOUT_KEYS}
-                table.add_row(*_holdout_cells({"heldout": label, "members": [], **agg}))
-        console.print(table)
+        results = holdout(base.with_preset(preset), subjects, heldout=folds, gallery=gallery, progress=lambda line: console.print("  " + line, highlight=False))
+        for fold in results:
+            _print_fold(preset.name, fold, console)
+        if len(results) > 1:
+            _print_folds(preset.name, results, console)
+        report["presets"][preset.name] = {
+            "preset_hash": preset_hash(preset),
+            "settings": preset.model_dump(mode="json"),
+            "folds": [f.summary() for f in results],
+        }
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
         console.print(f"wrote {args.json}", highlight=False)
     return 0
 
 
-_HOLDOUT_KEYS = ("self_plain", "self_social", "cross_plain", "cross_social", "margin_social", "lpips", "steps", "seconds_per_face")
-
-
-def _holdout_cells(row: dict) -> list[str]:
-    def pct(v: float) -> str:
-        return "-" if math.isnan(v) else f"{100 * v:.0f}%"
-
-    return [
-        row["heldout"],
-        ", ".join(row["members"]),
-        pct(row["self_plain"]),
-        pct(row["self_social"]),
-        pct(row["cross_plain"]),
-        pct(row["cross_social"]),
-        f"{row['margin_social']:+.3f}",
-        f"{row['lpips']:.4f}",
-        f"{row['steps']:.0f}",
-        f"{row['seconds_per_face']:.1f}",
+def _print_fold(preset: str, fold, console: Console) -> None:
+    """One fold: a row per category and one for every face, then the worst face by each measure."""
+    table = Table(
+        title=f"{preset}, {fold.heldout} held out (attacked with {', '.join(fold.members)}): protected = {fold.heldout} "
+        "does not match; rates as % [Wilson 95%] n (faces, or face/photo pairs for cross)",
+        title_justify="left",
+    )
+    for column in (
+        "category", "faces", "self", "self social", "cross", "cross social", "worst margin social",
+        "LPIPS mean/max", "judge LPIPS mean/max", "p99.9 max", "PSNR min", "grey: colour max",
+    ):
+        table.add_column(column, justify="right")
+    for category in [*fold.categories(), None]:
+        g = fold.group(category)
+        table.add_row(
+            category or "[bold]all[/]", str(g.faces), str(g.self_plain), str(g.self_social), str(g.cross_plain),
+            str(g.cross_social), _value(g.worst_margin, "{:+.3f}"), f"{g.lpips_mean:.4f} / {_value(g.lpips, '{:.4f}')}",
+            f"{g.judge_lpips_mean:.4f} / {_value(g.judge_lpips, '{:.4f}')}", _value(g.changed_p999, "{:.0f}"),
+            _value(g.psnr, "{:.1f}"), _value(g.added_colour, "{:.0f}"),
+        )
+    console.print(table)
+    g = fold.group()
+    worst = [
+        ("smallest margin after social", g.worst_margin, "{:+.3f}"),
+        ("face LPIPS", g.lpips, "{:.4f}"),
+        ("judge LPIPS (box + 25%)", g.judge_lpips, "{:.4f}"),
+        ("99.9th pct of changed pixels", g.changed_p999, "{:.0f} levels"),
+        ("photo PSNR", g.psnr, "{:.1f} dB"),
+        ("colour added to a grey photo", g.added_colour, "{:.0f} levels"),
     ]
+    console.print(
+        "  worst: " + "; ".join(f"{label} {_value(w, fmt)} ({w.name})" for label, w, fmt in worst if w is not None)
+        + f"\n  {fold.seconds_per_face:.1f} s/face, {fold.steps:.1f} steps on average",
+        highlight=False,
+    )
+
+
+def _print_folds(preset: str, folds: list, console: Console) -> None:
+    """The folds side by side, every face each, and the worst fold by each figure."""
+    table = Table(title=f"{preset}: every fold, every face", title_justify="left")
+    for column in (
+        "held out", "self social", "cross social", "worst margin social", "LPIPS max", "judge LPIPS max",
+        "p99.9 max", "PSNR min", "s/face", "steps",
+    ):
+        table.add_column(column, justify="right")
+    groups = [f.group() for f in folds]
+    for fold, g in zip(folds, groups, strict=True):
+        table.add_row(
+            fold.heldout, str(g.self_social), str(g.cross_social), _named(g.worst_margin, "{:+.3f}"), _named(g.lpips, "{:.4f}"),
+            _named(g.judge_lpips, "{:.4f}"), _named(g.changed_p999, "{:.0f}"), _named(g.psnr, "{:.1f}"),
+            f"{fold.seconds_per_face:.1f}", f"{fold.steps:.1f}",
+        )
+    table.add_row(
+        "[bold]worst fold[/]", _worst_rate(g.self_social for g in groups), _worst_rate(g.cross_social for g in groups),
+        "", "", "", "", "",
+        f"{max(f.seconds_per_face for f in folds):.1f}", "",
+    )
+    console.print(table)
+
+
+def _worst_rate(rates) -> str:
+    measured = [r for r in rates if r.n]
+    return str(min(measured, key=lambda r: r.value)) if measured else "-"
+
+
+def _value(worst, fmt: str) -> str:
+    return "-" if worst is None else fmt.format(worst.value)
+
+
+def _named(worst, fmt: str) -> str:
+    return "-" if worst is None else f"{fmt.format(worst.value)} {worst.name}"
 
 
 def _rate(distances: list[float]) -> str:

@@ -23,6 +23,7 @@ import torch
 
 from lowkeyd.engine.align import warp_faces
 from lowkeyd.engine.faces import Face
+from lowkeyd.engine.measures import grown_box
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.resident import ResidentModels
@@ -34,6 +35,8 @@ from lowkeyd.engine.verifier import DlibVerifier
 DLIB = "dlib"
 # The face region whose LPIPS is reported: the detector's box, grown by this fraction of its size.
 FACE_MARGIN = 0.1
+# The face region of the judge's LPIPS (and the bench's per-face pixel measures): the box grown by this on each side.
+JUDGE_GROW = 0.25
 
 
 class EmbedderJudge:
@@ -94,6 +97,7 @@ class FaceCheck:
     scores: dict[str, float] = field(default_factory=dict)  # judge -> cosine or distance
     margins: dict[str, float] = field(default_factory=dict)  # judge -> how far past "no match" (> 0: protected)
     lpips: float | None = None  # face region, native resolution
+    identity: dict[str, np.ndarray] | None = None  # per judge, the face as found in the cloaked photo
 
     @property
     def protected(self) -> dict[str, bool]:
@@ -116,7 +120,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: np.ndarray, b: np.ndarray) -> float:
     x1, y1 = np.maximum(a[:2], b[:2])
     x2, y2 = np.minimum(a[2:], b[2:])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
@@ -174,6 +178,19 @@ class Evaluator:
         b = _tensor(cloaked[ya:yb, xa:xb], self.device) * 2 - 1
         return float(phase_averaged_lpips(self.lpips, a, b))
 
+    @torch.no_grad()
+    def judge_lpips(self, original: np.ndarray, cloaked: np.ndarray, box: tuple[float, float, float, float]) -> float:
+        """LPIPS-alex of the face box grown by :data:`JUDGE_GROW` on each side: one crop, native resolution.
+
+        The issue's judge measures this way; it swings with the crop's phase
+        (see :meth:`_face_lpips`), so it is reported beside the engine's
+        measure, not instead of it.
+        """
+        xa, ya, xb, yb = grown_box(box, original.shape, JUDGE_GROW)
+        a = _tensor(original[ya:yb, xa:xb], self.device) * 2 - 1
+        b = _tensor(cloaked[ya:yb, xa:xb], self.device) * 2 - 1
+        return float(self.lpips(a, b).mean())
+
     def compare(
         self,
         original: np.ndarray,
@@ -196,7 +213,7 @@ class Evaluator:
         after = self.identities(seen, found)
         twins = {}  # index in faces -> index in found
         for i, face in enumerate(faces):
-            ious = [_iou(face.box * scale, f.box) for f in found]
+            ious = [iou(face.box * scale, f.box) for f in found]
             if ious and max(ious) > 0.3:
                 twins[i] = int(np.argmax(ious))
         same_size = cloaked.shape == original.shape
@@ -205,9 +222,8 @@ class Evaluator:
             check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=i in twins)
             check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
             if check.found:
-                check.scores, check.margins = self.match(
-                    {n: v[i] for n, v in before.items()}, {n: v[twins[i]] for n, v in after.items()}
-                )
+                check.identity = {n: v[twins[i]] for n, v in after.items()}
+                check.scores, check.margins = self.match({n: v[i] for n, v in before.items()}, check.identity)
             else:
                 check.margins = {j.name: math.inf for j in self.judges}
             checks.append(check)
