@@ -2,7 +2,7 @@
 
 The photos are the varied test set by default (``--photo-set varied``: the
 five sample photos and black-and-white, 112 px, small, dim, q50 and group
-variants of them; see ``lowkeyd/engine/testset.py``), or the five sample
+variants of them; see ``lowkeyd/testphotos.py``), or the five sample
 photos alone (``--photo-set samples``); ``--photos`` and ``--categories``
 pick a subset.
 
@@ -164,7 +164,7 @@ def _scaling(cloaker) -> float:
 def run(args: argparse.Namespace) -> int:
     from lowkeyd.engine.cloak import Cloaker
     from lowkeyd.engine.presets import get_preset
-    from lowkeyd.engine.testset import load_set
+    from lowkeyd.testphotos import load_set
 
     # The table is wide: keep it whole when the output goes to a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 200)
@@ -224,7 +224,7 @@ def _print_runs(runs: list[PresetRun], photos: int, console: Console) -> None:
 
 def _run_holdout(base, presets, subjects: list, args: argparse.Namespace, console: Console) -> int:
     from lowkeyd.engine.holdout import holdout
-    from lowkeyd.engine.testset import load_set
+    from lowkeyd.testphotos import load_set
     from lowkeyd.engine.transfer import preset_hash
 
     folds = _names(args.folds) or None

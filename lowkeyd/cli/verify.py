@@ -99,12 +99,15 @@ def run(args: argparse.Namespace) -> int:
     verdict = "every face protected" if all_protected else "NOT protected: a recogniser still matches a face"
     checked = f"independent: {', '.join(independent)}" if independent else "all of them attack members, so white-box"
     console.print(f"{verdict} against {len(evaluator.judges)} recognisers ({checked})", highlight=False)
-    estimate = transfer_estimate(marker.get("preset", "default"))
+    estimate = transfer_estimate(
+        marker.get("preset", "default"), rgb=original.rgb, face_sizes=[face.size for face in result.faces]
+    )
     if estimate is not None:
         console.print(estimate.describe(), highlight=False)
     else:
         console.print(
-            f"no holdout estimate for preset {marker.get('preset', '?')!r}: run `lowkeyd bench --holdout` to measure one",
+            f"no holdout estimate for preset {marker.get('preset', '?')!r} with its present settings: "
+            "`lowkeyd bench --holdout` measures one",
             highlight=False,
         )
     return 0 if all_protected else 1

@@ -1,12 +1,6 @@
-"""The bundled test photos the bench cloaks: who is in each, from which source photo, what kind.
+"""Test photos the bench cloaks: who is in each face, from which source photo, what kind of photo.
 
-Two sets ship as package data:
-
-* ``varied`` (default): ``samples/varied/manifest.json``, made from the five
-  sample photos by ``scripts/varied_set.py``: the originals, black-and-white
-  (mode L and RGB), 112 px crops, 40-60 px faces, dim, q50 JPEG, a group.
-* ``samples``: the five sample photos alone (three people, large colour faces).
-
+The photos themselves are read by :mod:`lowkeyd.testphotos` (the engine reads no files).
 Identities are per face: in a photo of several people the faces, taken left
 to right by box centre, are the manifest's people in order. A face's
 *source* is the sample photo it was made from, so a variant of obama.jpg is
@@ -15,21 +9,13 @@ never used as another photo of obama (that would be self-match).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.resources import files
-from pathlib import Path
 
 import numpy as np
 
 from lowkeyd.engine.faces import Face
 from lowkeyd.errors import LowkeydError
-
-SETS = ("varied", "samples")
-# The five sample photos and who is in them (public-domain; see samples/SOURCES.md).
-SAMPLES = {"obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama", "biden.jpg": "biden", "astronaut.png": "astronaut"}
-
 
 @dataclass(frozen=True)
 class FaceId:
@@ -78,42 +64,3 @@ class Subject:
 def cross_gallery(probe: FaceId, faces: Sequence[FaceId]) -> list[FaceId]:
     """The faces of ``probe``'s person made from another source photo: its cross-photo gallery."""
     return [f for f in faces if f.person == probe.person and f.source != probe.source]
-
-
-def load_set(name: str = "varied", photos: Sequence[str] = (), categories: Sequence[str] = ()) -> list[Subject]:
-    """The photos of test set ``name``, or those named in ``photos`` / of ``categories`` (each filter optional).
-
-    A photo is named by its file name (``group.jpg``, ``obama.jpg``).
-    """
-    from lowkeyd.photo.decode import read_photo
-
-    if name not in SETS:
-        raise LowkeydError(f"unknown photo set {name!r} (choose from {', '.join(SETS)})")
-    root = Path(str(files("lowkeyd") / "samples"))
-    if name == "varied":
-        folder = root / "varied"
-        entries = [
-            (folder / e["file"], e["category"], tuple(e["people"]), tuple(s.strip() for s in e["source"].split(",")))
-            for e in json.loads((folder / "manifest.json").read_text())["photos"]
-        ]
-    else:
-        entries = [(root / n, "original", (p,), (n,)) for n, p in SAMPLES.items()]
-    known = {path.name for path, *_ in entries}
-    known_categories = {category for _, category, *_ in entries}
-    for wanted, pool, what in ((photos, known, "photo"), (categories, known_categories, "category")):
-        unknown = sorted(set(wanted) - pool)
-        if unknown:
-            raise LowkeydError(f"no {what} {unknown[0]!r} in the {name} set (choose from {', '.join(sorted(pool))})")
-    subjects = []
-    for path, category, people, sources in entries:
-        if (photos and path.name not in photos) or (categories and category not in categories):
-            continue
-        if len(sources) == 1:  # everyone in the photo came from one source photo
-            sources *= len(people)
-        if len(sources) != len(people):
-            raise LowkeydError(f"{path.name}: the manifest lists {len(people)} people but {len(sources)} sources")
-        photo = read_photo(path)
-        subjects.append(Subject(path.name, photo.rgb, category, people, sources, photo.grayscale))
-    if not subjects:
-        raise LowkeydError(f"no photo of the {name} set is both among the photos and the categories asked for")
-    return subjects

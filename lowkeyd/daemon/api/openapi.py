@@ -40,6 +40,20 @@ _FACE = {
     },
 }
 
+# One group of faces in a holdout estimate: mean over folds, the worst fold and its 95% interval, per measure.
+_ESTIMATE_GROUP = {
+    "faces": {"type": "integer"},
+    **{
+        f"{measure}{suffix}": schema
+        for measure in ("self_social", "cross_social")
+        for suffix, schema in (
+            ("", {"type": "number"}),
+            ("_worst_fold", {"type": "number"}),
+            ("_worst_fold_interval", {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}),
+        )
+    },
+}
+
 _SUMMARY = {
     "type": "object",
     "required": ["status", "message", "faces_cloaked", "faces_too_small", "preset", "preset_settings", "seconds",
@@ -64,15 +78,16 @@ _SUMMARY = {
         "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
         "holdout_estimate": {
             "type": ["object", "null"],
-            "description": "what `lowkeyd bench --holdout` measured for this preset: the fraction of faces a "
-            "recogniser left out of the attack fails to match after resize + JPEG (mean and worst fold), and "
-            "against the person's other photos; null for a preset it has not measured",
+            "description": "what `lowkeyd bench --holdout` measured on the varied test set for this preset: the "
+            "fraction of faces a recogniser left out of the attack fails to match after resize + JPEG against their "
+            "own original (self_social) and the person's other photos (cross_social); each as the mean over folds "
+            "and the worst fold with its Wilson 95% interval, for every face and, in categories, for this photo's "
+            "kinds of face (black-and-white, small); null for a preset not measured with its present settings",
             "properties": {
-                "self_social": {"type": "number"},
-                "self_social_worst_fold": {"type": "number"},
-                "cross_social": {"type": "number"},
+                "preset": {"type": "string"},
                 "folds": {"type": "integer"},
-                "faces": {"type": "integer"},
+                **_ESTIMATE_GROUP,
+                "categories": {"type": "object", "additionalProperties": {"type": "object", "properties": _ESTIMATE_GROUP}},
             },
         },
     },

@@ -91,7 +91,7 @@ def summarise(outcome: Outcome) -> dict[str, Any]:
         for face in outcome.faces
     ]
     members = sorted({m for face in outcome.faces if face.status == "cloaked" for m in face.similarity})
-    estimate = transfer_estimate(outcome.preset.name)
+    estimate = transfer_estimate(outcome.preset, face_sizes=[face.size for face in outcome.faces])
     return {
         "status": outcome.status,
         "message": outcome.message,
@@ -107,13 +107,8 @@ def summarise(outcome: Outcome) -> dict[str, Any]:
         },
         "faces": faces,
         # Every member above is white-box; what an unseen recogniser does is the holdout bench's estimate.
-        "holdout_estimate": None if estimate is None else {
-            "self_social": round(estimate.self_social, 3),
-            "self_social_worst_fold": round(estimate.self_social_worst, 3),
-            "cross_social": round(estimate.cross_social, 3),
-            "folds": estimate.folds,
-            "faces": estimate.faces,
-        },
+        # Per group (every face, and the photo's own kinds of face): mean over folds, the worst fold and its 95% interval.
+        "holdout_estimate": None if estimate is None else estimate.as_dict(),
     }
 
 

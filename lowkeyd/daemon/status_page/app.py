@@ -289,7 +289,7 @@ class StatusPage:
         if isinstance(record, Response):
             return record
         detail = self._detail(record) if record.status is Status.DONE else None
-        estimate = transfer_estimate(detail.preset) if detail else None
+        estimate = transfer_estimate(detail.preset, face_sizes=[f.size for f in detail.faces]) if detail else None
         original = self._original(record)
         cloaked = self._output(record)
         return self._page(
