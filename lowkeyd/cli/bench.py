@@ -42,7 +42,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from lowkeyd.cli.options import add_engine_options, parse_overrides
+from lowkeyd.cli.options import add_engine_options, parse_overrides, split_names
 from lowkeyd.errors import LowkeydError
 
 
@@ -170,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     if args.crops and args.holdout:
         raise LowkeydError("--crops saves the cloaks of the whole ensemble: run it without --holdout")
-    subjects = load_set(args.photo_set, _names(args.photos), _names(args.categories))
+    subjects = load_set(args.photo_set, split_names(args.photos), split_names(args.categories))
     overrides = parse_overrides(args.overrides)
-    presets = [get_preset(p, **overrides) for p in _names(args.presets)]
+    presets = [get_preset(p, **overrides) for p in split_names(args.presets)]
     if not presets:
         raise LowkeydError("--presets names no preset")
     with console.status("loading the face models..."):
@@ -186,10 +186,6 @@ def run(args: argparse.Namespace) -> int:
         runs.append(_bench_preset(base.with_preset(preset), args, subjects, console))
     _print_runs(runs, len(subjects), console)
     return 0
-
-
-def _names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def _print_runs(runs: list[PresetRun], photos: int, console: Console) -> None:
@@ -227,7 +223,7 @@ def _run_holdout(base, presets, subjects: list, args: argparse.Namespace, consol
     from lowkeyd.testphotos import load_set
     from lowkeyd.engine.transfer import preset_hash
 
-    folds = _names(args.folds) or None
+    folds = split_names(args.folds) or None
     # A run on some photos still matches each cloaked face against every clean photo of the set.
     gallery = load_set(args.photo_set) if args.photos or args.categories else subjects
     report: dict[str, object] = {

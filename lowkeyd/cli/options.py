@@ -30,3 +30,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
             raise LowkeydError(f"--set {pair!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return overrides
+
+
+def split_names(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated option's names."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
