@@ -95,7 +95,12 @@ def preset_hash(preset: Preset) -> str:
 
 @dataclass(frozen=True)
 class Figure:
-    """One group of faces (every face, or one kind) across the holdout folds: a :class:`Rate` per fold."""
+    """One group of faces (every face, or one kind) across the holdout folds: a :class:`Rate` per fold.
+
+    Cross-photo rates count pairs (a cloaked face and one clean photo of the
+    same person from another source); a group whose people have no such photo
+    has none.
+    """
 
     label: str
     self_social: tuple[Rate, ...]
@@ -107,26 +112,42 @@ class Figure:
 
     @staticmethod
     def mean(rates: Sequence[Rate]) -> float:
-        return statistics.mean(r.value for r in rates)
+        measured = [r.value for r in rates if r.n]
+        return statistics.mean(measured) if measured else math.nan
 
     @staticmethod
-    def worst(rates: Sequence[Rate]) -> Rate:
-        return min(rates, key=lambda r: r.value)
+    def worst(rates: Sequence[Rate]) -> Rate | None:
+        return min((r for r in rates if r.n), key=lambda r: r.value, default=None)
 
-    def _worst_words(self, rates: Sequence[Rate]) -> str:
-        worst = self.worst(rates)
+    @classmethod
+    def _words(cls, rates: Sequence[Rate], unit: str, what: str = "") -> str:
+        worst = cls.worst(rates)
+        n = max(r.n for r in rates)
         low, high = worst.interval
-        return f"worst fold {100 * worst.value:.0f}%, 95% interval {100 * low:.0f}-{100 * high:.0f}%"
+        return (
+            f"{100 * cls.mean(rates):.0f}% of {n} {unit}{'s' * (n != 1)}{what} (worst fold {100 * worst.value:.0f}%, "
+            f"95% interval {100 * low:.0f}-{100 * high:.0f}%)"
+        )
 
     def short(self) -> str:
-        return f"{100 * self.mean(self.self_social):.0f}% of {self.faces} ({self._worst_words(self.self_social)})"
+        return self._words(self.self_social, "face")
 
     def describe(self) -> str:
-        return (
-            f"{100 * self.mean(self.self_social):.0f}% of {self.faces} faces against their own original "
-            f"({self._worst_words(self.self_social)}) and {100 * self.mean(self.cross_social):.0f}% of cloaked "
-            f"faces against the person's other photos ({self._worst_words(self.cross_social)})"
-        )
+        text = self._words(self.self_social, "face", " against their own original")
+        if self.worst(self.cross_social) is None:
+            return text + " (no other photo of these people to match against)"
+        return text + ", and " + self._words(self.cross_social, "pair", " of a cloaked face and another photo of the person")
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready: per measure, the mean over folds and the worst fold with its interval (None where unmeasured)."""
+        out: dict[str, object] = {"faces": self.faces}
+        for measure in MEASURES:
+            rates = getattr(self, measure)
+            worst = self.worst(rates)
+            out[measure] = None if worst is None else round(self.mean(rates), 3)
+            out[f"{measure}_worst_fold"] = None if worst is None else round(worst.value, 3)
+            out[f"{measure}_worst_fold_interval"] = None if worst is None else [round(v, 3) for v in worst.interval]
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,34 +166,24 @@ class TransferEstimate:
         return self.overall.faces
 
     def short(self) -> str:
-        text = f"unseen recognisers miss {self.overall.short()} test faces (holdout estimate)"
+        text = f"holdout estimate: unseen recognisers miss {self.overall.short()}"
         return text + "".join(f"; {c.label}: {c.short()}" for c in self.categories)
 
     def describe(self) -> str:
         text = (
-            f"holdout estimate for preset {self.preset!r} (leave-one-out over {self.folds} recognisers on the "
-            f"varied test set, after resize + JPEG): an unseen recogniser fails to match {self.overall.describe()}"
+            f"holdout estimate for preset {self.preset!r} (leave-one-out over {self.folds} recogniser"
+            f"{'s' * (self.folds != 1)} on the varied test set, after resize + JPEG): an unseen recogniser fails "
+            f"to match {self.overall.describe()}"
         )
         return text + "".join(f"; on {c.label}: {c.describe()}" for c in self.categories)
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready figures: per group, the mean over folds and the worst fold with its interval."""
-
-        def group(figure: Figure) -> dict[str, object]:
-            out: dict[str, object] = {"faces": figure.faces}
-            for measure in MEASURES:
-                rates = getattr(figure, measure)
-                worst = Figure.worst(rates)
-                out[measure] = round(Figure.mean(rates), 3)
-                out[f"{measure}_worst_fold"] = round(worst.value, 3)
-                out[f"{measure}_worst_fold_interval"] = [round(v, 3) for v in worst.interval]
-            return out
-
+        """JSON-ready figures, every face and the photo's own kinds of face."""
         return {
             "preset": self.preset,
             "folds": self.folds,
-            **group(self.overall),
-            "categories": {c.label: group(c) for c in self.categories},
+            **self.overall.as_dict(),
+            "categories": {c.label: c.as_dict() for c in self.categories},
         }
 
 

@@ -47,9 +47,10 @@ _ESTIMATE_GROUP = {
         f"{measure}{suffix}": schema
         for measure in ("self_social", "cross_social")
         for suffix, schema in (
-            ("", {"type": "number"}),
-            ("_worst_fold", {"type": "number"}),
-            ("_worst_fold_interval", {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}),
+            # null where the group has nothing to measure (no other photo of its people, for cross_social)
+            ("", {"type": ["number", "null"]}),
+            ("_worst_fold", {"type": ["number", "null"]}),
+            ("_worst_fold_interval", {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}),
         )
     },
 }
