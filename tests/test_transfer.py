@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,24 +292,41 @@ def test_targets_sit_between_threshold_and_a_stranger_on_each_models_own_scale(s
 
 
 @pytest.mark.slow
-def test_holdout_bench_end_to_end_on_one_photo(tmp_path):
+def test_holdout_bench_end_to_end_on_a_crop_and_the_group(tmp_path):
     import json
     import subprocess
     import sys
 
     report = tmp_path / "holdout.json"
     done = subprocess.run(
-        [sys.executable, "-m", "lowkeyd", "bench", "--holdout", "--presets", "default", "--photos", "astronaut.png",
+        [sys.executable, "-m", "lowkeyd", "bench", "--holdout", "--presets", "default", "--photos", "obama3-crop112.png,group.jpg",
          "--folds", "keras_facenet,dlib", "--set", "steps=2", "--json", str(report)],
         capture_output=True, text=True, timeout=1200, check=False,
     )
     assert done.returncode == 0, done.stderr
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 8}
-    assert {"keras_facenet", "dlib", "mean", "worst fold"} <= set(rows), done.stdout
-    assert "sface, facenet_casia, dlib" in rows["keras_facenet"]  # the held-out model is not attacked with
-    folds = json.loads(report.read_text())["default(steps=2)"]
+    assert {"keras_facenet", "dlib", "worst fold", "crop112", "group", "all"} <= set(rows), done.stdout
+    assert "worst: smallest margin after social" in done.stdout
+    run = json.loads(report.read_text())
+    assert run["set"] == "varied" and run["subset"] and run["photos"] == ["obama3-crop112.png", "group.jpg"]
+    folds = run["presets"]["default(steps=2)"]["folds"]
     assert [f["heldout"] for f in folds] == ["keras_facenet", "dlib"]
     for fold in folds:
-        assert "dlib" not in fold["members"] if fold["heldout"] == "dlib" else "dlib" in fold["members"]
-        assert fold["faces"] == 1 and 0 <= fold["self_social"] <= 1 and math.isfinite(fold["margin_social"])
-        assert fold["steps"] == 2 and np.isfinite(fold["lpips"])
+        assert fold["heldout"] not in fold["members"] and len(fold["members"]) == 3
+        faces = {f["name"]: f for f in fold["face_records"]}
+        assert list(faces) == ["obama3-crop112.png:obama", "group.jpg:obama", "group.jpg:biden", "group.jpg:astronaut"]
+        # Matched against the whole set's clean photos of obama from other sources, never obama3's variants.
+        gallery = faces["obama3-crop112.png:obama"]["gallery"]
+        assert {"obama.jpg:obama", "group.jpg:obama", "obama2-q50.jpg:obama"} <= set(gallery)
+        assert not {"obama3.jpg:obama", "obama3-dim.jpg:obama"} & set(gallery)
+        assert len(faces["obama3-crop112.png:obama"]["cross_social"]) == len(gallery) and faces["group.jpg:biden"]["gallery"] == []
+        for face in faces.values():
+            assert face["steps"] == 2 and np.isfinite(face["lpips"]) and np.isfinite(face["judge_lpips"]) and face["changed_p999"] > 0
+        every = fold["groups"]["all"]
+        assert every["self_social"]["n"] == 4 and 0 <= every["self_social"]["low"] <= every["self_social"]["high"] <= 1
+        assert fold["groups"]["group"]["faces"] == 3 and math.isfinite(fold["groups"]["all"]["psnr"]["value"])
+    refused = subprocess.run(
+        [sys.executable, Path(__file__).parent.parent / "scripts" / "transfer_figures.py", report, "--out", tmp_path / "transfer.json"],
+        capture_output=True, text=True, check=False,
+    )
+    assert refused.returncode == 1 and "a subset" in refused.stderr and not (tmp_path / "transfer.json").exists()
