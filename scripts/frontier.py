@@ -1,6 +1,7 @@
 """Draw docs/frontier.png: holdout protection against face LPIPS, one point per attack setting.
 
-Left: presets from ``lowkeyd bench --holdout --json FILE`` reports (preset name -> folds):
+Left: presets from ``lowkeyd bench --holdout --json FILE`` reports (either the varied-set
+format, ``{"set", "presets": {name: {"folds": [...]}}}``, or the older preset name -> folds):
 faces protected, mean over folds, the bar spanning the worst to the best fold.
 Right (``--sweep``): settings tried on the hardest fold alone, from JSON-lines records
 ``{"label", "folds": [fold summary, ...]}``: the held-out recogniser's mean margin,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -40,6 +42,27 @@ def _panel(ax, points: dict[str, list[dict]], title: str, key: str, scale: float
     ax.grid(alpha=0.3)
 
 
+def _figures(fold: dict) -> dict:
+    """A fold's headline figures (self_social, lpips, margin_social), from either report format."""
+    if "groups" not in fold:
+        return fold
+    every = fold["groups"]["all"]
+    margins = [f["self_social"] for f in fold["face_records"] if math.isfinite(f["self_social"])]
+    return {
+        "self_social": every["self_social"]["rate"],
+        "lpips": every["lpips_mean"],
+        "margin_social": statistics.mean(margins) if margins else math.nan,
+    }
+
+
+def _presets(report: dict) -> tuple[dict[str, list[dict]], str]:
+    """Preset name -> fold figures, and which photos they ran on."""
+    if "presets" not in report:
+        return report, "5 sample photos"
+    runs = {name: [_figures(f) for f in run["folds"]] for name, run in report["presets"].items()}
+    return runs, f"{report['set']} set{' (a subset)' if report['subset'] else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path)
@@ -47,17 +70,20 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/frontier.png"))
     args = parser.parse_args()
     presets: dict[str, list[dict]] = {}
+    photos = set()
     for path in args.reports:
-        presets.update(json.loads(path.read_text()))
+        runs, ran_on = _presets(json.loads(path.read_text()))
+        presets.update(runs)
+        photos.add(ran_on)
     fig, axes = plt.subplots(1, 2 if args.sweep else 1, figsize=(15 if args.sweep else 6, 5.4), squeeze=False)
-    _panel(axes[0][0], presets, "presets: every leave-one-out fold, 5 sample photos", "self_social", 100)
+    _panel(axes[0][0], presets, f"presets: every leave-one-out fold, {', '.join(sorted(photos))}", "self_social", 100)
     axes[0][0].set_ylim(-5, 105)
     axes[0][0].set_ylabel("faces an unseen recogniser fails to match,\nself-match after resize + JPEG (%)")
     if args.sweep:
         tried = {}
         for line in args.sweep.read_text().splitlines():
             record = json.loads(line)
-            tried[record["label"]] = record["folds"]
+            tried[record["label"]] = [_figures(f) for f in record["folds"]]
         _panel(axes[0][1], tried, "settings tried: SFace held out (the hardest fold), 3 photos unless labelled", "margin_social", 1, numbered=True)
         axes[0][1].axhline(0, color="grey", lw=0.8)
         axes[0][1].set_ylabel("held-out margin past its threshold, after resize + JPEG\n(mean over faces; > 0: no match)")
