@@ -225,14 +225,14 @@ def holdout(
                 added_colour(result.rgb) if grey_photo else None, seconds, result.cloaked,
             ))
             for (face, fid), p, s in zip(assigned[subject.name], plain.faces, social.faces, strict=True):
-                gallery = cross_gallery(fid, everyone)
+                others = cross_gallery(fid, everyone)
                 xa, ya, xb, yb = grown_box(p.box, subject.rgb.shape, JUDGE_GROW)
                 region = subject.rgb[ya:yb, xa:xb], result.rgb[ya:yb, xa:xb]
                 fold.faces.append(FaceRecord(
                     fid, face.size, grey_photo, p.margins[out], s.margins[out],
-                    [_cross_margin(evaluator, out, p, clean[g]) for g in gallery],
-                    [_cross_margin(evaluator, out, s, clean[g]) for g in gallery],
-                    [g.name for g in gallery],
+                    [_cross_margin(evaluator, out, p, clean[g]) for g in others],
+                    [_cross_margin(evaluator, out, s, clean[g]) for g in others],
+                    [g.name for g in others],
                     p.lpips, evaluator.judge_lpips(subject.rgb, result.rgb, p.box), changed_percentile(*region),
                     added_colour(region[1]) if grey_photo else None, _steps(result, face.box),
                 ))
