@@ -306,7 +306,7 @@ def test_holdout_bench_end_to_end_on_a_crop_and_the_group(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 8}
     assert {"keras_facenet", "dlib", "worst fold", "crop112", "group", "all"} <= set(rows), done.stdout
-    assert "worst: smallest margin after social" in done.stdout
+    assert "worst smallest margin after social: " in done.stdout
     run = json.loads(report.read_text())
     assert run["set"] == "varied" and run["subset"] and run["photos"] == ["obama3-crop112.png", "group.jpg"]
     folds = run["presets"]["default(steps=2)"]["folds"]

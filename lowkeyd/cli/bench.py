@@ -280,11 +280,10 @@ def _print_fold(preset: str, fold, console: Console) -> None:
         ("photo PSNR", g.psnr, "{:.1f} dB"),
         ("colour added to a grey photo", g.added_colour, "{:.0f} levels"),
     ]
-    console.print(
-        "  worst: " + "; ".join(f"{label} {_value(w, fmt)} ({w.name})" for label, w, fmt in worst if w is not None)
-        + f"\n  {fold.seconds_per_face:.1f} s/face, {fold.steps:.1f} steps on average",
-        highlight=False,
-    )
+    for label, w, fmt in worst:
+        if w is not None:
+            console.print(f"  worst {label}: {_value(w, fmt)} ({w.name})", highlight=False)
+    console.print(f"  {fold.seconds_per_face:.1f} s/face, {fold.steps:.1f} steps on average", highlight=False)
 
 
 def _print_folds(preset: str, folds: list, console: Console) -> None:
