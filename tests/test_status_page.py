@@ -45,6 +45,7 @@ from lowkeyd.daemon.state import StateDB, Status
 
 try:
     from selenium.webdriver import Chrome, ChromeOptions
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -302,7 +303,9 @@ def chrome(tmp_path: Path) -> Iterator[Chrome]:
 
 
 def _wait(driver: Chrome, condition, what: str) -> None:
-    WebDriverWait(driver, PAGE_SECONDS).until(condition, f"waiting for {what} at {driver.current_url}")
+    # A page being replaced while it is looked at is looked at again.
+    waiting = WebDriverWait(driver, PAGE_SECONDS, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    waiting.until(condition, f"waiting for {what} at {driver.current_url}")
 
 
 def _loaded(driver: Chrome) -> None:
@@ -329,9 +332,9 @@ def _button(driver: Chrome, label: str) -> WebElement:
 
 
 def _follow(driver: Chrome, link: str) -> None:
-    """Open a sign-in link as the user's browser does; its page moves on by itself (a meta refresh)."""
+    """Open a sign-in link as the user's browser does; its page moves on by itself (a meta refresh), a refusal stays."""
     driver.get(link)
-    _wait(driver, lambda d: "/login" not in d.current_url, "the sign-in page to move on")
+    _wait(driver, lambda d: "/login" not in d.current_url or _heading(d) != "Signed in", "the sign-in page to move on")
     _loaded(driver)
 
 
