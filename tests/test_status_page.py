@@ -629,10 +629,12 @@ def test_the_page_shows_no_file_the_daemon_refuses_to_read(daemon: Daemon) -> No
     shutil.rmtree(cache, ignore_errors=True)
     with daemon.browser() as browser:
         for name in names:
-            assert "not read, not published" in daemon.record(name).error
-            for kind in ("original", "thumb", "diff", "cloaked"):
-                answer = browser.get(f"/picture/{kind}/cam/{name}")
-                assert answer.status_code == 404, (name, kind)
+            why = daemon.record(name).error
+            assert why.endswith("not read, not published"), why
+            original = browser.get(f"/picture/original/cam/{name}")
+            assert original.status_code == 404 and why in original.text, original.text
+            for kind in ("thumb", "diff", "cloaked"):
+                assert browser.get(f"/picture/{kind}/cam/{name}").status_code == 404, (name, kind)
             page = browser.get(f"/photo/cam/{name}").text
-            assert "original not shown" in page and "not shown: " in page, page
+            assert "original not shown" in page and f"not shown: {why}" in page, page
     assert not cache.exists() or not any(cache.iterdir()), "nothing of them was made or kept"

@@ -401,7 +401,7 @@ def _readable(path: Path, folder: Path) -> tuple[Path | None, str]:
     except FileNotFoundError:
         return None, _GONE
     except Refused as exc:
-        return None, f"not shown: {exc}"
+        return None, str(exc)
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})"
 
