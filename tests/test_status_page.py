@@ -20,10 +20,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NoReturn
 
@@ -409,6 +411,48 @@ def test_in_chromium_signing_in_opens_the_page_asked_for_and_no_other_site(daemo
     # A tab is dropped by the browser's URL parser: "/<tab>/evil.example/" reads as "//evil.example/".
     _sign_in(chrome, daemon, "&next=/%09/evil.example/")
     assert chrome.current_url == f"{base}/" and _heading(chrome) == "Overview"
+
+
+@contextmanager
+def _other_site(html: str) -> Iterator[str]:
+    """A page on another loopback port: another origin, but the same site, so the page's cookie goes along."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# A 1x1 GIF: a picture any page may show, to tell a blocked picture from one that was never asked for.
+_DOT = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+def test_in_chromium_another_loopback_site_cannot_show_the_page_s_pictures(daemon: Daemon, chrome: Chrome) -> None:
+    """A page that could show a private thumbnail would learn which photos exist and their sizes."""
+    base = _sign_in(chrome, daemon)
+    picture = f"{base}/picture/thumb/cam/face.jpg"
+    chrome.get(picture)
+    assert chrome.execute_script("return document.images[0].naturalWidth") > 0, "the page itself shows it"
+    with _other_site(f'<img id="ours" src="{picture}"><img id="dot" src="{_DOT}">') as other:
+        chrome.get(other)
+        _wait(chrome, lambda d: d.execute_script("return [...document.images].every(i => i.complete)"), "the pictures")
+        drawn = chrome.execute_script("return [...document.images].map(i => [i.id, i.naturalWidth])")
+    assert drawn == [["ours", 0], ["dot", 1]], drawn
 
 
 def test_in_chromium_the_photo_list_and_a_photo_page_show_what_the_daemon_did(daemon: Daemon, chrome: Chrome) -> None:
