@@ -46,8 +46,8 @@ from PIL import Image
 from lowkeyd.daemon.state import StateDB, Status
 
 try:
-    from selenium.webdriver import Chrome, ChromeOptions
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver import Chrome, ChromeOptions
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -124,9 +124,6 @@ class Daemon:
         """The watched folder's photos the daemon has a record of (``where``: an SQL condition on them)."""
         with closing(sqlite3.connect(f"file:{self.state_path}?mode=ro", uri=True)) as db:
             return {f"{s}/{p}" for s, p in db.execute(f"SELECT source, rel_path FROM files WHERE {where}", params)}
-
-    def base_url(self) -> str:
-        return self.open_link().split("/login")[0]
 
     def open_link(self) -> str:
         """What `lowkeyd open` hands the browser."""
