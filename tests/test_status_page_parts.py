@@ -43,7 +43,14 @@ def test_only_the_page_s_own_host_names_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("given", "back"),
     [("/photos?status=failed", "/photos?status=failed"), ("//evil.example/", "/"), ("http://evil.example", "/"),
-     ("/\\evil.example", "/"), (None, "/")],
+     ("/\\evil.example", "/"), (None, "/"), ("", "/"),
+     # What a browser's URL parser drops or turns: a tab or newline anywhere, controls and spaces at the ends,
+     # a backslash read as a slash. Each of these is "//evil.example/" to it.
+     ("/\t/evil.example/", "/"), ("/\n/evil.example/", "/"), ("/\r\n/evil.example/", "/"), ("\\/evil.example/", "/"),
+     ("\x00//evil.example/", "/"), (" //evil.example/", "/"), ("/\t\\evil.example/", "/"),
+     # A path of this site stays one, as the browser will read it, and is sent percent-encoded.
+     ("/photo/cam/a\tb.jpg", "/photo/cam/ab.jpg"), (" /photos ", "/photos"), ("/photo/cam/é \"x\".jpg", "/photo/cam/%C3%A9%20%22x%22.jpg"),
+     ("/%2F/evil.example/", "/%2F/evil.example/")],
 )
 def test_forms_return_only_to_a_page_of_this_site(given: str | None, back: str) -> None:
     assert _back(given) == back

@@ -9,6 +9,7 @@ needs JavaScript). Every request passes :class:`Guard` first; see
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -19,6 +20,7 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -26,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lowkeyd.daemon.api.client import STATUS_PAGE_LOGIN
-from lowkeyd.daemon.config import is_within
+from lowkeyd.daemon.candidate import Refused, inspect
 from lowkeyd.daemon.state import FileRecord, StateDB, Status
 from lowkeyd.daemon.status_page.auth import COOKIE, SESSION_SECONDS, Gate, read_form
 from lowkeyd.daemon.status_page.images import (
@@ -58,16 +60,28 @@ STATUS_LABELS = {
 }
 # Pages only ever load what they serve themselves; nothing else may frame or script them.
 _CSP = (
-    b"default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
-    b"frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
 )
-_HEADERS = [
-    (b"content-security-policy", _CSP),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-    (b"x-frame-options", b"DENY"),
-]
+# Every response's, unless it sets its own (a picture's Cache-Control).
+_HEADERS = {
+    "content-security-policy": _CSP,
+    "x-content-type-options": "nosniff",
+    # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with the page's own form
+    # POSTs, and the CSRF check cannot tell those from a POST of a page that hides its origin on purpose
+    # (its own no-referrer, a sandboxed frame). With same-origin the page's forms carry its real origin, so
+    # both checks keep their force: the token and an Origin that must be the page's own. A Referer goes
+    # only to the page itself, and the page links nowhere else.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    # Another site (another loopback port is one) may not embed a picture or page of this one: a private
+    # thumbnail loaded with the user's cookie would tell it which photos exist and their sizes.
+    "cross-origin-resource-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+}
+# A face in a picture's URL: its number, in ASCII digits ("²" is a digit to str.isdigit, not to int).
+_FACE = re.compile(r"[1-9][0-9]{0,3}")
 
 
 class Guard:
@@ -85,7 +99,10 @@ class Guard:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_HEADERS]
+                message.setdefault("headers", [])
+                headers = MutableHeaders(scope=message)
+                for name, value in _HEADERS.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         request = Request(scope)
@@ -281,7 +298,7 @@ class StatusPage:
         return self._page(
             request, "photos.html", page=page, source=source, status=status, sources=self.records.sources(),
             filters=filters, query=lambda **extra: urlencode({**filters, **extra}),
-            gone={(r.source, r.rel_path) for r in page.records if not self._original(r).exists()},
+            gone={(r.source, r.rel_path) for r in page.records if self._original(r)[1] == _GONE},
         )
 
     async def _photo(self, request: Request) -> Response:
@@ -290,12 +307,11 @@ class StatusPage:
             return record
         detail = self._detail(record) if record.status is Status.DONE else None
         estimate = transfer_estimate(detail.preset, face_sizes=[f.size for f in detail.faces]) if detail else None
-        original = self._original(record)
-        cloaked = self._output(record)
+        original, not_shown = self._original(record)
         return self._page(
             request, "photo.html", record=record, detail=detail, estimate=estimate, faces=detail.faces if detail else (),
-            original_exists=original.exists(), cloaked_exists=cloaked is not None and cloaked.exists(),
-            gain=DIFF_GAIN,
+            original_exists=original is not None, original_gone=not_shown == _GONE, original_problem=not_shown,
+            cloaked_exists=self._output(record) is not None, gain=DIFF_GAIN,
         )
 
     async def _picture(self, request: Request) -> Response:
@@ -309,13 +325,14 @@ class StatusPage:
         face = request.query_params.get("face")
         if face is not None:
             detail = self._detail(record)
-            if detail is None or not face.isdigit() or not 1 <= int(face) <= len(detail.faces):
+            if detail is None or not _FACE.fullmatch(face) or int(face) > len(detail.faces):
                 return self._refusal(404, "No such face in this photo.")
             box = detail.faces[int(face) - 1].box
+        original, not_shown = self._original(record)
+        if original is None and kind in ("original", "diff"):
+            return self._refusal(404, f"No picture of the original: {not_shown}.")
         try:
-            picture = await run_in_threadpool(
-                self.pictures.get, kind, self._original(record), self._output(record), box
-            )
+            picture = await run_in_threadpool(self.pictures.get, kind, original, self._output(record), box)
         except PictureUnavailable as exc:
             return self._refusal(404, f"No picture: {exc}.")
         # Private: the browser may keep it for this session, no proxy may.
@@ -355,15 +372,14 @@ class StatusPage:
             return self._refusal(404, f"lowkeyd knows no photo {source}/{rel_path}.")
         return record
 
-    def _original(self, record: FileRecord) -> Path:
-        return self.roots[record.source] / record.rel_path
+    def _original(self, record: FileRecord) -> tuple[Path | None, str]:
+        """The original as the daemon reads it, or None and why the page will not show it."""
+        root = self.roots[record.source]
+        return _readable(root / record.rel_path, root)
 
     def _output(self, record: FileRecord) -> Path | None:
-        """The published copy, only where the record says it is inside the outbox."""
-        if record.output is None:
-            return None
-        output = Path(record.output)
-        return output if is_within(output, self.outbox) else None
+        """The published copy, only where the record says it is inside the outbox and it is a file there."""
+        return None if record.output is None else _readable(Path(record.output), self.outbox)[0]
 
     def _detail(self, record: FileRecord) -> PhotoDetail | None:
         """What was recorded when the photo (or, for a duplicate, the photo it duplicates) was cloaked."""
@@ -374,11 +390,38 @@ class StatusPage:
         return detail
 
 
+_GONE = "gone (moved or deleted)"
+
+
+def _readable(path: Path, folder: Path) -> tuple[Path | None, str]:
+    """``path`` resolved, where the daemon would read it (a regular file in ``folder``, not behind a link
+    out of it: :func:`~lowkeyd.daemon.candidate.inspect`'s rule), or None and why not."""
+    try:
+        return inspect(path, folder)[0], ""
+    except FileNotFoundError:
+        return None, _GONE
+    except Refused as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+
+
+# What a browser's URL parser drops before it reads a URL (WHATWG URL): C0 controls and spaces at either
+# end, then every tab and newline anywhere. It also reads a backslash as a slash in an http URL.
+_TRIMMED = "".join(map(chr, range(0x21)))
+_DROPPED = str.maketrans("", "", "\t\n\r")
+
+
 def _back(given: str | None) -> str:
-    """Where a form returns to: a path on this page only, never another site."""
-    if given is not None and given.startswith("/") and not given.startswith("//") and "\\" not in given:
-        return given
-    return "/"
+    """Where a form or the sign-in returns to: a path on this page only, never another site.
+
+    Judged as the browser will read it, since that is what it follows: ``/%09/evil.example`` (a tab) is
+    ``//evil.example`` to a browser, another site. Returned in that form, percent-encoded.
+    """
+    url = (given or "").strip(_TRIMMED).translate(_DROPPED).replace("\\", "/")
+    if not url.startswith("/") or url.startswith("//"):
+        return "/"
+    return quote(url, safe="/?#&=;:@!$'()*+,%~")
 
 
 def _path_quote(rel_path: str) -> str:

@@ -6,8 +6,9 @@ daemon, over its API socket (0600: only the daemon's user gets in), for a
 one-time login token; the browser trades it at ``/login`` for a session
 cookie (HttpOnly, SameSite=Strict). The few actions (retry, pause, resume)
 are POSTs carrying a CSRF token derived from the session, and their Origin,
-when the browser sends one, must be the page's own. The Host header must name
-the loopback address itself, which turns away DNS-rebinding pages.
+when the browser sends one, must be the page's own (``null`` is not: the page's
+Referrer-Policy, in :mod:`.app`, says why). The Host header must name the
+loopback address itself, which turns away DNS-rebinding pages.
 """
 
 from __future__ import annotations

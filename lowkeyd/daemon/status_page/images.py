@@ -63,7 +63,8 @@ def _pixels(path: Path | None, what: str) -> np.ndarray:
     if not path.exists():
         raise PictureUnavailable(f"the {what} is gone ({path})")
     try:
-        return read_photo(path).rgb
+        # As the daemon reads it: ``path`` is already resolved (see the app), so a link here is a swap since.
+        return read_photo(path, follow_symlinks=False).rgb
     except (PhotoError, OSError) as exc:
         raise PictureUnavailable(f"the {what} cannot be read: {exc}") from None
 
