@@ -142,11 +142,7 @@ class Cloaker:
         self.preset = preset
         # Faces from DEFAULT_MIN_FACE up are found, and reported as too small under min_face_px.
         self.detector: FaceDetector = self.resident.detector_for(preset.min_face_px)
-        lpips = self.resident.lpips
-        decoys = self.resident.decoys if preset.decoy_weight else ()
-        self.attack = LowKey(self.models, lpips, preset, decoys)
-        # Grayscale photos are written back as grayscale: only a luma change survives that.
-        self._luma_attack = LowKey(self.models, lpips, preset.model_copy(update={"chroma_scale": 0.0}), decoys)
+        self.attack = LowKey(self.models, self.resident.lpips, preset)
 
     @property
     def crop_size(self) -> int:
@@ -181,7 +177,8 @@ class Cloaker:
 
         outputs = [rgb.copy() for rgb in images]
         thresholds = {m.name: m.threshold for m in self.models}
-        results = self._run(crops, self._luma_attack if luma_only else self.attack)
+        # Grayscale photos are written back as grayscale: only a luma change survives that.
+        results = self._run(crops, luma_only)
         for crop, report, (adversarial, similarity, lp, steps) in zip(crops, attacked, results, strict=True):
             self._paste(outputs[crop.image], crop, adversarial)
             report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
@@ -245,19 +242,20 @@ class Cloaker:
 
     # -- batches ------------------------------------------------------------------------
 
-    def _run(self, crops: list[_Crop], attack: LowKey) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+    def _run(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
         results = []
         for start in range(0, len(crops), self.max_batch):
-            results.extend(self._run_batch(crops[start : start + self.max_batch], attack))
+            results.extend(self._run_batch(crops[start : start + self.max_batch], luma_only))
         return results
 
-    def _run_batch(self, crops: list[_Crop], attack: LowKey) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+    def _run_batch(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
         try:
-            result = attack(
+            result = self.attack(
                 torch.stack([c.pixels for c in crops]).to(self.device),
                 torch.stack([c.landmarks for c in crops]).to(self.device),
                 torch.stack([c.mask for c in crops]).to(self.device),
                 torch.stack([c.region for c in crops]).to(self.device),
+                luma_only=luma_only,
             )
         except torch.OutOfMemoryError:
             if len(crops) == 1:
@@ -266,7 +264,7 @@ class Cloaker:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(crops) // 2
-            return self._run_batch(crops[:half], attack) + self._run_batch(crops[half:], attack)
+            return self._run_batch(crops[:half], luma_only) + self._run_batch(crops[half:], luma_only)
         adversarial = result.adversarial.float().cpu()
         return [
             (

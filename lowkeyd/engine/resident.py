@@ -11,11 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import torch
 
-from lowkeyd.engine.decoys import Decoy, load_decoys
 from lowkeyd.engine.device import pick_device, set_cpu_threads
 from lowkeyd.engine.faces import DEFAULT_MIN_FACE, FaceDetector
 from lowkeyd.engine.models.base import FaceEmbedder
@@ -57,16 +55,7 @@ class ResidentModels:
         unknown = set(names) - {m.name for m in self.recognisers}
         if unknown:
             raise EngineError(f"not loaded: {', '.join(sorted(unknown))}")
-        other = replace(self, recognisers=tuple(m for m in self.recognisers if m.name in names))
-        if "decoys" in self.__dict__:
-            # Found once: the decoys depend on the detector, not on which recognisers attack.
-            other.__dict__["decoys"] = self.decoys
-        return other
-
-    @cached_property
-    def decoys(self) -> tuple[Decoy, ...]:
-        """The decoy identities of a targeted push, found on first use (three photos through the detector)."""
-        return load_decoys(self.detector, self.device)
+        return replace(self, recognisers=tuple(m for m in self.recognisers if m.name in names))
 
     def detector_for(self, min_face: int) -> FaceDetector:
         """A detector finding faces from ``min_face`` px up: the resident one, unless a smaller size is asked for."""
