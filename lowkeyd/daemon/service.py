@@ -194,7 +194,7 @@ class Daemon:
         return code
 
     def _run(self) -> int:
-        self.outbox = Outbox(self.config.outbox)
+        self.outbox = Outbox(self.config.outbox, self.state)
         if left := self.outbox.clear_staging():
             log.info("removed %d unfinished file(s) an earlier run left in staging", left)
         for record in self.state.interrupted():
@@ -413,8 +413,8 @@ class Daemon:
     def _reuse(self, earlier: FileRecord, source: str, rel_path: str, key: FileKey, sha256: str, dest: Path) -> bool:
         """Finish this file with an earlier result for the same content; False when there is none to reuse."""
         output = None if earlier.output is None else Path(earlier.output)
-        if output is not None and not output.exists():
-            return False  # the published copy was deleted: cloak again
+        if output is not None and not self.outbox.holds(output):
+            return False  # the published copy was deleted, or replaced by a file of the user's: cloak again
         same_file = (earlier.source, earlier.rel_path) == (source, rel_path)
         if output is not None and not same_file:
             output = self.outbox.publish_copy(output, dest.with_suffix(output.suffix))

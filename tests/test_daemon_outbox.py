@@ -1,0 +1,159 @@
+"""The outbox and the user's own files in it: lowkeyd never overwrites, moves or removes a file it did not write.
+
+Real objects on real files: the state database, the outbox and the follower the
+daemon runs, with photos published the way the worker publishes them (staged,
+then moved into place).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lowkeyd.daemon.candidate import content_hash
+from lowkeyd.daemon.config import SourceConfig
+from lowkeyd.daemon.follow import Follower
+from lowkeyd.daemon.hooks import Published
+from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.state import FileKey, StateDB, Status
+
+DATA = Path(__file__).parent / "data"
+
+
+class World:
+    """A source folder ``cam``, an outbox, the state database and a follower acting on ``policy``."""
+
+    def __init__(self, tmp_path: Path, **policy: str) -> None:
+        self.src = tmp_path / "src"
+        self.src.mkdir()
+        self.out = tmp_path / "out"
+        self.state = StateDB(tmp_path / "state" / "state.sqlite3")
+        self.outbox = Outbox(self.out, self.state)
+        self.events: list[Published] = []
+        source = SourceConfig(path=self.src, name="cam", **policy)
+        self.follower = Follower([source], self.state, self.outbox, self.events.append, "default", grace=0)
+
+    def publish(self, name: str, original: bytes, cloaked: bytes) -> Path:
+        """``name`` in the source, and its cloaked copy published and recorded as the daemon does it."""
+        path = self.src / name
+        path.write_bytes(original)
+        dest = self.outbox.destination("cam", Path(name))
+        staged = self.outbox.stage(dest)
+        staged.write_bytes(cloaked)
+        written = self.outbox.publish(staged, dest)
+        self.state.mark_queued("cam", name, FileKey.of(path), content_hash(path))
+        self.state.mark_done(
+            "cam", name, outcome="cloaked", faces=1, faces_too_small=0, seconds=1.0, output=written,
+            output_sha256=content_hash(written),
+        )
+        return written
+
+    def published(self) -> dict[str, bytes]:
+        return {p.relative_to(self.out).as_posix(): p.read_bytes() for p in self.out.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def _replace_like_an_editor(path: Path, data: bytes) -> None:
+    """Save over ``path`` the way editors and sync clients do: a new file renamed into place."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setenv("LOWKEYD_STATE_DIR", str(tmp_path / "state"))
+    return World(tmp_path, on_original_deleted="remove", on_original_renamed="move")
+
+
+def test_a_copy_the_user_replaced_survives_its_original_being_deleted(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    world.publish("b.jpg", b"original b", b"cloaked b")
+    _replace_like_an_editor(a, b"the user's own a")
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    for name in ("a.jpg", "b.jpg"):
+        (world.src / name).unlink()
+        world.follower.gone("cam", world.src / name)
+    world.follower.apply_due(settled=True)
+
+    assert world.published() == {"cam/a.jpg": b"the user's own a"}, "b's copy removed, the user's a left"
+    assert [e.event for e in world.events] == ["removed"]
+    assert world.state.get("cam", "a.jpg").status is Status.GONE
+    assert world.state.history("cam", "a.jpg")[-1] == ("left_alone", str(a))
+    assert world.state.event_counts()["left_alone"] == 1
+    assert sum("left alone" in r.getMessage() for r in caplog.records) == 1, "said once, in the log"
+    assert world.outbox.foreign(a) and not world.outbox.holds(a)
+
+
+def test_a_copy_rewritten_with_the_same_bytes_is_still_lowkeyds(world: World) -> None:
+    """The content decides, not the inode or the mtime: a sync client downloading the copy again changes neither."""
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    _replace_like_an_editor(a, b"cloaked a")
+    (world.src / "a.jpg").unlink()
+    world.follower.gone("cam", world.src / "a.jpg")
+    world.follower.apply_due(settled=True)
+    assert world.published() == {}
+    assert [e.event for e in world.events] == ["removed"]
+
+
+def test_a_users_file_at_the_destination_is_not_overwritten(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    (world.out / "cam").mkdir(parents=True)
+    (world.out / "cam" / "a.jpg").write_bytes(b"the user's own a")
+    (world.out / "cam" / "b (lowkeyd 2).jpg").write_bytes(b"the user's own b 2")
+    (world.out / "cam" / "c.jpg").symlink_to(world.src / "c.jpg")
+
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    b = world.publish("b.jpg", b"original b", b"cloaked b")
+    world.publish("b.jpg", b"original b", b"cloaked b")  # cloaked again (say, after an edit): its own copy replaced
+    c = world.publish("c.jpg", b"original c", b"cloaked c")
+
+    assert (a.name, c.name) == ("a (lowkeyd 2).jpg", "c (lowkeyd 2).jpg")
+    assert b.name == "b.jpg"
+    assert (world.out / "cam" / "c.jpg").is_symlink()
+    assert world.published() == {
+        "cam/a.jpg": b"the user's own a",
+        "cam/a (lowkeyd 2).jpg": b"cloaked a",
+        "cam/b.jpg": b"cloaked b",
+        "cam/b (lowkeyd 2).jpg": b"the user's own b 2",
+        "cam/c (lowkeyd 2).jpg": b"cloaked c",
+    }
+    assert world.state.get("cam", "a.jpg").output == str(a)
+    assert world.state.published_aside() == 2
+    assert sum("is not a file lowkeyd wrote" in r.getMessage() for r in caplog.records) == 2
+
+    world.publish("a.jpg", b"original a, edited", b"cloaked a, edited")
+    assert world.published()["cam/a (lowkeyd 2).jpg"] == b"cloaked a, edited", "its own aside copy replaced"
+    assert "cam/a (lowkeyd 3).jpg" not in world.published()
+    assert sum("is not a file lowkeyd wrote" in r.getMessage() for r in caplog.records) == 2, "not said again"
+
+
+def test_renaming_an_original_onto_a_users_file_leaves_that_file(world: World) -> None:
+    world.publish("a.jpg", b"original a", b"cloaked a")
+    (world.out / "cam" / "mine.jpg").write_bytes(b"the user's own")
+    earlier = world.state.get("cam", "a.jpg")
+    os.rename(world.src / "a.jpg", world.src / "mine.jpg")
+    new = world.src / "mine.jpg"
+
+    dest = world.outbox.destination("cam", Path("mine.jpg"))
+    assert world.follower.renamed(earlier, "cam", "mine.jpg", FileKey.of(new), content_hash(new), dest)
+
+    assert world.published() == {"cam/mine.jpg": b"the user's own", "cam/mine (lowkeyd 2).jpg": b"cloaked a"}
+    moved = world.out / "cam" / "mine (lowkeyd 2).jpg"
+    assert world.state.get("cam", "mine.jpg").output == str(moved)
+    assert world.outbox.holds(moved) and not world.outbox.holds(world.out / "cam" / "a.jpg")
+    assert [(e.event, e.previous) for e in world.events] == [("renamed", world.out / "cam" / "a.jpg")]
+
+
+def test_a_replaced_copy_is_not_moved_when_its_original_is_renamed(world: World) -> None:
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    _replace_like_an_editor(a, b"the user's own a")
+    earlier = world.state.get("cam", "a.jpg")
+    os.rename(world.src / "a.jpg", world.src / "a2.jpg")
+    new = world.src / "a2.jpg"
+    dest = world.outbox.destination("cam", Path("a2.jpg"))
+    assert not world.follower.renamed(earlier, "cam", "a2.jpg", FileKey.of(new), content_hash(new), dest), (
+        "nothing of lowkeyd's to move: the photo is to be cloaked again"
+    )
+    assert world.published() == {"cam/a.jpg": b"the user's own a"}
+    assert ("left_alone", str(a)) in world.state.history("cam", "a.jpg")
