@@ -266,6 +266,26 @@ def test_state_files_are_the_users_alone(state_dir: Path, photo: Path) -> None:
     hooks.close()
 
 
+def test_the_state_folder_lock_and_staging_are_the_users_alone_whatever_the_umask(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    import stat
+
+    state_dir.mkdir(mode=0o755)  # as an earlier version, or a umask of 022, left it
+    (state_dir / "daemon.lock").touch(mode=0o644)
+    old = os.umask(0o022)
+    try:
+        with single_instance(state_dir):
+            outbox = Outbox(tmp_path / "out")
+            db = StateDB()
+    finally:
+        os.umask(old)
+    db.close()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (state_dir, state_dir / "daemon.lock", outbox.staging)}
+    assert outbox.staging == state_dir / "staging"
+    assert modes == {"state": 0o700, "daemon.lock": 0o600, "staging": 0o700}
+
+
 def test_status_into_a_closed_pipe_ends_quietly(state_dir: Path, photo: Path) -> None:
     db = StateDB()
     db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))

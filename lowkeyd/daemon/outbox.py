@@ -40,7 +40,7 @@ from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import is_within
 from lowkeyd.daemon.pause import Cause
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo.atomic import fsync_directory
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ class OutboxUnavailable(LowkeydError):
 
 def _staging_folder(root: Path) -> Path:
     device = root.stat().st_dev
-    own = state_dir() / "staging"
-    own.mkdir(parents=True, exist_ok=True)
+    own = private_folder(state_dir() / "staging")
     if own.stat().st_dev == device:
         return own
     beside = root.parent / STAGING_NAME
@@ -106,7 +105,7 @@ class Outbox:
         # A drive's own folder: unmounted, it is still there, but on the file system below.
         self._mount_point = root.stat().st_dev != root.parent.stat().st_dev
         self.staging = _staging_folder(root)
-        self.staging.mkdir(exist_ok=True)
+        self.staging.mkdir(mode=0o700, exist_ok=True)
         self._legacy_staging = root / STAGING_NAME  # where earlier versions staged: cleared, never used again
 
     def unavailable(self) -> str | None:
@@ -114,7 +113,7 @@ class Outbox:
         try:
             if self.root.stat().st_dev == self.root.parent.stat().st_dev and self._mount_point:
                 return f"the outbox {self.root} is not mounted"
-            self.staging.mkdir(exist_ok=True)  # a drive mounted again comes back without it
+            self.staging.mkdir(mode=0o700, exist_ok=True)  # a drive mounted again comes back without it
         except FileNotFoundError:
             return f"the outbox {self.root} is missing (unmounted?)"
         except OSError as exc:

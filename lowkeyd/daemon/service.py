@@ -49,7 +49,7 @@ from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
 from lowkeyd.daemon.worker import QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo import Photo
 from lowkeyd.pipeline import PhotoProtector
 
@@ -74,8 +74,9 @@ class AlreadyRunning(LowkeydError):
 @contextmanager
 def single_instance(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s daemon lock: two daemons on one state database would cloak every photo twice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "daemon.lock", "a+") as lock:
+    fd = os.open(private_folder(folder) / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask, or the mode an earlier version left
+    with open(fd, "r+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

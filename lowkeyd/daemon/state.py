@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 
 STATE_NAME = "state.sqlite3"
 _SCHEMA_VERSION = 2
@@ -170,7 +170,7 @@ def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
     try:
         if readonly:
             return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         # Its user's alone, whatever the umask: it names every photo. SQLite gives its -wal and -shm
         # files the database file's mode.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
