@@ -215,6 +215,14 @@ def _install_service(args: argparse.Namespace) -> int:
     # The outbox and its staging folder beside it, where the sandbox would leave them read-only.
     writable = [] if config.outbox.is_relative_to(Path.home()) else [config.outbox.parent]
     plan = install_service(argv, writable=writable, cpu_only=config.device == "cpu", write=not args.print_only)
+    if plan.path.suffix == ".service":
+        from lowkeyd.daemon.system.systemd import hidden_by_private_tmp
+
+        used = {f"source {source.name}:": source.path for source in config.sources}
+        used |= {f"API job root {root.name}:": root.path for root in config.api.job_roots}
+        used |= {"the outbox": config.outbox, "the Python environment": Path(sys.prefix), "the config": config_path}
+        for warning in hidden_by_private_tmp(used):
+            print(f"warning: {warning}", file=sys.stderr)
     if args.print_only:
         sys.stdout.write(plan.content)
         return 0
