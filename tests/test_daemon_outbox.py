@@ -1,6 +1,6 @@
-"""The outbox and the user's own files in it: lowkeyd never overwrites, moves or removes a file it did not write.
+"""The outbox and the user's own files in it, and the outbox as a mount point.
 
-Real objects on real files: the state database, the outbox and the follower the
+lowkeyd never overwrites, moves or removes a file it did not write. Real objects on real files: the state database, the outbox and the follower the
 daemon runs, with photos published the way the worker publishes them (staged,
 then moved into place).
 """
@@ -8,6 +8,8 @@ then moved into place).
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import SourceConfig
 from lowkeyd.daemon.follow import Follower
 from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.outbox import Outbox
+from lowkeyd.daemon.mounts import is_mount_point, mount_points
+from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.state import FileKey, StateDB, Status
 
 DATA = Path(__file__).parent / "data"
@@ -157,3 +160,53 @@ def test_a_replaced_copy_is_not_moved_when_its_original_is_renamed(world: World)
     )
     assert world.published() == {"cam/a.jpg": b"the user's own a"}
     assert ("left_alone", str(a)) in world.state.history("cam", "a.jpg")
+
+
+MOUNTINFO = rb"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+45 27 254:0 /home/u/drive /media/u/My\040Photos rw,relatime - ext4 /dev/vda rw
+46 27 254:0 /srv/out /home/u/out\134new rw,relatime shared:5 - ext4 /dev/vda rw
+"""
+
+
+def test_the_mount_table_is_read_as_findmnt_reads_it() -> None:
+    points = mount_points(MOUNTINFO)
+    assert points == {Path("/proc"), Path("/"), Path("/media/u/My Photos"), Path("/home/u/out\\new")}
+    assert is_mount_point(Path("/")) and is_mount_point(Path("/proc"))
+    assert not is_mount_point(Path(__file__).parent)
+
+
+@pytest.fixture
+def bind_mounted_outbox(tmp_path: Path) -> Iterator[Path]:
+    """An outbox folder with a folder of the same file system bind-mounted on it (root only)."""
+    drive, out = tmp_path / "drive", tmp_path / "out"
+    drive.mkdir()
+    out.mkdir()
+    done = subprocess.run(["mount", "--bind", str(drive), str(out)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"a bind mount needs root: {done.stderr.strip()}")
+    yield out
+    subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_a_bind_mount_of_the_same_file_system_is_a_mount_point(
+    bind_mounted_outbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOWKEYD_STATE_DIR", str(tmp_path / "state"))
+    out = bind_mounted_outbox
+    assert out.stat().st_dev == out.parent.stat().st_dev, "one file system: a device comparison cannot tell"
+    assert is_mount_point(out)
+    outbox = Outbox(out, StateDB(tmp_path / "state" / "state.sqlite3"))
+    # rename(2) does not cross mounts, even of one file system: staging is inside the mount.
+    assert outbox.staging == out / STAGING_NAME
+    dest = outbox.destination("cam", Path("a.jpg"))
+    staged = outbox.stage(dest)
+    staged.write_bytes(b"cloaked")
+    assert outbox.publish(staged, dest).read_bytes() == b"cloaked"
+    assert (tmp_path / "drive" / "cam" / "a.jpg").read_bytes() == b"cloaked"
+    assert outbox.unavailable() is None
+
+    subprocess.run(["umount", str(out)], check=True)
+    assert outbox.unavailable() == f"the outbox {out} is not mounted"
+    with pytest.raises(OutboxUnavailable):
+        outbox.stage(dest)

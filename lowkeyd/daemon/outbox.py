@@ -5,7 +5,7 @@ ever appear there, because a sync client shares the outbox and would upload
 it: each photo is written in a staging folder on the outbox's file system (so
 publishing is one atomic rename) and renamed into place only when complete.
 Staging is kept out of the synced tree: in the state dir when that shares the
-outbox's file system, else beside the outbox, and inside it only when the
+outbox's file system and mount, else beside the outbox, and inside it only when the
 outbox is the root of its file system. Whatever a crash leaves in staging is
 deleted on the next start.
 
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import is_within
+from lowkeyd.daemon.mounts import is_mount_point, same_mount
 from lowkeyd.daemon.pause import Cause
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import private_folder, state_dir
@@ -57,12 +58,11 @@ class OutboxUnavailable(LowkeydError):
 
 
 def _staging_folder(root: Path) -> Path:
-    device = root.stat().st_dev
     own = private_folder(state_dir() / "staging")
-    if own.stat().st_dev == device:
+    if same_mount(own, root):
         return own
     beside = root.parent / STAGING_NAME
-    if root.parent != root and root.parent.stat().st_dev == device and os.access(root.parent, os.W_OK):
+    if root.parent != root and same_mount(root.parent, root) and os.access(root.parent, os.W_OK):
         return beside
     return root / STAGING_NAME
 
@@ -102,8 +102,8 @@ class Outbox:
         self.root = root
         self._ledger = ledger
         root.mkdir(parents=True, exist_ok=True)
-        # A drive's own folder: unmounted, it is still there, but on the file system below.
-        self._mount_point = root.stat().st_dev != root.parent.stat().st_dev
+        # A drive's own folder (or a bind mount): unmounted, it is still there, but on the file system below.
+        self._mount_point = is_mount_point(root)
         self.staging = _staging_folder(root)
         self.staging.mkdir(mode=0o700, exist_ok=True)
         self._legacy_staging = root / STAGING_NAME  # where earlier versions staged: cleared, never used again
@@ -111,7 +111,8 @@ class Outbox:
     def unavailable(self) -> str | None:
         """Why nothing can be published now, or None."""
         try:
-            if self.root.stat().st_dev == self.root.parent.stat().st_dev and self._mount_point:
+            self.root.stat()
+            if self._mount_point and not is_mount_point(self.root):
                 return f"the outbox {self.root} is not mounted"
             self.staging.mkdir(mode=0o700, exist_ok=True)  # a drive mounted again comes back without it
         except FileNotFoundError:
