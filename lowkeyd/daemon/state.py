@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,27 @@ class StateDB:
         """Files left in processing: the daemon died under them."""
         rows = self._query("SELECT * FROM files WHERE status = ?", (Status.PROCESSING.value,))
         return [FileRecord._from_row(r) for r in rows]
+
+    def unfinished(self) -> list[FileRecord]:
+        """Files queued, being cloaked or waiting for a retry."""
+        rows = self._query(
+            "SELECT * FROM files WHERE status IN (?, ?, ?)",
+            (Status.QUEUED.value, Status.PROCESSING.value, Status.RETRY.value),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def forget_vanished(self, roots: Mapping[str, Path], busy: Container[tuple[str, str]] = ()) -> list[FileRecord]:
+        """Forget the unfinished files of ``roots`` (source name -> folder) that are no longer there; those forgotten.
+
+        ``busy`` (source, path) pairs are left: a job holds them, and records what becomes of them.
+        """
+        gone = [
+            r for r in self.unfinished()
+            if r.source in roots and (r.source, r.rel_path) not in busy and not os.path.lexists(roots[r.source] / r.rel_path)
+        ]
+        for record in gone:
+            self.forget(record.source, record.rel_path)
+        return gone
 
     def forget(self, source: str, rel_path: str) -> None:
         """A file that disappeared before it was finished."""

@@ -108,6 +108,17 @@ def read_photo(
                 raise PhotoError(f"{name}: truncated or corrupt ({exc})") from exc
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width times height, from a photo's header (all of it, or its start), nothing decoded; None if it does not say."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as image:
+                return image.size[0] * image.size[1]
+        except (Image.DecompressionBombError, *_DECODE_ERRORS):
+            return None
+
+
 def _read_source(
     source: Path | str | bytes, *, follow_symlinks: bool = True
 ) -> tuple[Path | None, bytes, os.stat_result | None]:
