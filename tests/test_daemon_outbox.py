@@ -8,12 +8,14 @@ then moved into place).
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lowkeyd.cli import main
 from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import SourceConfig
 from lowkeyd.daemon.follow import Follower
@@ -160,6 +162,39 @@ def test_a_replaced_copy_is_not_moved_when_its_original_is_renamed(world: World)
     )
     assert world.published() == {"cam/a.jpg": b"the user's own a"}
     assert ("left_alone", str(a)) in world.state.history("cam", "a.jpg")
+
+
+def test_status_says_what_was_left_alone(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.out / "cam").mkdir(parents=True)
+    (world.out / "cam" / "b.jpg").write_bytes(b"the user's own b")
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    world.publish("b.jpg", b"original b", b"cloaked b")
+    _replace_like_an_editor(a, b"the user's own a")
+    (world.src / "a.jpg").unlink()
+    world.follower.gone("cam", world.src / "a.jpg")
+    world.follower.apply_due(settled=True)
+    assert main(["status"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert (
+        "files of yours in the outbox, never overwritten or removed: 1 with a copy published beside it as "
+        "\"name (lowkeyd 2)\", 1 left where lowkeyd's copy had been"
+    ) in shown
+
+
+def test_copies_published_before_their_hashes_were_kept_are_still_known(world: World, tmp_path: Path) -> None:
+    a = world.publish("a.jpg", b"original a", b"cloaked a")
+    b = world.publish("b.jpg", b"original b", b"cloaked b")
+    world.state.close()
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as raw:  # the database as version 1 left it
+        raw.execute("DROP TABLE published")
+        raw.execute("PRAGMA user_version=1")
+    raw.close()
+    state = StateDB(tmp_path / "state" / "state.sqlite3")
+    outbox = Outbox(world.out, state)
+    _replace_like_an_editor(b, b"the user's own b")
+    assert outbox.holds(a), "its content is one lowkeyd published"
+    assert not outbox.holds(b)
+    state.close()
 
 
 MOUNTINFO = rb"""22 27 0:21 / /proc rw,relatime - proc proc rw

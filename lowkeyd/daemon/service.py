@@ -349,6 +349,7 @@ class Daemon:
 
     def _forget_vanished(self) -> None:
         """Drop queued and retrying files deleted meanwhile (while the daemon was stopped, or in a queue)."""
+        # Jobs join _in_flight on this thread only; one that leaves meanwhile has recorded its file's fate.
         for record in self.state.forget_vanished(self._roots, busy=set(self._in_flight)):
             log.info("%s/%s: deleted before it was cloaked; forgotten", record.source, record.rel_path)
 
