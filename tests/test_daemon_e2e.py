@@ -645,6 +645,38 @@ def test_remove_and_move_follow_deletions_and_renames_running_or_stopped(start_d
     assert "originals deleted or renamed: 4 (2 copies removed, 2 renamed)" in shown
 
 
+def test_the_users_own_files_in_the_outbox_are_never_overwritten_moved_or_removed(start_daemon, env: Path) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon(sources=[{"path": str(src), "name": "cam", "on_original_deleted": "remove"}])
+    for i, name in enumerate("ab"):
+        (src / f"{name}.jpg").write_bytes(faceless_photo(gps=False, variant=i))
+    daemon.wait_for(lambda: done_count() == 2, 120, "a, b published")
+    mine = {name: faceless_photo(gps=False, variant=10 + i) for i, name in enumerate(("a.jpg", "c.jpg", "mine.jpg"))}
+    (out / "cam" / "a.tmp").write_bytes(mine["a.jpg"])
+    os.replace(out / "cam" / "a.tmp", out / "cam" / "a.jpg")  # the user's own file in place of a's copy
+    for name in ("c.jpg", "mine.jpg"):
+        (out / "cam" / name).write_bytes(mine[name])
+
+    (src / "c.jpg").write_bytes(faceless_photo(gps=False, variant=2))  # a photo named like a file of the user's
+    os.rename(src / "b.jpg", src / "mine.jpg")  # an original renamed onto a file of the user's
+    (src / "a.jpg").unlink()  # the original whose copy the user replaced
+    daemon.wait_for(lambda: rows().get("a.jpg", {}).get("status") == "gone", 60, "a.jpg gone")
+    daemon.wait_for(
+        lambda: all(rows().get(n, {}).get("status") == "done" for n in ("c.jpg", "mine.jpg")), 60, "c, mine done"
+    )
+    assert {name: (out / "cam" / name).read_bytes() for name in mine} == mine
+    assert outbox_files(out) == {"cam/a.jpg", "cam/c.jpg", "cam/mine.jpg", "cam/c (lowkeyd 2).jpg", "cam/mine (lowkeyd 2).jpg"}
+    assert rows()["mine.jpg"]["seconds"] == 0, "b's copy moved along, under a name of its own"
+    assert daemon.stop() == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "status"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "never overwritten or removed: 2 with a copy published beside it" in shown
+    assert "1 left where lowkeyd's copy had been" in shown
+    log = daemon.log()
+    assert log.count("is not a file lowkeyd wrote") == 2 and log.count("left alone") == 3, "each said once"
+
+
 def test_keep_and_copy_leave_every_published_copy_running_or_stopped(start_daemon, env: Path) -> None:
     out, _ = _follow_policy(start_daemon, env, "keep", "copy")
     names = {"a", "b", "c", "d", "sub/b2", "d2", "mine", "sub/mine"}
