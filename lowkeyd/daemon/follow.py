@@ -5,9 +5,10 @@ Per source, ``on_original_deleted`` keeps the cloaked copy or removes it, and
 keeps the old one. Only what lowkeyd itself published is ever removed or
 moved: the state database names each copy it wrote and what it held, and a
 copy the user has replaced with a file of their own is left alone (said once,
-in the log and the file's history, and counted in ``lowkeyd status``). Each removal or move is one atomic step in the outbox
-(the sync client then carries it on), is logged, kept in the file's history
-and handed to the publish hook (``LOWKEYD_EVENT=removed`` or ``renamed``).
+in the log and the file's history, and counted in ``lowkeyd status``). Each
+removal or move is one atomic step in the outbox (the sync client then carries
+it on), is logged, kept in the file's history and handed to the publish hook
+(``LOWKEYD_EVENT=removed`` or ``renamed``).
 
 A rename often reaches lowkeyd as a deletion and a new file (sync clients
 write the new name, then delete the old), so a deletion is acted on only

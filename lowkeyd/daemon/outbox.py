@@ -5,8 +5,8 @@ ever appear there, because a sync client shares the outbox and would upload
 it: each photo is written in a staging folder on the outbox's file system (so
 publishing is one atomic rename) and renamed into place only when complete.
 Staging is kept out of the synced tree: in the state dir when that shares the
-outbox's file system and mount, else beside the outbox, and inside it only when the
-outbox is the root of its file system. Whatever a crash leaves in staging is
+outbox's file system and mount, else beside the outbox, and inside it only
+when the outbox is the root of its file system or mount. Whatever a crash leaves in staging is
 deleted on the next start.
 
 The user may keep files of their own in the outbox, or put one in place of a
@@ -145,28 +145,21 @@ class Outbox:
 
     def holds(self, path: Path) -> bool:
         """Whether the file at ``path`` is still the one lowkeyd published there."""
-        return self._held(path) is not None
+        copy = None if self._ledger is None else self._ledger.published_at(path)
+        if copy is None or not is_within(path, self.root):
+            return False
+        try:
+            if copy.size is not None and os.lstat(path).st_size != copy.size:
+                return False
+            digest = content_hash(path)  # refuses a link, a FIFO or a folder put there
+        except (OSError, LowkeydError):
+            return False
+        assert self._ledger is not None
+        return digest == copy.sha256 or (copy.sha256 is None and self._ledger.is_own_output(digest))
 
     def foreign(self, path: Path) -> bool:
         """Whether something lowkeyd did not write (or no longer recognises) is at ``path``."""
         return os.path.lexists(path) and not self.holds(path)
-
-    def _held(self, path: Path) -> tuple[int, str] | None:
-        """(size, sha256) of the file at ``path`` when it is the one lowkeyd published there."""
-        copy = None if self._ledger is None else self._ledger.published_at(path)
-        if copy is None or not is_within(path, self.root):
-            return None
-        try:
-            size = os.lstat(path).st_size
-            if copy.size is not None and size != copy.size:
-                return None
-            digest = content_hash(path)  # refuses a link, a FIFO or a folder put there
-        except (OSError, LowkeydError):
-            return None
-        assert self._ledger is not None
-        if digest == copy.sha256 or (copy.sha256 is None and self._ledger.is_own_output(digest)):
-            return size, digest
-        return None
 
     def _place(self, src: Path, dest: Path, *, moved_from: Path | None = None) -> Path:
         """Move ``src`` (lowkeyd's) to ``dest``, or beside it when a file lowkeyd did not write is there; the path used."""
