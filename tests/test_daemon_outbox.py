@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lowkeyd.cli import main
+from lowkeyd.cli.daemon import status_report
 from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import SourceConfig
 from lowkeyd.daemon.follow import Follower
@@ -189,6 +190,7 @@ def test_copies_published_before_their_hashes_were_kept_are_still_known(world: W
         raw.execute("DROP TABLE published")
         raw.execute("PRAGMA user_version=1")
     raw.close()
+    assert status_report()["published_aside"] == 0, "lowkeyd status reads it before the daemon upgrades it"
     state = StateDB(tmp_path / "state" / "state.sqlite3")
     outbox = Outbox(world.out, state)
     _replace_like_an_editor(b, b"the user's own b")

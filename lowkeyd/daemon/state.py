@@ -308,7 +308,10 @@ class StateDB:
 
     def published_aside(self) -> int:
         """Copies in the outbox under a name of their own because a file lowkeyd did not write had theirs."""
-        return int(self._query("SELECT COUNT(*) FROM published WHERE wanted IS NOT NULL")[0][0])
+        try:
+            return int(self._query("SELECT COUNT(*) FROM published WHERE wanted IS NOT NULL")[0][0])
+        except sqlite3.OperationalError:  # read-only, from a database the daemon has not upgraded yet
+            return 0
 
     def daemon_info(self) -> DaemonInfo | None:
         rows = self._query("SELECT pid, started, heartbeat, waiting, message FROM daemon WHERE id = 1")
