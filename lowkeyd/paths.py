@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,14 @@ def config_dir() -> Path:
 
 def state_dir() -> Path:
     return Path(os.environ.get("LOWKEYD_STATE_DIR") or _DIRS.user_state_dir)
+
+
+def private_folder(path: Path) -> Path:
+    """``path``, made if missing, and its user's alone (0700) whatever the umask: the state names every photo."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:  # made by an earlier version, or by hand
+        path.chmod(0o700)
+    return path
 
 
 def runtime_dir() -> Path:

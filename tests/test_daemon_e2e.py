@@ -464,6 +464,31 @@ def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_
     assert daemon.stop() == 0
 
 
+def test_photos_deleted_while_queued_leave_the_queue_running_or_stopped(start_daemon, env: Path) -> None:
+    src = env / "src"
+    unfinished = ("queued", "processing", "retry")
+    slow = {"attack": {**FAST_ATTACK, "steps": 40}}  # a face that takes a while, for others to queue behind
+    daemon = start_daemon(**slow)
+    (src / "face.jpg").write_bytes(face_photo(7))
+    daemon.wait_for(lambda: rows().get("face.jpg", {}).get("status") == "processing", PHOTO_SECONDS, "face.jpg started")
+    for name, i in (("q1.jpg", 8), ("q2.jpg", 9)):
+        (src / name).write_bytes(face_photo(i))
+    daemon.wait_for(lambda: {"q1.jpg", "q2.jpg"} <= rows().keys(), PHOTO_SECONDS, "q1, q2 queued")
+    assert daemon.stop() == 0
+    assert {rows()[n]["status"] for n in ("q1.jpg", "q2.jpg")} <= set(unfinished), "stopped while they waited"
+
+    (src / "q1.jpg").unlink()  # while the daemon is stopped
+    daemon = start_daemon(**slow)
+    daemon.wait_for(lambda: "q1.jpg" not in rows(), 30, "q1.jpg forgotten")
+    (src / "q2.jpg").unlink()  # while it waits behind face.jpg
+    daemon.wait_for(lambda: rows()["face.jpg"]["status"] == "done", 10 * PHOTO_SECONDS, "face.jpg published")
+    daemon.wait_for(lambda: "q2.jpg" not in rows(), 5 * PHOTO_SECONDS, "q2.jpg forgotten")
+    counts = status_report()["counts"]
+    assert not any(counts.get(status) for status in unfinished), counts
+    assert daemon.stop() == 0
+    assert "deleted before it was cloaked; forgotten" in daemon.log()
+
+
 def test_the_marker_is_trusted_only_on_a_file_the_state_knows_as_published(start_daemon, env: Path, evaluator) -> None:
     src, out = env / "src", env / "out"
     daemon = start_daemon()
@@ -495,27 +520,52 @@ def _peak_rss(pid: int) -> tuple[int, int]:
     return (int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024)
 
 
-def test_a_100_megapixel_photo_is_decoded_once_within_a_memory_bound(start_daemon, env: Path) -> None:
+def test_a_photo_at_the_automatic_limit_keeps_to_its_share_of_memory_and_holds_up_no_other(
+    start_daemon, env: Path
+) -> None:
+    """The limit the daemon picks keeps a photo's peak under an eighth of the machine's memory; a photo
+    over it is refused from its header; a small photo behind a large one does not wait for it."""
+    import re
+
     from PIL import Image
 
     src, out = env / "src", env / "out"
+    daemon = start_daemon()
+    limit = float(re.search(r"photos up to (\d+) megapixels", daemon.log()).group(1)) * 1e6
+    width = int((0.9 * limit * 4 / 3) ** 0.5)
     with Image.open(io.BytesIO(faceless_photo(gps=False))) as small:
-        big = small.resize((11600, 8621), Image.Resampling.BILINEAR)  # 100 MP, still without a face
+        big = small.resize((width, int(0.9 * limit / width)), Image.Resampling.BILINEAR)  # still without a face
     big.save(env / "big.png", compress_level=1)
     del big
-    daemon = start_daemon()
+    Image.new("RGB", (width, int(1.1 * limit / width)), (90, 120, 150)).save(env / "huge.png")
     ready_rss, _ = _peak_rss(daemon.process.pid)
+    Path(f"/proc/{daemon.process.pid}/clear_refs").write_text("5")  # its peak from here on (Linux 4.0+)
+
     os.rename(env / "big.png", src / "big.png")
-    daemon.wait_for(lambda: rows().get("big.png", {}).get("status") in ("done", "failed"), 20 * PHOTO_SECONDS, "big.png")
+    daemon.wait_for(lambda: rows().get("big.png", {}).get("status") == "processing", PHOTO_SECONDS, "big.png started")
+    (src / "small.jpg").write_bytes(faceless_photo(gps=False, variant=3))
+    daemon.wait_for(lambda: rows().get("small.jpg", {}).get("status") == "done", 2 * PHOTO_SECONDS, "small.jpg done")
+    assert rows()["big.png"]["status"] == "processing", "small.jpg did not wait for big.png"
+    daemon.wait_for(lambda: rows()["big.png"]["status"] in ("done", "failed"), 20 * PHOTO_SECONDS, "big.png")
     assert rows()["big.png"]["status"] == "done", rows()["big.png"]["error"]
-    assert outbox_files(out) == {"cam/big.png"}
+    assert outbox_files(out) == {"cam/big.png", "cam/small.jpg"}
     daemon.wait_for(
         lambda: _peak_rss(daemon.process.pid)[0] - ready_rss < 0.5 * 2**30, 30, "the photo's memory given back"
     )
     after, peak = _peak_rss(daemon.process.pid)
-    print(f"RSS at ready {ready_rss / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, after {after / 2**30:.2f} GiB")
-    # 100 MP of 8-bit RGB is 0.3 GB: the bound is what the daemon's pixel limit assumes per pixel.
-    assert peak - ready_rss < 100e6 * BYTES_PER_PIXEL
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    print(f"limit {limit / 1e6:.0f} MP; RSS at ready {ready_rss / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, "
+          f"after {after / 2**30:.2f} GiB, of {total / 2**30:.1f} GiB")
+    assert peak - ready_rss < total / 8
+    assert peak - ready_rss < 0.9 * limit * BYTES_PER_PIXEL, "decoded once: within what the limit assumes"
+
+    Path(f"/proc/{daemon.process.pid}/clear_refs").write_text("5")
+    before, _ = _peak_rss(daemon.process.pid)
+    os.rename(env / "huge.png", src / "huge.png")
+    daemon.wait_for(lambda: rows().get("huge.png", {}).get("status") == "failed", 2 * PHOTO_SECONDS, "huge.png refused")
+    assert "megapixels, over the limit" in rows()["huge.png"]["error"]
+    # Decoded, its pixels alone would take 3.3 bytes for each pixel of the limit.
+    assert _peak_rss(daemon.process.pid)[1] - before < limit, "refused from its header: not a pixel decoded"
     assert daemon.stop() == 0
 
 
@@ -593,6 +643,38 @@ def test_remove_and_move_follow_deletions_and_renames_running_or_stopped(start_d
         [sys.executable, "-m", "lowkeyd", "status"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "originals deleted or renamed: 4 (2 copies removed, 2 renamed)" in shown
+
+
+def test_the_users_own_files_in_the_outbox_are_never_overwritten_moved_or_removed(start_daemon, env: Path) -> None:
+    src, out = env / "src", env / "out"
+    daemon = start_daemon(sources=[{"path": str(src), "name": "cam", "on_original_deleted": "remove"}])
+    for i, name in enumerate("ab"):
+        (src / f"{name}.jpg").write_bytes(faceless_photo(gps=False, variant=i))
+    daemon.wait_for(lambda: done_count() == 2, 120, "a, b published")
+    mine = {name: faceless_photo(gps=False, variant=10 + i) for i, name in enumerate(("a.jpg", "c.jpg", "mine.jpg"))}
+    (out / "cam" / "a.tmp").write_bytes(mine["a.jpg"])
+    os.replace(out / "cam" / "a.tmp", out / "cam" / "a.jpg")  # the user's own file in place of a's copy
+    for name in ("c.jpg", "mine.jpg"):
+        (out / "cam" / name).write_bytes(mine[name])
+
+    (src / "c.jpg").write_bytes(faceless_photo(gps=False, variant=2))  # a photo named like a file of the user's
+    os.rename(src / "b.jpg", src / "mine.jpg")  # an original renamed onto a file of the user's
+    (src / "a.jpg").unlink()  # the original whose copy the user replaced
+    daemon.wait_for(lambda: rows().get("a.jpg", {}).get("status") == "gone", 60, "a.jpg gone")
+    daemon.wait_for(
+        lambda: all(rows().get(n, {}).get("status") == "done" for n in ("c.jpg", "mine.jpg")), 60, "c, mine done"
+    )
+    assert {name: (out / "cam" / name).read_bytes() for name in mine} == mine
+    assert outbox_files(out) == {"cam/a.jpg", "cam/c.jpg", "cam/mine.jpg", "cam/c (lowkeyd 2).jpg", "cam/mine (lowkeyd 2).jpg"}
+    assert rows()["mine.jpg"]["seconds"] == 0, "b's copy moved along, under a name of its own"
+    assert daemon.stop() == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "lowkeyd", "status"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "never overwritten or removed: 2 with a copy published beside it" in shown
+    assert "1 left where lowkeyd's copy had been" in shown
+    log = daemon.log()
+    assert log.count("is not a file lowkeyd wrote") == 2 and log.count("left alone") == 3, "each said once"
 
 
 def test_keep_and_copy_leave_every_published_copy_running_or_stopped(start_daemon, env: Path) -> None:

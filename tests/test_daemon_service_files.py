@@ -166,6 +166,21 @@ def test_install_service_names_the_config_it_checked(
     assert f'--config "{config_file}"' in capsys.readouterr().out
 
 
+def test_install_service_warns_of_folders_the_units_private_tmp_hides(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not tmp_path.resolve().is_relative_to(Path("/tmp").resolve()):
+        pytest.skip("needs pytest's temporary folders under /tmp")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert main(["install-service", "--config", str(config_file), "--print"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    named = {"source my photos:": tmp_path / "my photos", "the outbox": tmp_path / "out", "the config": config_file}
+    for what, path in named.items():
+        assert any(f"{what} {path} is under /tmp, which the unit's PrivateTmp=yes hides" in w for w in warnings), what
+    assert systemd.hidden_by_private_tmp({"home": Path.home(), "var": Path("/var/lib")}) == []
+    assert len(systemd.hidden_by_private_tmp({"venv": Path("/var/tmp/venv"), "tmp": Path("/tmp")})) == 2
+
+
 def test_install_service_refuses_a_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     bad = tmp_path / "config.yaml"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lowkeyd.cli import main
+from lowkeyd.cli.daemon import status_report
 from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.service import single_instance
@@ -106,6 +107,30 @@ def test_failures_back_off_then_fail_for_good(state_dir: Path, photo: Path) -> N
     photo.write_bytes((DATA / "obama2.jpg").read_bytes())
     db.mark_queued("cam", "a.jpg", FileKey.of(photo), content_hash(photo))
     assert db.get("cam", "a.jpg").attempts == 0
+
+
+def test_files_deleted_while_queued_are_forgotten_and_leave_the_counts(state_dir: Path, photo: Path) -> None:
+    db = StateDB()
+    src = photo.parent
+    for name in ("queued.jpg", "retry.jpg", "busy.jpg", "done.jpg", "kept.jpg"):
+        (src / name).write_bytes(photo.read_bytes() + name.encode())
+        db.mark_queued("cam", name, FileKey.of(src / name), content_hash(src / name))
+    db.mark_failure("cam", "retry.jpg", "boom", max_attempts=3, backoff_seconds=3600)
+    db.mark_done("cam", "done.jpg", outcome="no_face", faces=0, faces_too_small=0, seconds=1.0, output=None)
+    db.mark_queued("elsewhere", "x.jpg", FileKey.of(photo), content_hash(photo))  # a source no longer configured
+    for name in ("queued.jpg", "retry.jpg", "busy.jpg", "done.jpg"):
+        (src / name).unlink()
+    db.close()
+
+    db = StateDB()  # a restart
+    forgotten = db.forget_vanished({"cam": src}, busy={("cam", "busy.jpg")})
+    assert sorted(r.rel_path for r in forgotten) == ["queued.jpg", "retry.jpg"]
+    assert db.get("cam", "done.jpg").status is Status.DONE, "a finished file's record is the outbox's to follow"
+    assert db.get("cam", "busy.jpg").status is Status.QUEUED, "a job holds it, and records its end"
+    assert db.counts() == {"done": 1, "done:no_face": 1, "queued": 3}
+    db.close()
+    report = status_report()
+    assert report["counts"].get("retry") is None and report["recent_errors"] == []
 
 
 def test_interrupted_work_is_found_after_a_crash(state_dir: Path, photo: Path) -> None:
@@ -264,6 +289,26 @@ def test_state_files_are_the_users_alone(state_dir: Path, photo: Path) -> None:
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
     db.close()
     hooks.close()
+
+
+def test_the_state_folder_lock_and_staging_are_the_users_alone_whatever_the_umask(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    import stat
+
+    state_dir.mkdir(mode=0o755)  # as an earlier version, or a umask of 022, left it
+    (state_dir / "daemon.lock").touch(mode=0o644)
+    old = os.umask(0o022)
+    try:
+        with single_instance(state_dir):
+            outbox = Outbox(tmp_path / "out")
+            db = StateDB()
+    finally:
+        os.umask(old)
+    db.close()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (state_dir, state_dir / "daemon.lock", outbox.staging)}
+    assert outbox.staging == state_dir / "staging"
+    assert modes == {"state": 0o700, "daemon.lock": 0o600, "staging": 0o700}
 
 
 def test_status_into_a_closed_pipe_ends_quietly(state_dir: Path, photo: Path) -> None:

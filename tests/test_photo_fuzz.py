@@ -2,6 +2,10 @@
 
 Whatever it reads must also encode, or fail with a PhotoError: metadata that survived a
 damaged file must not crash the writer.
+
+A case a run finds is kept as an ``@example`` below (the failure prints it, ``print_blob``),
+so it is tried on every run and every machine, not only where Hypothesis' local database
+still has it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -17,7 +21,7 @@ import photo_fixtures as fx
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import encode_photo, read_photo
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 # Small, so that a mutated header cannot make one example decode for long.
 MAX_PIXELS = 1_000_000
 
@@ -47,6 +51,14 @@ def _seeds() -> dict[str, bytes]:
 
 
 SEEDS = _seeds()
+
+
+def _scan_naming_a_missing_component() -> bytes:
+    """Found by test_mutated_photos: a scan header naming a component its frame lacks (a bare ValueError once)."""
+    data = bytearray(SEEDS["jpeg"])
+    sos = data.rindex(b"\xff\xda")  # the image's one scan (the EXIF thumbnail's comes before it)
+    data[sos + 5] = 9  # the first scan component's selector; the frame's components are 1, 2, 3
+    return bytes(data)
 
 
 def read_then_write(data: bytes) -> None:
@@ -79,8 +91,14 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(mutated())
+@example(_scan_naming_a_missing_component())
 def test_mutated_photos(data: bytes) -> None:
     read_then_write(data)
+
+
+def test_a_scan_naming_a_missing_component_is_the_photos_error() -> None:
+    with pytest.raises(PhotoError, match="names a component its frame does not have"):
+        read_photo(_scan_naming_a_missing_component())
 
 
 MAGIC = [

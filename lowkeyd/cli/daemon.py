@@ -127,6 +127,8 @@ def status_report() -> dict[str, Any]:
             "faces_cloaked": state.faces_cloaked(),
             # published, removed, renamed, original_deleted...: what the outbox did to follow its originals
             "events": state.event_counts(),
+            # cloaked copies published as "name (lowkeyd 2).jpg" because a file of the user's had the name
+            "published_aside": state.published_aside(),
             "recent_errors": [
                 {
                     "source": r.source,
@@ -182,6 +184,12 @@ def _status(args: argparse.Namespace) -> int:
             if events.get(e)
         ]
         print(f"originals deleted or renamed: {counts['gone']}" + (f" ({', '.join(followed)})" if followed else ""))
+    left, aside = events.get("left_alone", 0), report["published_aside"]
+    if left or aside:
+        print(
+            f"files of yours in the outbox, never overwritten or removed: {aside} with a copy published beside it "
+            f"as \"name (lowkeyd 2)\", {left} left where lowkeyd's copy had been"
+        )
     if report["recent_errors"]:
         print("recent errors:")
         for e in report["recent_errors"]:
@@ -207,6 +215,14 @@ def _install_service(args: argparse.Namespace) -> int:
     # The outbox and its staging folder beside it, where the sandbox would leave them read-only.
     writable = [] if config.outbox.is_relative_to(Path.home()) else [config.outbox.parent]
     plan = install_service(argv, writable=writable, cpu_only=config.device == "cpu", write=not args.print_only)
+    if plan.path.suffix == ".service":
+        from lowkeyd.daemon.system.systemd import hidden_by_private_tmp
+
+        used = {f"source {source.name}:": source.path for source in config.sources}
+        used |= {f"API job root {root.name}:": root.path for root in config.api.job_roots}
+        used |= {"the outbox": config.outbox, "the Python environment": Path(sys.prefix), "the config": config_path}
+        for warning in hidden_by_private_tmp(used):
+            print(f"warning: {warning}", file=sys.stderr)
     if args.print_only:
         sys.stdout.write(plan.content)
         return 0

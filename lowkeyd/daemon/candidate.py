@@ -30,7 +30,7 @@ from lowkeyd.daemon.config import is_within
 from lowkeyd.daemon.state import FileKey
 from lowkeyd.errors import LowkeydError
 from lowkeyd.photo.complete import looks_complete
-from lowkeyd.photo.decode import MAX_FILE_BYTES
+from lowkeyd.photo.decode import MAX_FILE_BYTES, header_pixels
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _KINDS = {
@@ -42,6 +42,8 @@ _KINDS = {
 }
 
 
+# Where a photo's size is, in every format lowkeyd reads, short of a JPEG with megabytes of metadata first.
+HEADER_BYTES = 4 << 20
 # A read of a local file up to MAX_FILE_BYTES is done well within this; a network mount that does
 # not answer for this long is hung, and the file is looked at again on its next event or scan.
 READ_SECONDS = 20.0
@@ -114,19 +116,31 @@ def _open(real: Path) -> Iterator[tuple[int, os.stat_result]]:
         os.close(fd)
 
 
-def content_hash(real: Path) -> str:
-    """SHA-256 of the file :func:`inspect` resolved, read no further than its size when opened."""
+def _read_through(real: Path, keep: int) -> tuple[str, bytes]:
+    """SHA-256 of the file, read no further than its size when opened, and its first ``keep`` bytes."""
 
-    def read() -> str:
-        digest = hashlib.sha256()
+    def read() -> tuple[str, bytes]:
+        digest, head = hashlib.sha256(), bytearray()
         with _open(real) as (fd, st):
             left = st.st_size
             while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
                 digest.update(chunk)
+                head += chunk[: keep - len(head)]
                 left -= len(chunk)
-        return digest.hexdigest()
+        return digest.hexdigest(), bytes(head)
 
     return _readers.run(read, real)
+
+
+def content_hash(real: Path) -> str:
+    """SHA-256 of the file :func:`inspect` resolved, read no further than its size when opened."""
+    return _read_through(real, 0)[0]
+
+
+def hash_and_pixels(real: Path) -> tuple[str, int | None]:
+    """:func:`content_hash`, and the pixels its header announces (None when its first bytes do not say)."""
+    digest, head = _read_through(real, HEADER_BYTES)
+    return digest, header_pixels(head)
 
 
 def is_complete(real: Path) -> bool:

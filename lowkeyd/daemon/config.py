@@ -131,8 +131,8 @@ class WorkConfig(_Section):
     queue_size: int = Field(default=32, ge=1)
     # Photos handed to the engine together when a burst arrives.
     batch_size: int = Field(default=8, ge=1)
-    # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: what half the
-    # memory available after loading the models allows (at most 120).
+    # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: a photo may peak at
+    # an eighth of the machine's memory and half of what the models leave available (lowkeyd.daemon.memory).
     max_megapixels: float | None = Field(default=None, gt=0)
     # torch CPU threads; unset: $LOWKEYD_THREADS, else the cores other processes leave idle.
     threads: int | None = Field(default=None, ge=1)

@@ -3,10 +3,12 @@
 Per source, ``on_original_deleted`` keeps the cloaked copy or removes it, and
 ``on_original_renamed`` moves it to the new name or publishes a copy there and
 keeps the old one. Only what lowkeyd itself published is ever removed or
-moved: the state database names each copy it wrote, nothing else in the
-outbox is looked at. Each removal or move is one atomic step in the outbox
-(the sync client then carries it on), is logged, kept in the file's history
-and handed to the publish hook (``LOWKEYD_EVENT=removed`` or ``renamed``).
+moved: the state database names each copy it wrote and what it held, and a
+copy the user has replaced with a file of their own is left alone (said once,
+in the log and the file's history, and counted in ``lowkeyd status``). Each
+removal or move is one atomic step in the outbox (the sync client then carries
+it on), is logged, kept in the file's history and handed to the publish hook
+(``LOWKEYD_EVENT=removed`` or ``renamed``).
 
 A rename often reaches lowkeyd as a deletion and a new file (sync clients
 write the new name, then delete the old), so a deletion is acted on only
@@ -90,10 +92,15 @@ class Follower:
             return False  # a duplicate, not a rename
         old = f"{source}/{earlier.rel_path}"
         output = None if earlier.output is None else Path(earlier.output)
-        if self._sources[source].on_original_renamed == "copy" or output is None or not output.is_file():
+        if self._sources[source].on_original_renamed == "copy" or output is None:
             self._state.mark_gone(source, earlier.rel_path, output=output, event="renamed", detail=f"{source}/{rel_path}")
             return False  # the caller publishes a copy under the new name (or cloaks it again)
         moved = self._outbox.move(output, dest.with_suffix(output.suffix))
+        if moved is None:
+            if self._left_alone(source, earlier.rel_path, output, "renamed"):
+                self._state.add_history(source, earlier.rel_path, "left_alone", str(output))
+            self._state.mark_gone(source, earlier.rel_path, output=None, event="renamed", detail=f"{source}/{rel_path}")
+            return False  # no copy of lowkeyd's to move: the caller cloaks the photo again
         self._state.mark_gone(source, earlier.rel_path, output=None, event="renamed", detail=f"{source}/{rel_path}")
         self._state.mark_done(
             source, rel_path, outcome=earlier.outcome or "", faces=earlier.faces or 0,
@@ -112,11 +119,23 @@ class Follower:
             self._state.mark_gone(source, rel_path, output=output, event="original_deleted", detail="cloaked copy kept")
             log.info("%s/%s: original deleted; its cloaked copy is kept (on_original_deleted: keep)", source, rel_path)
             return
-        removed = self._outbox.remove(output)
+        if not self._outbox.remove(output):
+            left = self._left_alone(source, rel_path, output, "deleted")
+            self._state.mark_gone(source, rel_path, output=None, event="left_alone" if left else "removed", detail=str(output))
+            return
         self._state.mark_gone(source, rel_path, output=None, event="removed", detail=str(output))
-        if removed:
-            log.info("%s/%s: original deleted; its cloaked copy %s removed", source, rel_path, output)
-            self._hand_on(self._published(source, rel_path, record, output, event="removed"))
+        log.info("%s/%s: original deleted; its cloaked copy %s removed", source, rel_path, output)
+        self._hand_on(self._published(source, rel_path, record, output, event="removed"))
+
+    def _left_alone(self, source: str, rel_path: str, output: Path, what: str) -> bool:
+        """Whether a file not lowkeyd's is now at ``output``, where its copy was; logged (a deleted copy is not news)."""
+        if not self._outbox.foreign(output):
+            return False
+        log.warning(
+            "%s/%s: original %s; %s is no longer the copy lowkeyd published (a file of yours?): left alone",
+            source, rel_path, what, output,
+        )
+        return True
 
     def _exists(self, source: str, rel_path: str) -> bool:
         return (self._sources[source].path / rel_path).exists() or (self._sources[source].path / rel_path).is_symlink()

@@ -1,10 +1,14 @@
-"""How large a photo the daemon takes: a pixel limit that fits the memory it has.
+"""How large a photo the daemon takes: a pixel limit that leaves the machine usable.
 
-A photo's peak memory grows with its pixels (decoded pixels, the cloaked copy,
-the encoder's image), so on a small machine a huge panorama would be killed
-by the OOM killer with the models in it, and retried after each restart. The
-limit is taken from the memory available once the models are loaded, unless
-the config sets one; a photo over it fails with a clear message instead.
+A photo's peak memory grows with its pixels (decoded pixels, the face
+detector's image pyramid, the encoder's image): 48 bytes a pixel measured by
+``scripts/pixel_memory.py`` from 5 to 40 MP, 53 seen in the daemon at 110 MP.
+Unchecked, one huge panorama takes gigabytes from the desktop, or gets the
+daemon killed by the OOM killer with the models in it. Unless the config sets
+a limit, a photo may peak at an eighth of the machine's memory, and at half of
+what is available once the models are loaded, whichever is less: 57 MP with
+24 GiB, 38 MP with 16 GiB. A larger photo fails at once with a clear message,
+from its header, before a pixel is decoded.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from pathlib import Path
 
 from lowkeyd.photo import DEFAULT_MAX_PIXELS
 
-# Peak memory per pixel of one photo read, checked for faces and written: 41 bytes measured on a
-# 100 MP PNG (about 10 read, the rest the face detector's image pyramid), plus room to spare.
-BYTES_PER_PIXEL = 48
-# Not all of what is available: the desktop and everything else need their share.
-SHARE_OF_AVAILABLE = 0.5
+# Peak bytes per pixel of one photo read, checked for faces and written (see above), with room to spare.
+BYTES_PER_PIXEL = 56
+# The shares of memory one photo may take: of all of it, and of what is available when the limit is set.
+SHARE_OF_TOTAL = 1 / 8
+SHARE_OF_AVAILABLE = 1 / 2
 
 
 def available_memory() -> int | None:
@@ -38,14 +42,26 @@ def available_memory() -> int | None:
         return None
 
 
+def total_memory() -> int | None:
+    """The machine's physical memory in bytes; None if unknown."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def pixel_limit(megapixels: float | None) -> int:
-    """The configured limit, or what the available memory allows (never above the photo layer's own)."""
+    """The configured limit, or what the machine's memory allows (never above the photo layer's own)."""
     if megapixels is not None:
         return int(megapixels * 1e6)
-    available = available_memory()
-    if available is None:
+    shares = [
+        int(memory * share)
+        for memory, share in ((total_memory(), SHARE_OF_TOTAL), (available_memory(), SHARE_OF_AVAILABLE))
+        if memory is not None
+    ]
+    if not shares:
         return DEFAULT_MAX_PIXELS
-    return max(1_000_000, min(DEFAULT_MAX_PIXELS, int(available * SHARE_OF_AVAILABLE / BYTES_PER_PIXEL)))
+    return max(1_000_000, min(DEFAULT_MAX_PIXELS, min(shares) // BYTES_PER_PIXEL))
 
 
 def release_free_memory() -> None:

@@ -5,9 +5,19 @@ ever appear there, because a sync client shares the outbox and would upload
 it: each photo is written in a staging folder on the outbox's file system (so
 publishing is one atomic rename) and renamed into place only when complete.
 Staging is kept out of the synced tree: in the state dir when that shares the
-outbox's file system, else beside the outbox, and inside it only when the
-outbox is the root of its file system. Whatever a crash leaves in staging is
+outbox's file system and mount, else beside the outbox, and inside it only
+when the outbox is the root of its file system or mount. Whatever a crash leaves in staging is
 deleted on the next start.
+
+The user may keep files of their own in the outbox, or put one in place of a
+published copy. lowkeyd keeps, in the state database, the size and content
+hash of every file it has there, and replaces, moves or removes a file only
+while it still has that content (:meth:`Outbox.holds`). The content rather than
+the inode or mtime: a sync client that downloads the same bytes again, or a
+``touch``, leaves the copy lowkeyd's, while any change to what it shows does
+not. A name taken by a file lowkeyd did not write is left to it: the copy is
+published beside it as ``name (lowkeyd 2).jpg``, so the photo still reaches
+the sync client and nothing of the user's is lost.
 
 An outbox that disappears (an unmounted drive: its folder is then missing, or
 is a plain folder on the file system below) is never written to: publishing
@@ -17,16 +27,27 @@ raises :class:`OutboxUnavailable` until it is back.
 from __future__ import annotations
 
 import errno
+import itertools
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
+from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import is_within
+from lowkeyd.daemon.mounts import is_mount_point, same_mount
 from lowkeyd.daemon.pause import Cause
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo.atomic import fsync_directory
+
+if TYPE_CHECKING:
+    from lowkeyd.daemon.state import StateDB
+
+log = logging.getLogger(__name__)
 
 # Hidden, so the daemon's own watcher and most sync clients leave it alone (and the shipped ignore lists name it).
 STAGING_NAME = ".lowkeyd-staging"
@@ -37,33 +58,63 @@ class OutboxUnavailable(LowkeydError):
 
 
 def _staging_folder(root: Path) -> Path:
-    device = root.stat().st_dev
-    own = state_dir() / "staging"
-    own.mkdir(parents=True, exist_ok=True)
-    if own.stat().st_dev == device:
+    own = private_folder(state_dir() / "staging")
+    if same_mount(own, root):
         return own
     beside = root.parent / STAGING_NAME
-    if root.parent != root and root.parent.stat().st_dev == device and os.access(root.parent, os.W_OK):
+    if root.parent != root and same_mount(root.parent, root) and os.access(root.parent, os.W_OK):
         return beside
     return root / STAGING_NAME
 
 
+# What os.link raises on a file system without hard links (FAT, exFAT, some FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK})
+
+
+def aside_names(dest: Path) -> Iterator[Path]:
+    """``dest``, then the names its copy takes when a file lowkeyd did not write has it: ``a (lowkeyd 2).jpg``..."""
+    yield dest
+    for n in itertools.count(2):
+        yield dest.with_name(f"{dest.stem} (lowkeyd {n}){dest.suffix}")
+
+
+def _claim(src: Path, dest: Path) -> bool:
+    """Move ``src`` to ``dest`` only if nothing is there; False when something is."""
+    try:
+        os.link(src, dest)  # fails if dest exists, however late it appeared: nothing is ever overwritten
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # Without hard links: looked at, then renamed. Only a file put there in that instant is lost.
+        if os.path.lexists(dest):
+            return False
+        os.replace(src, dest)
+        return True
+    os.unlink(src)
+    return True
+
+
 class Outbox:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ledger: StateDB | None = None) -> None:
+        """``ledger`` keeps what lowkeyd has in the outbox; without one it takes no file there for its own."""
         self.root = root
+        self._ledger = ledger
         root.mkdir(parents=True, exist_ok=True)
-        # A drive's own folder: unmounted, it is still there, but on the file system below.
-        self._mount_point = root.stat().st_dev != root.parent.stat().st_dev
+        # A drive's own folder (or a bind mount): unmounted, it is still there, but on the file system below.
+        self._mount_point = is_mount_point(root)
         self.staging = _staging_folder(root)
-        self.staging.mkdir(exist_ok=True)
+        self.staging.mkdir(mode=0o700, exist_ok=True)
         self._legacy_staging = root / STAGING_NAME  # where earlier versions staged: cleared, never used again
 
     def unavailable(self) -> str | None:
         """Why nothing can be published now, or None."""
         try:
-            if self.root.stat().st_dev == self.root.parent.stat().st_dev and self._mount_point:
+            self.root.stat()
+            if self._mount_point and not is_mount_point(self.root):
                 return f"the outbox {self.root} is not mounted"
-            self.staging.mkdir(exist_ok=True)  # a drive mounted again comes back without it
+            self.staging.mkdir(mode=0o700, exist_ok=True)  # a drive mounted again comes back without it
         except FileNotFoundError:
             return f"the outbox {self.root} is missing (unmounted?)"
         except OSError as exc:
@@ -92,32 +143,84 @@ class Outbox:
         folder.mkdir()
         return folder / dest.name
 
-    def publish(self, staged: Path, dest: Path) -> Path:
-        """Atomically move a finished staged file to ``dest``, replacing what was there."""
-        self._require()
-        self._make_folders(dest)
-        os.replace(staged, dest)
-        fsync_directory(dest.parent)
-        shutil.rmtree(staged.parent, ignore_errors=True)
-        return dest
+    def holds(self, path: Path) -> bool:
+        """Whether the file at ``path`` is still the one lowkeyd published there."""
+        copy = None if self._ledger is None else self._ledger.published_at(path)
+        if copy is None or not is_within(path, self.root):
+            return False
+        try:
+            if copy.size is not None and os.lstat(path).st_size != copy.size:
+                return False
+            digest = content_hash(path)  # refuses a link, a FIFO or a folder put there
+        except (OSError, LowkeydError):
+            return False
+        assert self._ledger is not None
+        return digest == copy.sha256 or (copy.sha256 is None and self._ledger.is_own_output(digest))
 
-    def move(self, published: Path, dest: Path) -> Path:
-        """Atomically move an already published photo to ``dest`` (its original was renamed)."""
-        self._require()
+    def foreign(self, path: Path) -> bool:
+        """Whether something lowkeyd did not write (or no longer recognises) is at ``path``."""
+        return os.path.lexists(path) and not self.holds(path)
+
+    def _place(self, src: Path, dest: Path, *, moved_from: Path | None = None) -> Path:
+        """Move ``src`` (lowkeyd's) to ``dest``, or beside it when a file lowkeyd did not write is there; the path used."""
         self._make_folders(dest)
-        os.replace(published, dest)
-        fsync_directory(dest.parent)
+        size, digest = os.stat(src).st_size, content_hash(src)
+        for candidate in aside_names(dest):
+            if self.holds(candidate):
+                os.replace(src, candidate)  # an earlier copy of lowkeyd's: replaced at once
+            elif not _claim(src, candidate):
+                continue
+            elif candidate != dest:
+                log.warning(
+                    "%s is not a file lowkeyd wrote: it is left alone, and lowkeyd's copy is published as %s",
+                    dest, candidate.name,
+                )
+            if self._ledger is not None:
+                self._ledger.record_published(
+                    candidate, size, digest, wanted=None if candidate == dest else dest, moved_from=moved_from
+                )
+            fsync_directory(candidate.parent)
+            return candidate
+        raise AssertionError("aside_names never ends")
+
+    def publish(self, staged: Path, dest: Path) -> Path:
+        """Atomically move a finished staged file to ``dest`` (beside it, when that is not lowkeyd's); the path used."""
+        self._require()
+        placed = self._place(staged, dest)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        return placed
+
+    def move(self, published: Path, dest: Path) -> Path | None:
+        """Atomically move an already published photo to ``dest`` (its original was renamed); the path used.
+
+        None, and nothing moved, when ``published`` is no longer the file lowkeyd wrote there.
+        """
+        self._require()
+        if not self.holds(published):
+            self._let_go(published)
+            return None
+        placed = self._place(published, dest, moved_from=published)
         fsync_directory(published.parent)
-        return dest
+        return placed
 
     def remove(self, published: Path) -> bool:
-        """Delete a photo lowkeyd published (its original was deleted); False when it is not there (any more)."""
+        """Delete a photo lowkeyd published (its original was deleted).
+
+        False when it is not there any more, or is no longer the file lowkeyd wrote there (which is left alone).
+        """
         self._require()
-        if not is_within(published, self.root) or published.is_symlink() or not published.is_file():
+        if not self.holds(published):
+            self._let_go(published)
             return False
         published.unlink()
+        self._let_go(published)
         fsync_directory(published.parent)
         return True
+
+    def _let_go(self, path: Path) -> None:
+        """lowkeyd has no copy at ``path`` any more (removed, or replaced by someone else's file)."""
+        if self._ledger is not None:
+            self._ledger.forget_published(path)
 
     def _make_folders(self, dest: Path) -> None:
         # Only below the root: the root itself is never created again here (it may be an unmounted drive's).
@@ -128,7 +231,7 @@ class Outbox:
         shutil.rmtree(staged.parent, ignore_errors=True)
 
     def publish_copy(self, existing: Path, dest: Path) -> Path:
-        """Publish a copy of an already published photo (the same photo under another name)."""
+        """Publish a copy of a photo lowkeyd holds (see :meth:`holds`) under another name; the path used."""
         staged = self.stage(dest)
         try:
             shutil.copy2(existing, staged)

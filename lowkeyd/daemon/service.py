@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from lowkeyd.daemon.api.client import default_socket_path
 from lowkeyd.daemon.api.routes import JobRoot, LocalApi
 from lowkeyd.daemon.api.server import ApiServer, TcpListener, load_token
-from lowkeyd.daemon.candidate import Refused, content_hash, inspect
+from lowkeyd.daemon.candidate import Refused, hash_and_pixels, inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.follow import Follower
 from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
@@ -49,7 +49,7 @@ from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
 from lowkeyd.daemon.worker import QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo import Photo
 from lowkeyd.pipeline import PhotoProtector
 
@@ -63,6 +63,9 @@ TICK_SECONDS = 0.25
 HEARTBEAT_SECONDS = 2.0
 # While publishing is paused, how often the outbox is looked at again.
 PAUSE_CHECK_SECONDS = 2.0
+# Photos larger than this are read in their own lane (see Daemon.large): on a 2-core CPU one this size
+# takes a few seconds to read, look at for faces and write (scripts/pixel_memory.py).
+LARGE_PIXELS = 16_000_000
 # A hook still running this long after a stop is killed; it is run again on the next start.
 HOOK_STOP_GRACE = 2.0
 
@@ -74,8 +77,9 @@ class AlreadyRunning(LowkeydError):
 @contextmanager
 def single_instance(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s daemon lock: two daemons on one state database would cloak every photo twice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "daemon.lock", "a+") as lock:
+    fd = os.open(private_folder(folder) / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask, or the mode an earlier version left
+    with open(fd, "r+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -149,6 +153,12 @@ class Daemon:
         self.fast: Worker[PhotoProtector] = Worker(
             lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
         )
+        # Photos over LARGE_PIXELS (or whose header does not say) are read in a lane of their own: one takes
+        # a minute or more, and the photos behind it in the fast lane would wait that long.
+        self.large: Worker[PhotoProtector] = Worker(
+            lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
+        )
+        self._lanes = (self.fast, self.large)
         self._queued_pixels = 0  # decoded pixels waiting in the worker's queue (under _publishing)
         self.settling = Settling(config.watch.settle_seconds, {s.name: s.path for s in config.sources})
         self.notifier = Notifier(
@@ -186,7 +196,7 @@ class Daemon:
                 code = self._run()
             finally:
                 self.state.close()
-        if self.worker.alive or self.fast.alive:
+        if self.worker.alive or any(lane.alive for lane in self._lanes):
             # A batch (or a look for faces) abandoned at shutdown is still inside torch, which aborts the
             # process if the interpreter is torn down under it. Everything is recorded and closed: leave at once.
             logging.shutdown()
@@ -194,16 +204,18 @@ class Daemon:
         return code
 
     def _run(self) -> int:
-        self.outbox = Outbox(self.config.outbox)
+        self.outbox = Outbox(self.config.outbox, self.state)
         if left := self.outbox.clear_staging():
             log.info("removed %d unfinished file(s) an earlier run left in staging", left)
+        self._forget_vanished()
         for record in self.state.interrupted():
             self._record_failure(record.source, record.rel_path, "interrupted: lowkeyd stopped while cloaking it")
         systemd.notify("STATUS=loading models")
         self.worker.start()
         if self._stop.is_set():
             return 0
-        self.fast.start()
+        for lane in self._lanes:
+            lane.start()
         self.hook = self._start_hook()
         self.api = self._start_api()
         # A deletion waits this long for the new name of a rename to settle and be recognised.
@@ -231,8 +243,9 @@ class Daemon:
         while not self._stop.wait(TICK_SECONDS):
             # Paused on the status page (the cloaking worker): the fast lane, reading photos and looking
             # for faces, pauses with it, so new photos wait queued and nothing is published meanwhile.
-            if self.fast.paused != self.worker.paused:
-                (self.fast.pause if self.worker.paused else self.fast.resume)()
+            for lane in self._lanes:
+                if lane.paused != self.worker.paused:
+                    (lane.pause if self.worker.paused else lane.resume)()
             if self._pause.reason is not None:
                 # New photos keep settling; nothing is taken until the outbox can take it.
                 if time.monotonic() - last_pause_check >= PAUSE_CHECK_SECONDS:
@@ -241,19 +254,21 @@ class Daemon:
             else:
                 # Only as many as the queue has room for: the rest keep waiting (and are not read again yet).
                 # Every photo the fast lane passes on must find room in the worker's queue.
-                room = min(self.fast.room(), self.worker.room() - self.fast.busy)
+                reading = self._reading()
+                room = min(*(lane.room() for lane in self._lanes), self.worker.room() - reading)
                 for source, path in self.settling.take(limit=max(0, room)):
                     self._consider(source, path)
                 for record in self.state.due_retries():
                     if record.source in self._roots and self.worker.room():
                         self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
-                self.follower.apply_due(settled=len(self.settling) == 0 and self.fast.busy == 0)
-            self.notifier.flush(idle=self.worker.busy + self.fast.busy == 0 and len(self.settling) == 0)
+                self.follower.apply_due(settled=len(self.settling) == 0 and reading == 0)
+            self.notifier.flush(idle=self.worker.busy + self._reading() == 0 and len(self.settling) == 0)
             now = time.monotonic()
             if watchdog and now - last_ping >= watchdog:
                 systemd.notify("WATCHDOG=1")
                 last_ping = now
             if now - last_beat >= HEARTBEAT_SECONDS:
+                self._forget_vanished()
                 line = self._status_line()
                 self.state.heartbeat(waiting=len(self.settling), message=line, started=self._started)
                 systemd.notify(f"STATUS={line}")
@@ -262,7 +277,8 @@ class Daemon:
     def _shutdown(self) -> None:
         if self.api is not None:
             self.api.stop()
-        self.fast.stop(timeout=self.config.work.stop_grace)
+        for lane in self._lanes:
+            lane.stop(timeout=self.config.work.stop_grace)
         self.worker.stop(timeout=self.config.work.stop_grace)
         with self._publishing:
             self._stopping = True
@@ -308,6 +324,10 @@ class Daemon:
         server.start()
         return server
 
+    def _reading(self) -> int:
+        """Photos in the lanes that read them (queued or being read)."""
+        return sum(lane.busy for lane in self._lanes)
+
     def _api_status(self) -> dict[str, object]:
         return {
             "files": self.state.counts(),
@@ -319,13 +339,24 @@ class Daemon:
         parts = [f"{counts.get(Status.DONE.value, 0)} done"]
         if (paused := self._pause.reason) is not None:
             parts.insert(0, f"publishing paused ({paused})")
-        if busy := self.worker.busy + self.fast.busy:
+        if busy := self.worker.busy + self._reading():
             parts.append(f"{busy} in the queue")
         if waiting := len(self.settling):
             parts.append(f"{waiting} settling")
         if failed := counts.get(Status.FAILED.value, 0):
             parts.append(f"{failed} failed")
         return ", ".join(parts)
+
+    def _forget_vanished(self) -> None:
+        """Drop queued and retrying files deleted meanwhile (while the daemon was stopped, or in a queue)."""
+        # Jobs join _in_flight on this thread only; one that leaves meanwhile has recorded its file's fate.
+        for record in self.state.forget_vanished(self._roots, busy=set(self._in_flight)):
+            log.info("%s/%s: deleted before it was cloaked; forgotten", record.source, record.rel_path)
+
+    def _forget_deleted(self, source: str, rel_path: str) -> None:
+        """A job's file deleted while it waited or was read: nothing to publish, nothing failed."""
+        self.state.forget(source, rel_path)
+        log.info("%s/%s: deleted before it was cloaked; forgotten", source, rel_path)
 
     def _scan_loop(self) -> None:
         interval = self.config.watch.rescan_interval
@@ -361,7 +392,7 @@ class Daemon:
             # A due retry is taken; any other look at a file waiting for its retry is not.
             if record and record.key == key and record.status in (FINISHED if retry else SETTLED):
                 return
-            sha256 = content_hash(real)
+            sha256, pixels = hash_and_pixels(real)
         except FileNotFoundError:
             self.state.forget(source, rel_path)
             return
@@ -390,7 +421,8 @@ class Daemon:
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
         self._in_flight[(source, rel_path)] = pending
         try:
-            future = self.fast.submit(TriageJob(job))
+            lane = self.fast if pixels is not None and pixels <= LARGE_PIXELS else self.large
+            future = lane.submit(TriageJob(job))
         except QueueFull:  # the intake is sized to the queue's room: only a race brings this; the next event brings it back
             del self._in_flight[(source, rel_path)]
             self.outbox.discard(job.staged)
@@ -413,8 +445,8 @@ class Daemon:
     def _reuse(self, earlier: FileRecord, source: str, rel_path: str, key: FileKey, sha256: str, dest: Path) -> bool:
         """Finish this file with an earlier result for the same content; False when there is none to reuse."""
         output = None if earlier.output is None else Path(earlier.output)
-        if output is not None and not output.exists():
-            return False  # the published copy was deleted: cloak again
+        if output is not None and not self.outbox.holds(output):
+            return False  # the published copy was deleted, or replaced by a file of the user's: cloak again
         same_file = (earlier.source, earlier.rel_path) == (source, rel_path)
         if output is not None and not same_file:
             output = self.outbox.publish_copy(output, dest.with_suffix(output.suffix))
@@ -495,8 +527,12 @@ class Daemon:
             self.state.release(source, rel_path)
             return None
         error = future.exception()
+        watched = self._roots[source] / rel_path  # job.src is resolved
         if error is not None:
             self.outbox.discard(job.staged)
+            if not os.path.lexists(watched):
+                self._forget_deleted(source, rel_path)
+                return None
             if (cause := transient_cause(error)) is not None:
                 self._hold(source, rel_path, pending.key.size, cause, error)
                 return None
@@ -509,10 +545,13 @@ class Daemon:
         except FileNotFoundError:
             unchanged = False
         if not unchanged:
-            # Written to while it was read: what was cloaked may be half a photo. Start over.
             self.outbox.discard(job.staged)
+            if not os.path.lexists(watched):
+                self._forget_deleted(source, rel_path)
+                return None
+            # Written to while it was read: what was cloaked may be half a photo. Start over.
             self.state.release(source, rel_path)
-            self.settling.add(source, self._roots[source] / rel_path)  # the watched path (job.src is resolved)
+            self.settling.add(source, watched)
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()

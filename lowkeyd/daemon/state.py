@@ -15,15 +15,16 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import state_dir
+from lowkeyd.paths import private_folder, state_dir
 
 STATE_NAME = "state.sqlite3"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     source TEXT NOT NULL,
@@ -60,6 +61,17 @@ CREATE INDEX IF NOT EXISTS history_by_file ON history (source, rel_path, at);
 -- an older output copied back into a watched folder is still lowkeyd's.
 CREATE TABLE IF NOT EXISTS outputs (
     sha256 TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+-- Each file lowkeyd has in the outbox now, by path, with its size and content hash: a file there
+-- is replaced, moved or removed only while it is still this one (the user may have put their own
+-- in its place). ``wanted`` is the name it was meant to have when a file of the user's had that one.
+-- Rows from before version 2 have no size or hash: see StateDB.published_at.
+CREATE TABLE IF NOT EXISTS published (
+    path TEXT PRIMARY KEY,
+    size INTEGER,
+    sha256 TEXT,
+    wanted TEXT,
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS daemon (
@@ -134,6 +146,14 @@ class FileRecord:
 
 
 @dataclass(frozen=True)
+class PublishedCopy:
+    """What lowkeyd wrote at a path in the outbox."""
+
+    size: int | None  # None (with sha256) for a copy published before lowkeyd kept these
+    sha256: str | None  # None: any content lowkeyd ever published (the outputs table) counts as it
+
+
+@dataclass(frozen=True)
 class DaemonInfo:
     pid: int
     started: float
@@ -151,7 +171,7 @@ def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
     try:
         if readonly:
             return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         # Its user's alone, whatever the umask: it names every photo. SQLite gives its -wal and -shm
         # files the database file's mode.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -185,6 +205,11 @@ class StateDB:
             raise StateError(f"{self.path} was written by a newer lowkeyd (schema {version})")
         with self._db:
             self._db.executescript(_SCHEMA)
+            if version < 2:
+                # Copies published before the ledger existed: known by path only, until they are checked.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO published (path, at) SELECT output, updated FROM files WHERE output IS NOT NULL"
+                )
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -275,6 +300,18 @@ class StateDB:
             (Status.FAILED.value, Status.RETRY.value, limit),
         )
         return [FileRecord._from_row(r) for r in rows]
+
+    def published_at(self, path: Path) -> PublishedCopy | None:
+        """What lowkeyd published at ``path`` in the outbox, if it has a copy there."""
+        rows = self._query("SELECT size, sha256 FROM published WHERE path = ?", (str(path),))
+        return PublishedCopy(rows[0][0], rows[0][1]) if rows else None
+
+    def published_aside(self) -> int:
+        """Copies in the outbox under a name of their own because a file lowkeyd did not write had theirs."""
+        try:
+            return int(self._query("SELECT COUNT(*) FROM published WHERE wanted IS NOT NULL")[0][0])
+        except sqlite3.OperationalError:  # read-only, from a database the daemon has not upgraded yet
+            return 0
 
     def daemon_info(self) -> DaemonInfo | None:
         rows = self._query("SELECT pid, started, heartbeat, waiting, message FROM daemon WHERE id = 1")
@@ -399,12 +436,47 @@ class StateDB:
         rows = self._query("SELECT * FROM files WHERE status = ?", (Status.PROCESSING.value,))
         return [FileRecord._from_row(r) for r in rows]
 
+    def unfinished(self) -> list[FileRecord]:
+        """Files queued, being cloaked or waiting for a retry."""
+        rows = self._query(
+            "SELECT * FROM files WHERE status IN (?, ?, ?)",
+            (Status.QUEUED.value, Status.PROCESSING.value, Status.RETRY.value),
+        )
+        return [FileRecord._from_row(r) for r in rows]
+
+    def forget_vanished(self, roots: Mapping[str, Path], busy: Container[tuple[str, str]] = ()) -> list[FileRecord]:
+        """Forget the unfinished files of ``roots`` (source name -> folder) that are no longer there; those forgotten.
+
+        ``busy`` (source, path) pairs are left: a job holds them, and records what becomes of them.
+        """
+        gone = [
+            r for r in self.unfinished()
+            if r.source in roots and (r.source, r.rel_path) not in busy and not os.path.lexists(roots[r.source] / r.rel_path)
+        ]
+        for record in gone:
+            self.forget(record.source, record.rel_path)
+        return gone
+
     def forget(self, source: str, rel_path: str) -> None:
         """A file that disappeared before it was finished."""
         self._write(
             "DELETE FROM files WHERE source = ? AND rel_path = ? AND status NOT IN (?, ?)",
             (source, rel_path, Status.DONE.value, Status.FAILED.value),
         )
+
+    def record_published(self, path: Path, size: int, sha256: str, *, wanted: Path | None, moved_from: Path | None) -> None:
+        """lowkeyd now has this file at ``path`` in the outbox (moved from ``moved_from``, which it no longer has)."""
+        with self._lock, self._db:
+            if moved_from is not None:
+                self._db.execute("DELETE FROM published WHERE path = ?", (str(moved_from),))
+            self._db.execute(
+                "INSERT OR REPLACE INTO published (path, size, sha256, wanted, at) VALUES (?, ?, ?, ?, ?)",
+                (str(path), size, sha256, None if wanted is None else str(wanted), time.time()),
+            )
+
+    def forget_published(self, path: Path) -> None:
+        """lowkeyd removed its file at ``path``, or the file there is no longer the one it wrote."""
+        self._write("DELETE FROM published WHERE path = ?", (str(path),))
 
     def heartbeat(self, *, waiting: int, message: str, started: float) -> None:
         self._write(

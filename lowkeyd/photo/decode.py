@@ -101,7 +101,22 @@ def read_photo(
             kind = "a GIF, which lowkeyd does not cloak" if data[:4] == b"GIF8" else "not a readable image"
             raise PhotoError(f"{name}: {kind} (lowkeyd reads {SUPPORTED_LIST})") from exc
         with image:
-            return _decode(image, data, path, name, source_stat, limit)
+            try:
+                return _decode(image, data, path, name, source_stat, limit)
+            except _DECODE_ERRORS + (cv2.error,) as exc:
+                # Whatever a damaged file trips in the metadata and container readers is the photo's own error.
+                raise PhotoError(f"{name}: truncated or corrupt ({exc})") from exc
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Width times height, from a photo's header (all of it, or its start), nothing decoded; None if it does not say."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as image:
+                return image.size[0] * image.size[1]
+        except (Image.DecompressionBombError, *_DECODE_ERRORS):
+            return None
 
 
 def _read_source(
@@ -300,7 +315,7 @@ def _inspect_container(
 ) -> tuple[bool, SourceEncoding]:
     """Look at the file's structure for what Pillow does not report; returns (has video, encoding)."""
     if fmt == "JPEG":
-        return _inspect_jpeg(image, data, dropped)
+        return _inspect_jpeg(image, data, name, dropped)
     if fmt == "PNG":
         return False, _inspect_png(data, name, dropped)
     if fmt == "WEBP":
@@ -335,7 +350,7 @@ def _inspect_container(
     return False, SourceEncoding(avif=coding)
 
 
-def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[bool, SourceEncoding]:
+def _inspect_jpeg(image: Image.Image, data: bytes, name: str, dropped: list[str]) -> tuple[bool, SourceEncoding]:
     encoding = SourceEncoding()  # the output is made from the source's own segments and scans
     if image.format == "MPO":
         count = image.n_frames - 1
@@ -344,7 +359,11 @@ def _inspect_jpeg(image: Image.Image, data: bytes, dropped: list[str]) -> tuple[
         layout = containers.jpeg_layout(data)
     except ValueError:
         return False, encoding  # Pillow decoded it; the layout only feeds the report below
-    if (lost := jpegscans.lost_in_writing(jpegscans.scan_mode(data))) is not None:
+    try:
+        mode = jpegscans.scan_mode(data)
+    except ValueError as exc:  # its scans could not be written back either
+        raise PhotoError(f"{name}: {exc}") from exc
+    if (lost := jpegscans.lost_in_writing(mode)) is not None:
         dropped.append(lost)
     photoshop: list[bytes] = []
     for marker, payload in jpeg.metadata_segments(data, layout):

@@ -275,6 +275,8 @@ class StatusPage:
                 "week": self.records.totals(time.time() - 7 * 86400),
                 "ever": self.records.totals(0),
                 "counts": self.state.counts(),
+                "aside": self.state.published_aside(),
+                "left_alone": self.state.event_counts().get("left_alone", 0),
                 "working": self.records.in_progress(),
                 "failures": self.records.failures(),
                 "busy": self.worker.busy,

@@ -102,6 +102,24 @@ def render_unit(exec_start: str = DEFAULT_EXEC_START, *, writable: Sequence[Path
     return _UNIT.format(exec_start=exec_start, writable=extra, devices=devices)
 
 
+# The folders the unit's PrivateTmp=yes replaces with an empty one of the service's own.
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def hidden_by_private_tmp(paths: dict[str, Path]) -> list[str]:
+    """A warning for each of ``paths`` (what it is -> path) that the service would not see: under /tmp or /var/tmp."""
+    warnings = []
+    for what, path in paths.items():
+        real = path.expanduser().resolve()
+        hidden = next((tmp for tmp in PRIVATE_TMP if real.is_relative_to(tmp.resolve())), None)
+        if hidden is not None:
+            warnings.append(
+                f"{what} {path} is under {hidden}, which the unit's PrivateTmp=yes hides from the service "
+                f"(it sees an empty {hidden} of its own): move it out of {hidden}, or run `lowkeyd run` yourself"
+            )
+    return warnings
+
+
 def notify(*assignments: str) -> bool:
     """Send ``KEY=value`` lines to the service manager; False when there is none to tell."""
     address = os.environ.get("NOTIFY_SOCKET")
