@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from lowkeyd.engine.attack import LowKey
+from lowkeyd.engine.attack.budget import LPIPS_PER_BUDGET, fit_scale
 from lowkeyd.engine.evaluate import FACE_MARGIN
 from lowkeyd.engine.faces import Face, FaceDetector
 from lowkeyd.engine.models.base import FaceEmbedder
+from lowkeyd.engine.perceptual import phase_averaged_lpips
 from lowkeyd.engine.presets import Preset, get_preset
 from lowkeyd.engine.resident import ResidentModels
 from lowkeyd.errors import EngineError
@@ -75,6 +77,7 @@ class _Crop:
     landmarks: torch.Tensor  # (5, 2) in crop pixels
     mask: torch.Tensor  # (1, C, C) where the perturbation may go
     region: torch.Tensor  # (4,) x1, y1, x2, y2: the face region, where its visibility is measured
+    share: float = 1.0  # the share of the photo that the masks of all its faces cover
 
 
 def _ellipse_mask(size: int, centre: tuple[float, float], axes: tuple[float, float], valid: tuple[float, ...]) -> torch.Tensor:
@@ -174,12 +177,22 @@ class Cloaker:
                     crops.append(self._cut(i, rgb, face))
                     attacked.append(report)
             reports.append(found)
+            # Native pixels each face's mask covers, summed per photo: the photo's PSNR bound is shared among them.
+            mine = [c for c in crops if c.image == i]
+            covered = sum(float(c.mask.sum()) * (c.side / c.mask.shape[-1]) ** 2 for c in mine)
+            for c in mine:
+                c.share = min(1.0, covered / (rgb.shape[0] * rgb.shape[1]))
 
         outputs = [rgb.copy() for rgb in images]
         thresholds = {m.name: m.threshold for m in self.models}
         # Grayscale photos are written back as grayscale: only a luma change survives that.
         results = self._run(crops, luma_only)
-        for crop, report, (adversarial, similarity, lp, steps) in zip(crops, attacked, results, strict=True):
+        for crop, report, (adversarial, similarity, steps) in zip(crops, attacked, results, strict=True):
+            scale, lp = self._fit_lpips(images[crop.image], crop, adversarial)
+            if scale < 1:
+                adversarial = crop.pixels + (adversarial - crop.pixels) * scale
+                moved = self.attack.similarity(*(t.to(self.device) for t in (crop.pixels, crop.landmarks, adversarial)))
+                similarity = {n: float(v[0]) for n, v in moved.items()}
             self._paste(outputs[crop.image], crop, adversarial)
             report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
         seconds = time.perf_counter() - start
@@ -225,12 +238,43 @@ class Cloaker:
         )
         return _Crop(index, face, x0, y0, side, pixels, torch.from_numpy(landmarks).float(), mask, box)
 
-    def _paste(self, out: np.ndarray, crop: _Crop, adversarial: torch.Tensor) -> None:
-        """Add the crop's perturbation, upsampled to the face's real size, to the photo in place."""
+    @staticmethod
+    def _native_change(crop: _Crop, adversarial: torch.Tensor) -> np.ndarray:
+        """The crop's perturbation at the face's real size, ``(side, side, 3)`` in levels of 255."""
         delta = (adversarial - crop.pixels)[None]
         if crop.side != delta.shape[-1]:
             delta = F.interpolate(delta, size=(crop.side, crop.side), mode="bilinear", align_corners=False)
-        delta = delta[0].permute(1, 2, 0).numpy() * 255
+        return delta[0].permute(1, 2, 0).numpy() * 255
+
+    @torch.no_grad()
+    def _fit_lpips(self, rgb: np.ndarray, crop: _Crop, adversarial: torch.Tensor) -> tuple[float, float]:
+        """The scale (at most 1) of the face's change that keeps its LPIPS within the budget, and that LPIPS.
+
+        Measured where it is published: on the photo's own pixels, at full
+        resolution, over the face region lowkeyd.engine.evaluate reports; a
+        face the attack worked on downscaled shows its change differently there.
+        """
+        x1, y1, x2, y2 = crop.face.box
+        pad = FACE_MARGIN * crop.face.size
+        h, w = rgb.shape[:2]
+        ya, yb = max(0, int(y1 - pad), crop.y0), min(h, math.ceil(y2 + pad), crop.y0 + crop.side)
+        xa, xb = max(0, int(x1 - pad), crop.x0), min(w, math.ceil(x2 + pad), crop.x0 + crop.side)
+        delta = self._native_change(crop, adversarial)[ya - crop.y0 : yb - crop.y0, xa - crop.x0 : xb - crop.x0]
+        clean = rgb[ya:yb, xa:xb].astype(np.float32)
+        before = torch.from_numpy(clean).permute(2, 0, 1)[None] / 127.5 - 1
+        step = torch.from_numpy(delta).permute(2, 0, 1)[None] / 127.5
+
+        def lpips_of(scale: torch.Tensor) -> torch.Tensor:
+            after = (before + step * scale.view(-1, 1, 1, 1)).clamp(-1, 1)
+            return phase_averaged_lpips(self.resident.lpips, after.to(self.device), before.to(self.device), stride=2).cpu()
+
+        cap = LPIPS_PER_BUDGET * self.preset.budget
+        scale = fit_scale(lpips_of, cap, torch.ones(1))
+        return float(scale[0]), float(lpips_of(scale)[0])
+
+    def _paste(self, out: np.ndarray, crop: _Crop, adversarial: torch.Tensor) -> None:
+        """Add the crop's perturbation, upsampled to the face's real size, to the photo in place."""
+        delta = self._native_change(crop, adversarial)
         h, w = out.shape[:2]
         ya, yb = max(0, crop.y0), min(h, crop.y0 + crop.side)
         xa, xb = max(0, crop.x0), min(w, crop.x0 + crop.side)
@@ -242,19 +286,20 @@ class Cloaker:
 
     # -- batches ------------------------------------------------------------------------
 
-    def _run(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+    def _run(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], int]]:
         results = []
         for start in range(0, len(crops), self.max_batch):
             results.extend(self._run_batch(crops[start : start + self.max_batch], luma_only))
         return results
 
-    def _run_batch(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], float, int]]:
+    def _run_batch(self, crops: list[_Crop], luma_only: bool) -> list[tuple[torch.Tensor, dict[str, float], int]]:
         try:
             result = self.attack(
                 torch.stack([c.pixels for c in crops]).to(self.device),
                 torch.stack([c.landmarks for c in crops]).to(self.device),
                 torch.stack([c.mask for c in crops]).to(self.device),
                 torch.stack([c.region for c in crops]).to(self.device),
+                shares=torch.tensor([c.share for c in crops], device=self.device),
                 luma_only=luma_only,
             )
         except torch.OutOfMemoryError:
@@ -270,7 +315,6 @@ class Cloaker:
             (
                 adversarial[i],
                 {n: float(s[i]) for n, s in result.similarity.items()},
-                float(result.lpips[i]),
                 int(result.steps[i]),
             )
             for i in range(len(crops))

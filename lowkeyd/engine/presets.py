@@ -55,9 +55,9 @@ class Preset(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "custom"
-    steps: int = Field(80, ge=0, le=1000, description="maximum number of gradient steps")
+    steps: int = Field(40, ge=0, le=1000, description="maximum number of gradient steps")
     step_size: float = Field(
-        0.0015, gt=0, le=0.1, description="per-step change: L-inf for 'sign', RMS over the face's mask for 'l2'"
+        0.002, gt=0, le=0.1, description="per-step change: L-inf for 'sign', RMS over the face's mask for 'l2'"
     )
     step_rule: Literal["sign", "l2"] = Field("l2", description="signed gradient (paper) or gradient / RMS(gradient)")
     momentum: float = Field(0.5, ge=0, lt=1, description="heavy-ball momentum on the normalised step")
@@ -87,7 +87,7 @@ class Preset(BaseModel):
         "2 doubles every bound",
     )
     chroma_scale: float = Field(
-        0.3, ge=0, le=1, description="chroma change allowed relative to luma's limit; a grey face gets none whatever this says"
+        0.25, ge=0, le=1, description="chroma change allowed relative to luma's limit; a grey face gets none whatever this says"
     )
     feature_guard: float = Field(
         0.3, ge=0, le=1, description="share of the budget allowed over the eyes' openings and the lips, where a "

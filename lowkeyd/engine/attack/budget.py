@@ -14,9 +14,12 @@ how many pixels the face has):
   in shadows) plus contrast masking by local standard deviation (a change hides
   in hair, brows and edges, not on flat skin), combined as in Yang et al.'s
   NAMM (2005), capped; chroma a fixed share of it, none on a grey face;
-* the RMS of the change over the face, which bounds a photo's PSNR from below
-  whatever share of it the face fills: 20 log10(255 / rms);
-* the face's LPIPS, enforced at the end by bisection on the change's scale.
+* the RMS of the change over the face, which keeps it from spreading into a
+  visible veil, and over the whole photo, which bounds its PSNR: a face that
+  fills a tight crop gets less than one in a wide shot, where the same change
+  is a small part of the picture;
+* the face's LPIPS, enforced on the published pixels by bisection on the
+  change's scale (:func:`fit_scale`; the attack's LPIPS term keeps it near).
 
 ``budget`` scales all three: 1 is the default preset's, 2 twice as much.
 """
@@ -33,12 +36,15 @@ import torch.nn.functional as F
 # JND: the luminance term is Chou and Li's, in levels; texture adds this share of
 # the local standard deviation; the sum is capped where a change reads as a blot whatever hides it.
 TEXTURE_MASKING = 0.5
-JND_CAP = 10.0
-# The per-pixel limit of one unit of budget, in JNDs: the RMS bound below, not this, is what keeps
-# the change small overall; this one keeps any pixel from carrying much of it.
-LIMIT_PER_BUDGET = 2.0
-# RMS of the change over the face, in levels: a photo holding one face loses at most 20 log10(255 / 3.6) = 37 dB.
-RMS_PER_BUDGET = 3.6
+# The per-pixel luma limit of one unit of budget: this many JNDs, and never more than PIXEL_CAP
+# levels. The RMS bound below, not this, keeps the change small overall; this one shapes it
+# (less on flat skin, more in texture) and keeps any pixel from carrying much of it.
+LIMIT_PER_JND = 3.0
+PIXEL_CAP = 16.0
+# RMS of the change over the face, in levels.
+RMS_PER_BUDGET = 8.0
+# RMS of the change over the whole photo, in levels: its PSNR is at least 20 log10(255 / 3.8) = 36.5 dB.
+PHOTO_RMS_PER_BUDGET = 3.8
 # Face LPIPS (alex, phase-averaged, box + 10 %), per unit of budget.
 LPIPS_PER_BUDGET = 0.025
 # A face whose chroma varies by at most this many levels (99.5th percentile of the
@@ -65,7 +71,7 @@ def jnd_map(x: torch.Tensor) -> torch.Tensor:
     # NAMM: the two maskings overlap; adding them in full overstates the threshold.
     combined = luminance + texture - 0.3 * torch.minimum(luminance, texture)
     # Smoothed so the limit has no hard edges of its own (they would draw the texture's outline).
-    return F.avg_pool2d(combined.clamp(max=JND_CAP), 3, 1, 1, count_include_pad=False)
+    return F.avg_pool2d(combined, 3, 1, 1, count_include_pad=False)
 
 
 def grey_faces(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -93,23 +99,35 @@ class FaceBudget:
 
     limit: torch.Tensor  # (B, 3, H, W): per-pixel bound of Y, Cb, Cr in [0, 1] units, 0 where the face may not change
     area: torch.Tensor  # (B,): pixels the change may cover (the mask's sum)
-    rms: float  # in [0, 1] units
-    lpips: float
+    rms: torch.Tensor  # (B,): RMS bound over the face, in [0, 1] units
 
     @classmethod
     def for_faces(
-        cls, x: torch.Tensor, masks: torch.Tensor, guard: torch.Tensor, budget: float, chroma: float
+        cls,
+        x: torch.Tensor,
+        masks: torch.Tensor,
+        guard: torch.Tensor,
+        budget: float,
+        chroma: float,
+        shares: torch.Tensor | None = None,
     ) -> FaceBudget:
         """``x`` ``(B, 3, H, W)`` crops; ``masks`` ``(B, 1, H, W)`` where the change may go (soft);
         ``guard`` ``(B, 1, H, W)`` the share of the limit allowed over features where a change shows
-        (the eyes' openings, the lips); ``chroma`` the chroma limit as a share of luma's."""
-        luma_limit = budget * LIMIT_PER_BUDGET * jnd_map(x) / 255 * masks * guard
+        (the eyes' openings, the lips); ``chroma`` the chroma limit as a share of luma's; ``shares``
+        ``(B,)`` the share of its photo that the masks of all faces in it cover (None: each face is
+        its whole photo, the strictest case)."""
+        luma_limit = budget * (LIMIT_PER_JND * jnd_map(x)).clamp(max=PIXEL_CAP) / 255 * masks * guard
         colour = torch.where(grey_faces(x, masks), 0.0, chroma).view(-1, 1, 1, 1)
         # No colour over the guarded features either: a tinted iris or lip is the first thing anyone sees.
         chroma_limit = luma_limit * colour * guard
         limit = torch.cat([luma_limit, chroma_limit, chroma_limit], 1)
         area = masks.sum((1, 2, 3)).clamp_min(1)
-        return cls(limit, area, budget * RMS_PER_BUDGET / 255, budget * LPIPS_PER_BUDGET)
+        if shares is None:
+            shares = torch.ones(x.shape[0], device=x.device)
+        # The photo's RMS, spread evenly over its faces' pixels, with every other pixel unchanged.
+        photo = PHOTO_RMS_PER_BUDGET / shares.clamp(1e-6, 1).sqrt()
+        rms = budget * photo.clamp(max=RMS_PER_BUDGET) / 255
+        return cls(limit, area, rms)
 
     @staticmethod
     def change(p: torch.Tensor) -> torch.Tensor:
@@ -123,7 +141,7 @@ class FaceBudget:
         limit = self.limit[idx]
         torch.maximum(torch.minimum(p, limit), -limit, out=p)
         rms = self.change(p).pow(2).sum((1, 2, 3)).div(3 * self.area[idx]).sqrt()
-        p.mul_((self.rms / rms.clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1))
+        p.mul_((self.rms[idx] / rms.clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1))
         return p
 
     def precondition(self, grad: torch.Tensor, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
@@ -132,25 +150,21 @@ class FaceBudget:
         scale = limit.pow(2).sum((1, 2, 3), keepdim=True).div(3 * self.area[idx].view(-1, 1, 1, 1)).sqrt()
         return grad * limit / scale.clamp_min(1e-12)
 
-    @torch.no_grad()
-    def fit_lpips(
-        self, p: torch.Tensor, lpips_of: Callable[[torch.Tensor], torch.Tensor], iterations: int = 7
-    ) -> torch.Tensor:
-        """``(B,)`` scale per face (at most 1) whose change keeps the face's LPIPS within budget.
 
-        ``lpips_of(scale)`` gives the faces' LPIPS with their change scaled by
-        ``scale`` ``(B,)``. LPIPS grows with the change's size along a fixed
-        direction, so bisection on the scale finds the largest that fits.
-        """
-        ones = torch.ones(p.shape[0], device=p.device)
-        over = lpips_of(ones) > self.lpips
-        if not over.any():
-            return ones
-        low, high = torch.zeros_like(ones), ones.clone()
-        for _ in range(iterations):
-            mid = (low + high) / 2
-            fits = lpips_of(torch.where(over, mid, ones)) <= self.lpips
-            low = torch.where(over & fits, mid, low)
-            high = torch.where(over & ~fits, mid, high)
-        return torch.where(over, low, ones)
+@torch.no_grad()
+def fit_scale(measure: Callable[[torch.Tensor], torch.Tensor], cap: float, ones: torch.Tensor, iterations: int = 7) -> torch.Tensor:
+    """``(B,)`` the largest scale per face (at most 1) at which ``measure(scale)`` ``(B,)`` stays within ``cap``.
 
+    A perceptual distance grows with the change's size along a fixed direction,
+    so bisection on the scale finds the largest that fits (to 2^-iterations).
+    """
+    over = measure(ones) > cap
+    if not over.any():
+        return ones
+    low, high = torch.zeros_like(ones), ones.clone()
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        fits = measure(torch.where(over, mid, ones)) <= cap
+        low = torch.where(over & fits, mid, low)
+        high = torch.where(over & ~fits, mid, high)
+    return torch.where(over, low, ones)

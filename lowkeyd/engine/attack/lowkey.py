@@ -55,8 +55,10 @@ class LowKey:
     pixels, ``masks`` ``(B, 1, H, W)`` in ``[0, 1]``: 0 where the crop must not
     change; ``regions`` ``(B, 4)`` integer ``x1, y1, x2, y2``: the face region
     whose LPIPS the budget bounds (computed on that region alone, as
-    :mod:`lowkeyd.engine.evaluate` reports it). ``luma_only`` changes
-    brightness alone, for photos that will be stored as grayscale.
+    :mod:`lowkeyd.engine.evaluate` reports it). ``shares`` ``(B,)``: the share of
+    its photo that all faces of that photo cover, which sets how much of the
+    photo's PSNR bound each face may spend (None: each face fills its photo).
+    ``luma_only`` changes brightness alone, for photos that will be stored as grayscale.
     """
 
     def __init__(self, models: Sequence[FaceEmbedder], lpips: torch.nn.Module, preset: Preset) -> None:
@@ -81,6 +83,7 @@ class LowKey:
         masks: torch.Tensor,
         regions: torch.Tensor,
         *,
+        shares: torch.Tensor | None = None,
         luma_only: bool = False,
     ) -> AttackResult:
         p = self.preset
@@ -90,7 +93,7 @@ class LowKey:
         else:
             generator.manual_seed(p.seed)
         guard = feature_guard(landmarks, tuple(crops.shape[-2:]), p.feature_guard)
-        budget = FaceBudget.for_faces(crops, masks, guard, p.budget, 0.0 if luma_only else p.chroma_scale)
+        budget = FaceBudget.for_faces(crops, masks, guard, p.budget, 0.0 if luma_only else p.chroma_scale, shares)
         n = crops.shape[0]
         with self.surrogates.attached(generator):
             reference = self._embeddings(crops, landmarks, None)
@@ -171,17 +174,26 @@ class LowKey:
         delta: torch.Tensor,
         steps: torch.Tensor,
     ) -> AttackResult:
-        change = budget.change(delta)
+        adversarial = (crops + budget.change(delta)).clamp(0, 1)
+        lpips = region_lpips(self.lpips, adversarial, crops, regions, None)
+        return AttackResult(adversarial, self.similarity(crops, landmarks, adversarial, reference), lpips, steps)
 
-        def lpips_of(scale: torch.Tensor) -> torch.Tensor:
-            return region_lpips(self.lpips, (crops + change * scale.view(-1, 1, 1, 1)).clamp(0, 1), crops, regions, None)
-
-        # The last bound of the budget, exact where the steps only estimated it.
-        scale = budget.fit_lpips(delta, lpips_of)
-        adversarial = (crops + change * scale.view(-1, 1, 1, 1)).clamp(0, 1)
+    @torch.no_grad()
+    def similarity(
+        self,
+        crops: torch.Tensor,
+        landmarks: torch.Tensor,
+        adversarial: torch.Tensor,
+        reference: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each member's ``(B,)`` cosine between the clean and the perturbed faces, plain view
+        (``(3, H, W)`` crops and ``(5, 2)`` landmarks are taken as a batch of one)."""
+        if crops.dim() == 3:
+            crops, landmarks, adversarial = crops[None], landmarks[None], adversarial[None]
+        if reference is None:
+            reference = self._embeddings(crops, landmarks, None)
         final = self._embeddings(adversarial, landmarks, None)
-        similarity = {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
-        return AttackResult(adversarial, similarity, lpips_of(scale), steps)
+        return {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
 
     # -- what the members see -----------------------------------------------------------------
 
