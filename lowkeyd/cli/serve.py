@@ -89,6 +89,11 @@ def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
     return args.tls_cert.resolve(), args.tls_key.resolve()
 
 
+def _plain(status: object) -> str:
+    """A status as Serve names it (its enums arrive as enums or as their plain strings)."""
+    return str(getattr(status, "value", status))
+
+
 def _list_replicas(address: str | None) -> int:
     """The service's deployments and their replicas' states, as Serve's controller reports them."""
     import ray
@@ -96,15 +101,20 @@ def _list_replicas(address: str | None) -> int:
 
     from lowkeyd.cluster.app import APP_NAME
 
-    ray.init(address=address or "auto", include_dashboard=False, logging_level=logging.WARNING)
+    where = address or "auto"
+    try:
+        ray.init(address=where, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowkeydError(f"cannot reach the Ray cluster at {where}: {first}") from None
     try:
         application = serve.status().applications.get(APP_NAME)
         if application is None:
             raise LowkeydError("no lowkeyd service runs on this Ray cluster")
-        print(f"lowkeyd: {application.status.value}")
-        for name, deployment in application.deployments.items():
-            states = ", ".join(f"{count} {state.value}" for state, count in sorted(deployment.replica_states.items()))
-            print(f"  {name}: {deployment.status.value}; replicas: {states or 'none'}")
+        print(f"lowkeyd: {_plain(application.status)}")
+        for name, deployment in sorted(application.deployments.items()):
+            states = ", ".join(f"{count} {_plain(state)}" for state, count in deployment.replica_states.items())
+            print(f"  {name}: {_plain(deployment.status)}; replicas: {states or 'none'}")
     finally:
         ray.shutdown()
     return 0
