@@ -84,6 +84,23 @@ def test_the_remote_key_is_checked(tmp_path: Path) -> None:
         parse_config({**base, "remote": {"url": "http://x", "fallback": "publish"}}, base_dir=tmp_path, origin="c.yaml")
 
 
+@needs_ray
+@pytest.mark.parametrize(("options", "error"), [
+    (["--replicas", "0"], "--replicas: Input should be greater than or equal to 1"),
+    (["--replicas", "2", "--max-replicas", "1"], "max_replicas must be at least replicas"),
+    (["--set", "stepz=3"], "attack setting 'stepz': unknown setting"),
+    (["--job-root", "uploads=/nonexistent/folder", "--outbox", "/tmp"],
+     "--job-root: uploads=/nonexistent/folder: expected NAME=PATH of an existing folder"),
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 is reachable from other machines: use 127.0.0.1, or add --allow-remote"),
+])
+def test_serve_options_are_checked_before_ray_starts(options: list[str], error: str, capsys) -> None:
+    from lowkeyd.cli import main
+
+    assert main(["serve", *options]) != 0
+    assert capsys.readouterr().err == f"lowkeyd: error: {error}\n"
+
+
 def test_remote_reads_the_default_token_file_and_never_creates_one(tmp_path: Path, monkeypatch) -> None:
     from lowkeyd.daemon.config import RemoteConfig
     from lowkeyd.daemon.remote import read_remote_token

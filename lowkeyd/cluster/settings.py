@@ -17,6 +17,8 @@ from lowkeyd.errors import ConfigError
 
 # The default grace period of a stop: requests in flight finish within it, or are answered 503.
 DEFAULT_GRACE = 30.0
+# The lowkeyd serve options whose names are not the args' own.
+_CLI_NAMES = {"job_roots": "--job-root", "set": "--set"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class ServeArgs(BaseModel):
         except ValidationError as exc:
             problem = exc.errors()[0]
             where = ".".join(str(part) for part in problem["loc"])
-            name = f"--{where.replace('_', '-')}" if cli else f"args.{where}"
+            name = _CLI_NAMES.get(where, f"--{where.replace('_', '-')}") if cli else f"args.{where}"
             raise ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}" if where else
                               problem["msg"].removeprefix("Value error, ")) from None
 
