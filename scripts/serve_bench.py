@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=1, help="photos sent per run, at least one per client")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU replica")
     parser.add_argument("--gpus", action="store_true", help="one GPU per model replica")
+    parser.add_argument("--batching", choices=("off,on", "off", "on"), default="off,on", help="layouts to run")
     args = parser.parse_args()
 
     from lowkeyd.cli.options import parse_overrides
@@ -115,7 +116,7 @@ def main() -> int:
     same = differ = 0
     try:
         for n in replicas:
-            for batch in (1, batch_size):
+            for batch in [{"off": 1, "on": batch_size}[b] for b in args.batching.split(",")]:
                 settings = ServeSettings(
                     preset=args.preset, attack=overrides, replicas=n, threads=args.threads, batch_size=batch,
                     gpus=args.gpus, concurrency=max(client_counts), token=TOKEN,

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray.exceptions
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from lowkeyd.cluster.drain import Draining
 from lowkeyd.cluster.idempotency import Answer, AnswerBook, IdempotentUploads, Reused
-from lowkeyd.cluster.intake import Intake
+from lowkeyd.cluster.intake import Intake, released
 from lowkeyd.cluster.settings import ServeSettings
 from lowkeyd.daemon.worker import WorkerStopped
 from lowkeyd.engine.presets import Preset
@@ -97,8 +98,10 @@ class ServeCloaker:
     detector = None
     models: tuple[()] = ()
 
-    def __init__(self, model: DeploymentHandle, description: dict[str, Any]) -> None:
+    def __init__(self, model: DeploymentHandle, description: dict[str, Any], native: threading.Lock) -> None:
+        """``native``: the intake's lock on photo decoding and encoding, let go of while the replicas work."""
         self._model = model
+        self._native = native
         self.preset: Preset = description["preset"]
         self.device = f"ray serve ({description['device']} replicas)"
         self.resent = 0  # photos sent again after their replica was lost
@@ -107,7 +110,8 @@ class ServeCloaker:
     def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[CloakResult]:
         # One call per photo: the replicas' @serve.batch gathers the photos of concurrent requests.
         responses = [self._model.cloak.remote((rgb, luma_only)) for rgb in images]
-        return [self._result(response, rgb, luma_only) for response, rgb in zip(responses, images, strict=True)]
+        with released(self._native):
+            return [self._result(response, rgb, luma_only) for response, rgb in zip(responses, images, strict=True)]
 
     def _result(self, response: Any, rgb: np.ndarray, luma_only: bool) -> CloakResult:
         try:
@@ -191,11 +195,12 @@ class Ingress:
         from lowkeyd.daemon.outbox import Outbox
         from lowkeyd.pipeline import PhotoProtector
 
-        cloaker = ServeCloaker(model, await model.describe.remote())
-        protector = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
+        self.intake: Intake[PhotoProtector] = Intake(None, queue_size=settings.queue_size,
+                                                     concurrency=settings.concurrency)
+        cloaker = ServeCloaker(model, await model.describe.remote(), self.intake.native)
+        self.intake.resource = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
             cloaker, strip_gps=settings.strip_gps, no_face=settings.no_face, max_pixels=pixel_limit(None)
         )
-        self.intake = Intake(protector, queue_size=settings.queue_size, concurrency=settings.concurrency)
         self._model = model
         self._ledger = ledger
         self._cloaker = cloaker
@@ -216,6 +221,7 @@ class Ingress:
         # is a cloaked photo, for token holders only.
         self._draining = Draining(app if settings.token is None else BearerAuth(app, settings.token),
                                   busy=lambda: self.intake.busy)
+        # Held here: asyncio keeps only a weak reference to a task, and this one waits for the whole lifetime.
         self._watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
 
     async def _watch_for_stop(self) -> None:
@@ -223,7 +229,7 @@ class Ingress:
             try:
                 grace = await self._ledger.stopping.remote()
                 break
-            except ray.exceptions.RayError as exc:  # the ledger replica is being replaced: ask the new one
+            except (ray.exceptions.RayError, RayServeException) as exc:  # the ledger is being replaced: ask the new one
                 log.warning("cannot reach the ledger (%s); asking again", type(exc).__name__)
                 await asyncio.sleep(1)
         log.info("stopping: no new requests; %.0f s for those in flight", grace)
