@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Throughput and latency of ``lowkeyd serve`` on this machine: faces per minute and latency percentiles.
 
-Starts a local Ray instance and, for each service layout (1 or 2 CPU model replicas, batching
-on or off), sends the sample photos from 1, 4 and 16 concurrent clients over HTTP, as a real
-client would (a 429 is waited out as its Retry-After says). Prints a Markdown table, and how
-many batched answers are byte for byte the unbatched ones.
+Starts a local Ray instance and, for each service layout (1 or 2 model replicas, batching on
+or off), sends the sample photos from 1, 8 and 32 concurrent clients over HTTP, as a real
+client would (a 429 is waited out as its Retry-After says). Prints a Markdown table (faces per
+minute, p50 and p95 latency), and how many batched answers are byte for byte the unbatched ones.
 
-    scripts/serve_bench.py                         # the fast test attack, 5 steps
-    scripts/serve_bench.py --set steps=20 --replicas 1 --clients 1,4
+    scripts/serve_bench.py                         # CPU replicas, the fast test attack (5 steps)
+    scripts/serve_bench.py --set steps=20 --replicas 1 --clients 1,8
+    scripts/serve_bench.py --gpus --set ''          # the GPU rows: one GPU per replica, the preset as it is
 
 Needs ``lowkeyd[cluster]``. A benchmark, not a test: the numbers depend on the machine and
 on whatever else runs on it.
@@ -89,10 +90,13 @@ def main() -> int:
     parser.add_argument("--set", default=FAST, help=f"preset overrides, comma-separated (default: {FAST})")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--replicas", default="1,2", help="model replica counts to run (default 1,2)")
-    parser.add_argument("--clients", default="1,4,16", help="concurrent client counts (default 1,4,16)")
-    parser.add_argument("--batch-size", type=int, default=4, help="photos per batch when batching is on")
-    parser.add_argument("--photos", type=int, default=4, help="photos sent per run, at least one per client")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent client counts (default 1,8,32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="photos per batch when batching is on "
+                        "(default: 16 on GPUs, 4 on CPUs)")
+    parser.add_argument("--photos", type=int, default=1, help="photos sent per run, at least one per client")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU replica")
+    parser.add_argument("--gpus", action="store_true", help="one GPU per model replica")
+    parser.add_argument("--batching", choices=("off,on", "off", "on"), default="off,on", help="layouts to run")
     args = parser.parse_args()
 
     from lowkeyd.cli.options import parse_overrides
@@ -106,15 +110,16 @@ def main() -> int:
     replicas = [int(n) for n in args.replicas.split(",")]
     client_counts = [int(n) for n in args.clients.split(",")]
     port = _free_port()
+    batch_size = args.batch_size or (16 if args.gpus else 4)
     rows = []
     unbatched: dict[str, set[str]] = {}
     same = differ = 0
     try:
         for n in replicas:
-            for batch in (1, args.batch_size):
+            for batch in [{"off": 1, "on": batch_size}[b] for b in args.batching.split(",")]:
                 settings = ServeSettings(
                     preset=args.preset, attack=overrides, replicas=n, threads=args.threads, batch_size=batch,
-                    concurrency=max(client_counts), token=TOKEN,
+                    gpus=args.gpus, concurrency=max(client_counts), token=TOKEN,
                 )
                 started = time.perf_counter()
                 url = start_service(settings, port=port, num_cpus=max(replicas) + 1)
@@ -124,8 +129,7 @@ def main() -> int:
                     run = _load(url, clients, photos, max(1, -(-args.photos // clients)))
                     lat = run["latencies"]
                     rows.append((n, "off" if batch == 1 else f"on ({batch})", clients, len(lat), run["faces"],
-                                 60 * run["faces"] / run["wall"], statistics.median(lat), _percentile(lat, 90),
-                                 _percentile(lat, 99)))
+                                 60 * run["faces"] / run["wall"], statistics.median(lat), _percentile(lat, 95)))
                     print("| " + " | ".join(_cell(v) for v in rows[-1]) + " |", file=sys.stderr)
                     for name, digest in run["answers"]:
                         if batch == 1:
@@ -133,11 +137,11 @@ def main() -> int:
                         elif name in unbatched:
                             same, differ = (same + 1, differ) if digest in unbatched[name] else (same, differ + 1)
     finally:
-        stop_service()
-    print(f"\npreset {args.preset} with {args.set}; {args.threads} torch thread(s) per CPU replica; "
-          f"photos {', '.join(PHOTOS)} (one face each)\n")
-    print("| model replicas | batching | clients | photos | faces | faces/min | p50 s | p90 s | p99 s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        stop_service(0)
+    where = "one GPU per replica" if args.gpus else f"{args.threads} torch thread(s) per CPU replica"
+    print(f"\npreset {args.preset} with {args.set}; {where}; photos {', '.join(PHOTOS)} (one face each)\n")
+    print("| model replicas | batching | clients | photos | faces | faces/min | p50 s | p95 s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(_cell(v) for v in row) + " |")
     print(f"\nunbatched answers of one photo identical to each other: "

@@ -53,7 +53,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "its own preset and policies apply",
     )
     p.add_argument(
-        "--token-file", type=Path, default=None, help="the --remote service's bearer token (default: $LOWKEYD_API_TOKEN)"
+        "--token-file", type=Path, default=None,
+        help="the --remote service's bearer token (default: $LOWKEYD_API_TOKEN, else this machine's api-token file)",
+    )
+    p.add_argument(
+        "--ca-file", type=Path, default=None,
+        help="check an https:// --remote's certificate against this CA file (e.g. the service's self-signed certificate)",
     )
     p.set_defaults(func=run)
 
@@ -79,17 +84,17 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
 
 
 def _remote(args: argparse.Namespace, asked: bool) -> DaemonProtector:
-    from lowkeyd.daemon.api.client import DaemonClient, DaemonProtector
+    from lowkeyd.daemon.api.client import DaemonProtector
     from lowkeyd.daemon.config import RemoteConfig
-    from lowkeyd.daemon.remote import read_remote_token
+    from lowkeyd.daemon.remote import remote_client
 
     if asked or args.no_daemon:
         raise LowkeydError("--remote takes no engine or policy option: the service applies its own")
     try:
-        config = RemoteConfig(url=args.remote, token_file=args.token_file)
+        config = RemoteConfig(url=args.remote, token_file=args.token_file, ca_file=args.ca_file)
     except ValueError:
         raise LowkeydError(f"--remote {args.remote}: expected http://HOST:PORT or https://...") from None
-    client = DaemonClient(url=config.url, token=read_remote_token(config))
+    client = remote_client(config)
     client.status()  # down, or a wrong token: one clear error before any photo
     print(f"lowkeyd: using the lowkeyd service at {client.where}", file=sys.stderr)
     return DaemonProtector(client)

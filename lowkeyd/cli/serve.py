@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from lowkeyd.cli.options import parse_overrides
+from lowkeyd.cluster.settings import DEFAULT_GRACE
 from lowkeyd.errors import LowkeydError
 
 
@@ -29,6 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     where.add_argument("--port", type=int, default=8000)
     where.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
+    where.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    where.add_argument("--tls-key", type=Path, default=None, help="the certificate's private key (PEM)")
     where.add_argument("--token-file", type=Path, default=None,
                        help="the bearer token clients send (default: the daemon's api-token; $LOWKEYD_API_TOKEN overrides)")
     models = p.add_argument_group("model replicas")
@@ -53,74 +56,119 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     http.add_argument("--queue-size", type=int, default=32, help="photos waiting per ingress replica before 429")
     http.add_argument("--max-upload-mb", type=float, default=100)
     http.add_argument("--timeout", type=float, default=600, help="seconds before a request is answered 504")
+    http.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="on a stop, seconds the requests in flight "
+                      f"get to finish before they are answered 503 (default {DEFAULT_GRACE:g})")
     http.add_argument("--keep-gps", action="store_true", help="keep GPS position (removed by default)")
     http.add_argument("--no-face", choices=("copy", "skip"), default="copy")
     http.add_argument("--outbox", type=Path, default=None, help="shared storage for POST /v1/jobs results")
     http.add_argument("--job-root", action="append", default=[], metavar="NAME=PATH",
                       help="a folder on shared storage POST /v1/jobs may cloak from (repeatable; one ingress replica)")
+    p.add_argument("--list", action="store_true", help="list the running service's replicas and their state, "
+                   "through Ray (works with Ray's token authentication, no dashboard needed), and exit")
     p.set_defaults(func=run)
 
 
-def _job_roots(pairs: list[str], outbox: Path | None) -> tuple[tuple[str, Path], ...]:
-    roots = []
+def _job_roots(pairs: list[str]) -> dict[str, str]:
+    roots = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
-        if not sep or not name or "/" in name or not Path(path).is_dir():
+        if not sep:
             raise LowkeydError(f"--job-root {pair!r}: expected NAME=PATH of an existing folder")
-        roots.append((name, Path(path).resolve()))
-    if roots and outbox is None:
-        raise LowkeydError("--job-root needs --outbox: where the cloaked files go")
-    return tuple(roots)
+        roots[name] = path
+    return roots
+
+
+def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise LowkeydError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    for path in (args.tls_cert, args.tls_key):
+        if not path.is_file():
+            raise LowkeydError(f"{path}: no such file")
+    return args.tls_cert.resolve(), args.tls_key.resolve()
+
+
+def _plain(status: object) -> str:
+    """A status as Serve names it (its enums arrive as enums or as their plain strings)."""
+    return str(getattr(status, "value", status))
+
+
+def _list_replicas(address: str | None) -> int:
+    """The service's deployments and their replicas' states, as Serve's controller reports them."""
+    import ray
+    from ray import serve
+
+    from lowkeyd.cluster.app import APP_NAME
+
+    where = address or "auto"
+    try:
+        ray.init(address=where, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowkeydError(f"cannot reach the Ray cluster at {where}: {first}") from None
+    try:
+        application = serve.status().applications.get(APP_NAME)
+        if application is None:
+            raise LowkeydError("no lowkeyd service runs on this Ray cluster")
+        print(f"lowkeyd: {_plain(application.status)}")
+        for name, deployment in sorted(application.deployments.items()):
+            states = ", ".join(f"{count} {_plain(state)}" for state, count in deployment.replica_states.items())
+            print(f"  {name}: {_plain(deployment.status)}; replicas: {states or 'none'}")
+    finally:
+        ray.shutdown()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from lowkeyd.cluster import require_ray
-    from lowkeyd.daemon.api.server import load_token
-    from lowkeyd.daemon.config import TcpConfig
-    from lowkeyd.engine.presets import get_preset
 
     require_ray()
-    overrides = parse_overrides(args.overrides)
-    get_preset(args.preset, **overrides)  # a bad setting is a one-line error here, not a replica crash-loop
+    if args.list:
+        return _list_replicas(args.address)
+    from lowkeyd.cluster.settings import ServeArgs
+    from lowkeyd.daemon.api.server import load_token, token_source
+    from lowkeyd.daemon.config import TcpConfig
+
+    given = ServeArgs.parse({
+        "preset": args.preset, "set": parse_overrides(args.overrides), "gpus": args.gpus, "replicas": args.replicas,
+        "max_replicas": args.max_replicas, "target_queue": args.target_queue, "cpus_per_replica": args.cpus_per_replica,
+        "threads": args.threads, "batch_size": 1 if args.no_batch else args.batch_size, "batch_wait": args.batch_wait,
+        "ingress_replicas": args.ingress_replicas, "concurrency": args.concurrency, "queue_size": args.queue_size,
+        "max_upload_mb": args.max_upload_mb, "timeout": args.timeout, "grace": args.grace,
+        "token_file": args.token_file, "keep_gps": args.keep_gps, "no_face": args.no_face, "outbox": args.outbox,
+        "job_roots": _job_roots(args.job_root),
+    }, cli=True)
     try:
         TcpConfig(host=args.host, port=args.port, allow_remote=args.allow_remote)
     except ValueError:
         raise LowkeydError(f"--host {args.host} is reachable from other machines: use 127.0.0.1, or add --allow-remote") from None
-    if min(args.replicas, args.ingress_replicas, args.concurrency, args.queue_size, args.batch_size or 1) < 1 or args.batch_size == 0:
-        raise LowkeydError("replicas, batch size, concurrency and queue size must be at least 1")
-    if args.max_replicas is not None and args.max_replicas < args.replicas:
-        raise LowkeydError("--max-replicas must be at least --replicas")
-    job_roots = _job_roots(args.job_root, args.outbox)
+    tls = _tls(args)
+    token = load_token(args.token_file)
+
+    import ray
 
     from lowkeyd.cluster.run import cluster_has_gpus, start_service, stop_service
-    from lowkeyd.cluster.settings import ServeSettings
-
-    token = load_token(args.token_file)
-    import ray
 
     local = {} if args.address else {"num_cpus": args.num_cpus}
     ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, **local)
-    gpus = cluster_has_gpus() if args.gpus == "auto" else args.gpus == "yes"
-    settings = ServeSettings(
-        preset=args.preset, attack=overrides, replicas=args.replicas, max_replicas=args.max_replicas,
-        target_queue=args.target_queue, gpus=gpus, cpus_per_replica=args.cpus_per_replica, threads=args.threads,
-        batch_size=1 if args.no_batch else args.batch_size or (16 if gpus else 4), batch_wait=args.batch_wait,
-        ingress_replicas=args.ingress_replicas, concurrency=args.concurrency, queue_size=args.queue_size,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), timeout=args.timeout, token=token,
-        strip_gps=not args.keep_gps, no_face=args.no_face, outbox=args.outbox,
-        job_roots=job_roots,
-    )
+    gpus = cluster_has_gpus() if given.gpus == "auto" else given.gpus == "yes"
+    settings = given.settings(token=token, gpus=gpus)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        url = start_service(settings, host=args.host, port=args.port)
+        url = start_service(settings, host=args.host, port=args.port, tls=tls)
         kind = "GPU" if gpus else f"{args.cpus_per_replica:g}-CPU"
         scale = str(args.replicas) if args.max_replicas is None else f"{args.replicas}-{args.max_replicas}"
         batching = "off" if settings.batch_size == 1 else f"up to {settings.batch_size} photos"
         print(f"lowkeyd: serving on {url} ({scale} {kind} model replica(s), batching {batching}); "
-              "bearer token required; Ctrl-C stops", file=sys.stderr)
+              f"bearer token required (the token: {token_source(args.token_file)}); Ctrl-C stops", file=sys.stderr,
+              flush=True)
         stop.wait()
+        print(f"lowkeyd: stopping: new requests get 503; up to {settings.grace:g} s for those in flight",
+              file=sys.stderr, flush=True)
     finally:
-        stop_service()
+        # Only lowkeyd's application goes; Ray itself only where it was started here.
+        stop_service(settings.grace, shutdown_ray=True)
     return 0

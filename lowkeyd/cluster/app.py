@@ -8,24 +8,30 @@
 * ``CloakModel``: the ensemble resident per replica (one GPU each, or CPU replicas); with
   ``@serve.batch`` the photos of concurrent requests are one ``Cloaker.cloak_batch`` call, so
   their faces share attack batches. Scaled by the autoscaler on queue length.
-* ``Ledger``: one replica holding the :class:`~lowkeyd.cluster.idempotency.AnswerBook`.
+* ``Ledger``: one replica holding the :class:`~lowkeyd.cluster.idempotency.AnswerBook`, and the
+  one place every ingress replica hears a stop from (:mod:`lowkeyd.cluster.drain`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.exceptions
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from lowkeyd.cluster.idempotency import Answer, AnswerBook, IdempotentUploads
-from lowkeyd.cluster.intake import Intake
+from lowkeyd.cluster.drain import Draining
+from lowkeyd.cluster.idempotency import Answer, AnswerBook, IdempotentUploads, Reused
+from lowkeyd.cluster.intake import Intake, released
 from lowkeyd.cluster.settings import ServeSettings
 from lowkeyd.daemon.worker import WorkerStopped
 from lowkeyd.engine.presets import Preset
@@ -54,14 +60,23 @@ class CloakModel:
         self.cloaker = Cloaker(settings.preset, device, threads=settings.replica_threads, **settings.attack)
         self.cloak.set_max_batch_size(settings.batch_size)
         self.cloak.set_batch_wait_timeout_s(settings.batch_wait)
+        self._attacking = 0  # photos in the attack now
+        self._batches: collections.Counter[int] = collections.Counter()  # batches run, by size
 
     def describe(self) -> dict[str, Any]:
-        return {"preset": self.cloaker.preset, "device": str(self.cloaker.device), "pid": os.getpid()}
+        """This replica: its preset and device, and for operators what it does (photos now, batches so far)."""
+        return {"preset": self.cloaker.preset, "device": str(self.cloaker.device), "pid": os.getpid(),
+                "attacking": self._attacking, "batches": dict(self._batches)}
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def cloak(self, items: list[tuple[np.ndarray, bool]]) -> list[CloakResult]:
-        # The attack is CPU/GPU work: off the replica's event loop, which keeps answering health checks.
-        return await asyncio.to_thread(self._cloak, items)
+        self._batches[len(items)] += 1
+        self._attacking += len(items)
+        try:
+            # The attack is CPU/GPU work: off the replica's event loop, which keeps answering health checks.
+            return await asyncio.to_thread(self._cloak, items)
+        finally:
+            self._attacking -= len(items)
 
     def _cloak(self, items: Sequence[tuple[np.ndarray, bool]]) -> list[CloakResult]:
         results: list[CloakResult] = [None] * len(items)  # type: ignore[list-item] - every slot is filled below
@@ -83,21 +98,28 @@ class ServeCloaker:
     detector = None
     models: tuple[()] = ()
 
-    def __init__(self, model: DeploymentHandle, description: dict[str, Any]) -> None:
+    def __init__(self, model: DeploymentHandle, description: dict[str, Any], native: threading.Lock) -> None:
+        """``native``: the intake's lock on photo decoding and encoding, let go of while the replicas work."""
         self._model = model
+        self._native = native
         self.preset: Preset = description["preset"]
         self.device = f"ray serve ({description['device']} replicas)"
+        self.resent = 0  # photos sent again after their replica was lost
+        self._lock = threading.Lock()
 
     def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[CloakResult]:
         # One call per photo: the replicas' @serve.batch gathers the photos of concurrent requests.
         responses = [self._model.cloak.remote((rgb, luma_only)) for rgb in images]
-        return [self._result(response, rgb, luma_only) for response, rgb in zip(responses, images, strict=True)]
+        with released(self._native):
+            return [self._result(response, rgb, luma_only) for response, rgb in zip(responses, images, strict=True)]
 
     def _result(self, response: Any, rgb: np.ndarray, luma_only: bool) -> CloakResult:
         try:
             return response.result()
         except _REPLICA_LOST as exc:
             log.warning("a model replica was lost (%s); sending the photo again", type(exc).__name__)
+        with self._lock:
+            self.resent += 1
         try:
             return self._model.cloak.remote((rgb, luma_only)).result()
         except _REPLICA_LOST as exc:
@@ -105,19 +127,47 @@ class ServeCloaker:
 
 
 class Ledger:
-    """The answer book, one replica for the whole service."""
+    """The answer book, one replica for the whole service; and where a stop is announced to every ingress replica."""
 
-    def __init__(self, keep_bytes: int, lease: float) -> None:
+    def __init__(self, keep_bytes: int, lease: float, ingress_count: int) -> None:
         self.book = AnswerBook(keep_bytes, lease)
+        self._ingress_count = ingress_count
+        self._stop = asyncio.Event()
+        self._deadline = 0.0
+        self._drained = 0
+        self._all_drained = asyncio.Event()
 
-    async def claim(self, key: str) -> Answer | None:
-        return await self.book.claim(key)
+    async def claim(self, key: str, digest: str) -> Answer | Reused | None:
+        return await self.book.claim(key, digest)
 
     async def finish(self, key: str, answer: Answer) -> None:
         await self.book.finish(key, answer)
 
     async def release(self, key: str) -> None:
         await self.book.release(key)
+
+    async def stopping(self) -> float:
+        """Returns once the service is stopping: the seconds of grace left."""
+        await self._stop.wait()
+        return max(0.0, self._deadline - time.monotonic())
+
+    async def drained(self) -> None:
+        """One ingress replica has nothing in flight any more."""
+        self._drained += 1
+        if self._drained >= self._ingress_count:
+            self._all_drained.set()
+
+    async def stop(self, grace: float) -> bool:
+        """Stop every ingress replica (see :class:`~lowkeyd.cluster.drain.Draining`); False if some did not report."""
+        if not self._stop.is_set():
+            self._deadline = time.monotonic() + grace
+            self._stop.set()
+        try:
+            # Past the grace period the ingress cancels what is left: a few seconds more for the 503s to go out.
+            await asyncio.wait_for(self._all_drained.wait(), max(0.0, self._deadline - time.monotonic()) + 10)
+        except TimeoutError:
+            return False
+        return True
 
 
 class _LedgerBook:
@@ -126,8 +176,8 @@ class _LedgerBook:
     def __init__(self, ledger: DeploymentHandle) -> None:
         self._ledger = ledger
 
-    async def claim(self, key: str) -> Answer | None:
-        return await self._ledger.claim.remote(key)
+    async def claim(self, key: str, digest: str) -> Answer | Reused | None:
+        return await self._ledger.claim.remote(key, digest)
 
     async def finish(self, key: str, answer: Answer) -> None:
         await self._ledger.finish.remote(key, answer)
@@ -145,12 +195,15 @@ class Ingress:
         from lowkeyd.daemon.outbox import Outbox
         from lowkeyd.pipeline import PhotoProtector
 
-        cloaker = ServeCloaker(model, await model.describe.remote())
-        protector = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
+        self.intake: Intake[PhotoProtector] = Intake(None, queue_size=settings.queue_size,
+                                                     concurrency=settings.concurrency)
+        cloaker = ServeCloaker(model, await model.describe.remote(), self.intake.native)
+        self.intake.resource = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
             cloaker, strip_gps=settings.strip_gps, no_face=settings.no_face, max_pixels=pixel_limit(None)
         )
-        self.intake = Intake(protector, queue_size=settings.queue_size, concurrency=settings.concurrency)
         self._model = model
+        self._ledger = ledger
+        self._cloaker = cloaker
         self._settings = settings
         api = LocalApi(
             self.intake,  # type: ignore[arg-type] - the worker interface LocalApi uses
@@ -162,10 +215,26 @@ class Ingress:
             preset=cloaker.preset.name,
             status=self._status,
         )
-        app = IdempotentUploads(api.app(settings.token), _LedgerBook(ledger))
+        app = IdempotentUploads(api.app(settings.token), _LedgerBook(ledger), max_body=settings.max_upload_bytes,
+                                has_room=self.intake.has_room)
         # Authentication before the answer book too (the API checks again inside): a replayed answer
         # is a cloaked photo, for token holders only.
-        self._app = app if settings.token is None else BearerAuth(app, settings.token)
+        self._draining = Draining(app if settings.token is None else BearerAuth(app, settings.token),
+                                  busy=lambda: self.intake.busy)
+        # Held here: asyncio keeps only a weak reference to a task, and this one waits for the whole lifetime.
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
+
+    async def _watch_for_stop(self) -> None:
+        while True:
+            try:
+                grace = await self._ledger.stopping.remote()
+                break
+            except (ray.exceptions.RayError, RayServeException) as exc:  # the ledger is being replaced: ask the new one
+                log.warning("cannot reach the ledger (%s); asking again", type(exc).__name__)
+                await asyncio.sleep(1)
+        log.info("stopping: no new requests; %.0f s for those in flight", grace)
+        await self._draining.drain(grace)
+        await self._ledger.drained.remote()
 
     def _status(self) -> dict[str, Any]:
         s = self._settings
@@ -175,11 +244,12 @@ class Ingress:
                 "gpus_per_replica": int(s.gpus),
                 "batch_size": s.batch_size,
                 "ingress_concurrency": s.concurrency,
+                "photos_resent": self._cloaker.resent,
             }
         }
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self._app
+        return self._draining
 
 
 def _model_options(settings: ServeSettings) -> dict[str, Any]:
@@ -207,13 +277,19 @@ def build_app(settings: ServeSettings) -> Any:
     ledger = serve.deployment(
         Ledger, name="Ledger", num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
     )
-    # Every request is let through to the API's own bounds (its 429), not queued by Serve in front of it.
+    # Every photo is let through to the API's own bounds (its 429 with Retry-After, before the upload is read);
+    # Serve's queue in front of the ingress only holds what the replicas' request slots cannot (status polls,
+    # uploads being refused), and past that Serve answers 503 itself.
     ingress = serve.deployment(
         serve.ingress()(Ingress),
         name="Ingress",
-        num_replicas=1 if settings.job_roots else settings.ingress_replicas,
+        num_replicas=settings.ingress_count,
         max_ongoing_requests=settings.queue_size + settings.concurrency + 64,
+        max_queued_requests=64,
+        # The stop drains it first (Draining); Serve's own wait is only a backstop.
+        graceful_shutdown_timeout_s=settings.grace + 15,
         ray_actor_options={"num_cpus": 0},
     )
     lease = settings.timeout + 60
-    return ingress.bind(model.bind(settings), ledger.bind(settings.keep_answers_bytes, lease), settings)
+    return ingress.bind(model.bind(settings), ledger.bind(settings.keep_answers_bytes, lease, settings.ingress_count),
+                        settings)

@@ -5,11 +5,19 @@
 the service the models are elsewhere (the model replicas) and a job is mostly decoding,
 waiting for the replicas and encoding, so many run at once: that is what lets the model
 replicas batch faces from different requests. The bound is kept (a full intake is a 429).
+
+Only the waiting overlaps: a job holds :attr:`Intake.native` while it runs, and lets go of it
+only while it waits for the model replicas (:func:`released`). The photo libraries' native code
+(libjpeg, exiv2, libheif, imagecodecs) was never run from several threads at once in the
+daemon, and in the service it was: an ingress replica aborted with "double free or
+corruption" inside libjpeg's marker reading while batched answers were re-encoded together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -20,13 +28,14 @@ T = TypeVar("T")
 
 
 class Intake(Generic[R]):
-    def __init__(self, resource: R, *, queue_size: int, concurrency: int) -> None:
+    def __init__(self, resource: R | None, *, queue_size: int, concurrency: int) -> None:
         self.resource: R | None = resource
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="lowkeyd-intake")
         self._queue_size = queue_size
         self._capacity = queue_size + concurrency  # waiting plus running, as the daemon's queue and its batch
         self._count = 0
         self._lock = threading.Lock()
+        self.native = threading.Lock()  # decoding and encoding: one job at a time (see the module's docstring)
 
     def submit(self, job: Job[R, T]) -> Future[T]:
         """Run ``job`` on a free thread; :class:`QueueFull` when as many wait as the queue takes."""
@@ -34,9 +43,13 @@ class Intake(Generic[R]):
             if self._count >= self._capacity:
                 raise QueueFull(f"the queue is full ({self._queue_size} photos waiting); try again later")
             self._count += 1
-        future = self._pool.submit(job.run, self.resource)
+        future = self._pool.submit(self._run, job)
         future.add_done_callback(self._done)
         return future
+
+    def _run(self, job: Job[R, T]) -> T:
+        with self.native:
+            return job.run(self.resource)  # type: ignore[arg-type] - set at construction
 
     def _done(self, _: Future[object]) -> None:
         with self._lock:
@@ -54,3 +67,13 @@ class Intake(Generic[R]):
 
     def has_room(self) -> bool:
         return self.room() > 0
+
+
+@contextlib.contextmanager
+def released(lock: threading.Lock) -> Iterator[None]:
+    """Let go of ``lock``, held by this thread, for the duration (a wait other jobs may overlap)."""
+    lock.release()
+    try:
+        yield
+    finally:
+        lock.acquire()

@@ -261,8 +261,10 @@ class RemoteConfig(_Section):
     """A lowkeyd service that does the cloaking (``lowkeyd serve`` on a GPU box, or a daemon's TCP API)."""
 
     url: str
-    # The service's bearer token; $LOWKEYD_API_TOKEN overrides it.
+    # The service's bearer token; $LOWKEYD_API_TOKEN overrides it; default: the api-token file of this machine.
     token_file: Path | None = None
+    # For an https:// url: the CA (or the service's own self-signed certificate) to check it against.
+    ca_file: Path | None = None
     # While the remote does not answer: photos wait for it (wait), or are cloaked here (local: the
     # models are loaded on the first such photo). Never published uncloaked either way.
     fallback: Literal["wait", "local"] = "wait"
@@ -271,7 +273,7 @@ class RemoteConfig(_Section):
     # A photo not answered within this many seconds is failed (and retried as the retry: section says).
     timeout: float = Field(default=600.0, gt=0)
 
-    _expand_token_file = field_validator("token_file", mode="before")(_expand)
+    _expand_token_file = field_validator("token_file", "ca_file", mode="before")(_expand)
 
     @field_validator("url")
     @classmethod

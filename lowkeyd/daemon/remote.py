@@ -57,18 +57,30 @@ class RemoteEngine:
 
 
 def read_remote_token(config: RemoteConfig) -> str:
-    """``$LOWKEYD_API_TOKEN``, else the token file (never created here: it is the service's secret)."""
+    """``$LOWKEYD_API_TOKEN``, else the token file, else the default one ``lowkeyd serve`` uses on this machine.
+
+    Never created here: it is the service's secret.
+    """
+    from lowkeyd.daemon.api.server import default_token_path
+
     token = os.environ.get(TOKEN_ENV)
     if token is None:
-        if config.token_file is None:
-            raise ConfigError(f"remote: needs token_file (or ${TOKEN_ENV}): the service's bearer token")
+        path = config.token_file or default_token_path()
         try:
-            token = config.token_file.read_text(encoding="utf-8").strip()
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"remote: no token: {path} does not exist (name the service's token file, "
+                              f"or set ${TOKEN_ENV})") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"remote.token_file: cannot read {config.token_file}: {exc}") from None
+            raise ConfigError(f"remote: cannot read the token file {path}: {exc}") from None
     if not token:
         raise ConfigError("remote: the token is empty")
     return token
+
+
+def remote_client(config: RemoteConfig) -> DaemonClient:
+    """A client of the remote service: its token, and its certificate checked against ``ca_file`` if given."""
+    return DaemonClient(url=config.url, token=read_remote_token(config), timeout=config.timeout, ca_file=config.ca_file)
 
 
 class RemoteProtector:
@@ -172,7 +184,7 @@ def remote_protector(
     load_local: Callable[[], PhotoProtector],
 ) -> RemoteProtector:
     """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
-    client = DaemonClient(url=config.url, token=read_remote_token(config), timeout=config.timeout)
+    client = remote_client(config)
     try:
         preset = str(client.status().get("preset") or "remote")
     except DaemonUnavailable as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,15 @@ def _retry_after(response: httpx.Response) -> float:
         return 1.0
 
 
+def _verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise LowkeydError(f"cannot use {ca_file} as the CA file: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def _error_message(response: httpx.Response) -> str:
     try:
         return str(response.json()["error"])
@@ -73,8 +83,13 @@ class DaemonClient:
         url: str | None = None,
         token: str | None = None,
         timeout: float = 600.0,
+        ca_file: Path | None = None,
     ) -> None:
-        """``url`` (TCP, with ``token``) or ``socket_path``; neither means the environment's choice."""
+        """``url`` (TCP, with ``token``) or ``socket_path``; neither means the environment's choice.
+
+        An ``https://`` URL's certificate is checked against ``ca_file`` when given (a self-signed
+        service's own certificate, say), else against the system's CAs.
+        """
         if url is None and socket_path is None:
             url = os.environ.get(URL_ENV) or None
             token = token or os.environ.get(TOKEN_ENV)
@@ -83,7 +98,7 @@ class DaemonClient:
         timeouts = httpx.Timeout(timeout, connect=5.0)
         if url is not None:
             self.where = url
-            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeouts)
+            self._http = httpx.Client(base_url=url, headers=headers, timeout=timeouts, verify=_verify(ca_file))
         else:
             path = socket_path or default_socket_path()
             self.where = str(path)

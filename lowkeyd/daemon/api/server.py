@@ -52,16 +52,22 @@ def default_token_path() -> Path:
     return config_dir() / TOKEN_FILE_NAME
 
 
-def load_token(token_file: Path | None = None) -> str:
-    """The TCP token: ``$LOWKEYD_API_TOKEN``, else the token file (created, 0600, when missing)."""
+def token_source(token_file: Path | None = None) -> str:
+    """Where :func:`load_token` takes the token from: ``$LOWKEYD_API_TOKEN``, or the token file's path."""
+    return f"${TOKEN_ENV}" if TOKEN_ENV in os.environ else str(token_file or default_token_path())
+
+
+def load_token(token_file: Path | None = None, *, create: bool = True) -> str:
+    """The TCP token: ``$LOWKEYD_API_TOKEN``, else the token file (created, 0600, when missing and ``create``)."""
     token = os.environ.get(TOKEN_ENV)
-    origin = f"${TOKEN_ENV}"
+    origin = token_source(token_file)
     if token is None:
         path = token_file or default_token_path()
-        origin = str(path)
         try:
             token = path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
+            if not create:
+                raise ConfigError(f"no API token: {path} does not exist (set {TOKEN_ENV}, or name a token file)") from None
             token = _create_token(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API token file {path}: {exc}") from None
