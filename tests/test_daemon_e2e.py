@@ -44,6 +44,8 @@ pytestmark = pytest.mark.slow
 WORK = {"nice": 0, "idle_priority": False, "batch_size": 4, "queue_size": 6}
 START_TIMEOUT = 600  # model loading on a busy 2-core machine
 PHOTO_SECONDS = 60  # per photo, on the same machine, for the bounds below
+# For a daemon stopped or killed in the middle of a job: all 1000 steps, so that no machine finishes the job first.
+ENDLESS_ATTACK = {**FAST_ATTACK, "steps": 1000, "target": None}
 
 
 def sha256(path: Path) -> str:
@@ -312,10 +314,11 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     assert status_report()["faces_cloaked"] == 1
 
     # kill -9 in the middle of a job
+    assert daemon.stop() == 0
+    daemon = start_daemon(attack=ENDLESS_ATTACK)
     second = face_photo(1)
     (src / "b.jpg").write_bytes(second)
     daemon.wait_for(lambda: rows().get("b.jpg", {}).get("status") == "processing", 60, "b.jpg being cloaked")
-    time.sleep(1)
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(30)
     assert not (out / "cam" / "b.jpg").exists()
@@ -329,13 +332,12 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     # SIGTERM in the middle of a job (no grace: abandoned at once): a prompt, clean exit, and the job
     # is not counted as a failed attempt
     daemon.stop()
-    daemon = start_daemon(work={**WORK, "stop_grace": 0})
+    daemon = start_daemon(attack=ENDLESS_ATTACK, work={**WORK, "stop_grace": 0})
     third = face_photo(2)
     (src / "c.jpg").write_bytes(third)
     daemon.wait_for(lambda: rows().get("c.jpg", {}).get("status") == "processing", 60, "c.jpg being cloaked")
-    stopping = time.monotonic()
-    assert daemon.stop(timeout=30) == 0
-    assert time.monotonic() - stopping < 10
+    # Its 1000 steps take many minutes: a stop within stop()'s deadline is one that abandoned the job.
+    assert daemon.stop() == 0
     assert rows()["c.jpg"]["status"] == "queued" and not (out / "cam" / "c.jpg").exists()
     daemon = start_daemon()
     daemon.wait_for(lambda: rows()["c.jpg"]["status"] == "done", 3 * PHOTO_SECONDS, "c.jpg done after the restart")
@@ -408,9 +410,7 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
     for name in ("state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"):
         path = env / "state" / name
         assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
-    stopping = time.monotonic()
-    assert daemon.stop(timeout=30) == 0
-    assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"
+    assert daemon.stop() == 0, "SIGTERM stops it"
 
 
 @pytest.fixture
