@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from daemon_fixtures import face_photo, faceless_photo, stop_daemon, wait_until
+from daemon_fixtures import api_ready, face_photo, faceless_photo, job_result, stop_daemon, wait_until
 from lowkeyd.cli.daemon import status_report
 
 pytestmark = pytest.mark.slow
@@ -106,17 +106,12 @@ class Daemon:
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         wait_until(condition, timeout, what, self.process, self.log)
 
+    @property
+    def socket_path(self) -> Path:
+        return self.base / "runtime" / "api.sock"
+
     def api(self) -> httpx.Client:
-        socket_path = self.base / "runtime" / "api.sock"
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://lowkeyd", timeout=PHOTO_SECONDS)
-
-
-def _serving(daemon: Daemon) -> bool:
-    try:
-        with daemon.api() as api:
-            return api.get("/v1/status").json()["ready"]
-    except httpx.HTTPError:
-        return False
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://lowkeyd", timeout=PHOTO_SECONDS)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +149,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             )
         running = Daemon(base, process, env)
         try:
-            running.wait_for(lambda: _serving(running), START_TIMEOUT, "the API")
+            running.wait_for(lambda: api_ready(running.socket_path), START_TIMEOUT, "the API")
             yield running
         finally:
             stop_daemon(process)
@@ -205,15 +200,7 @@ def test_an_api_job_fails_once_with_the_reason_and_nothing_reaches_the_outbox(da
     photo = daemon.base / "exports" / "album.jpg"
     photo.write_bytes(face_photo(3))
     with daemon.api() as api:
-        created = api.post("/v1/jobs", json={"path": str(photo)})
-        assert created.status_code == 202, created.text
-        url = created.headers["Location"]
-
-        def finished() -> bool:
-            return api.get(url).json()["status"] in ("done", "failed")
-
-        daemon.wait_for(finished, PHOTO_SECONDS, "the job finished")
-        job = api.get(url).json()
+        job = job_result(api, photo, daemon.wait_for, PHOTO_SECONDS)
     assert job["status"] == "failed" and job["output"] is None, job
     assert REFUSAL.search(job["error"]), job
     assert files_under(daemon.out) == before and daemon.published_calls == handed_on
@@ -276,15 +263,8 @@ def test_lowkeyd_serve_answers_422_and_publishes_nothing(tmp_path: Path) -> None
         assert response.status_code == 422, response.text
         assert JPEG_START not in response.content and REFUSAL.search(response.json()["error"]), response.text
 
-        created = httpx.post(f"{url}/v1/jobs", json={"path": str(photo)}, headers=auth, timeout=30)
-        assert created.status_code == 202, created.text
-        job_url = url + created.headers["Location"]
-
-        def finished() -> bool:
-            return httpx.get(job_url, headers=auth, timeout=30).json()["status"] in ("done", "failed")
-
-        wait_until(finished, PHOTO_SECONDS, "the job finished", process, serve_log)
-        job = httpx.get(job_url, headers=auth, timeout=30).json()
+        with httpx.Client(base_url=url, headers=auth, timeout=30) as client:
+            job = job_result(client, photo, lambda *wait: wait_until(*wait, process, serve_log), PHOTO_SECONDS)
         assert job["status"] == "failed" and REFUSAL.search(job["error"]), job
         assert files_under(tmp_path / "out") == set()
         # Not a lost replica: the engine's refusal is not sent again to another one.
