@@ -7,7 +7,9 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import piexif
 import pytest
 from PIL import Image
@@ -58,6 +60,26 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-4000:]}")
         time.sleep(0.2)
+
+
+def api_ready(socket_path: Path) -> bool:
+    """True once the daemon's API answers on its socket and its models are loaded."""
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://lowkeyd") as c:
+            return c.get("/v1/status").json()["ready"]
+    except httpx.HTTPError:
+        return False
+
+
+def job_result(
+    client: httpx.Client, path: Path, wait_for: Callable[[Callable[[], bool], float, str], None], timeout: float
+) -> dict[str, Any]:
+    """POST a job for ``path`` to the API ``client`` talks to; its view once done or failed (``wait_for`` polls)."""
+    created = client.post("/v1/jobs", json={"path": str(path)})
+    assert created.status_code == 202, created.text
+    url = created.headers["Location"]
+    wait_for(lambda: client.get(url).json()["status"] in ("done", "failed"), timeout, "the job")
+    return client.get(url).json()
 
 
 def assert_protected(evaluator, original: bytes, published: Path) -> None:

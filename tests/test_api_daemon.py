@@ -29,7 +29,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from daemon_fixtures import FAST_ATTACK, assert_protected, face_photo, faceless_photo, stop_daemon, wait_until
+from daemon_fixtures import (
+    FAST_ATTACK,
+    api_ready,
+    assert_protected,
+    face_photo,
+    faceless_photo,
+    job_result,
+    stop_daemon,
+    wait_until,
+)
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.engine.evaluate import Evaluator
 from lowkeyd.photo import read_photo
@@ -104,14 +113,6 @@ class RunningDaemon:
         return [line.rstrip("\t").split("\t") for line in self.rclone_calls.read_text().splitlines()]
 
 
-def _serving(socket_path: Path) -> bool:
-    try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://lowkeyd") as c:
-            return c.get("/v1/status").json()["ready"]
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     base = tmp_path_factory.mktemp("api")
@@ -162,7 +163,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
             base, process, base / "runtime" / "api.sock", f"http://127.0.0.1:{port}", token, base / "rclone-calls"
         )
         try:
-            running.wait_for(lambda: _serving(running.socket_path), START_TIMEOUT, "the API")
+            running.wait_for(lambda: api_ready(running.socket_path), START_TIMEOUT, "the API")
             yield running
         finally:
             stop_daemon(process)
@@ -338,15 +339,7 @@ def test_jobs_and_watched_photos_are_published_and_handed_on_once_each(
     exported = daemon.exports / "album" / "portrait.jpg"
     exported.write_bytes(face_photo(0))
     with daemon.unix() as client:
-        created = client.post("/v1/jobs", json={"path": str(exported)})
-        assert created.status_code == 202, created.text
-        job_url = created.headers["Location"]
-
-        def finished() -> bool:
-            return client.get(job_url).json()["status"] in ("done", "failed")
-
-        daemon.wait_for(finished, PHOTO_SECONDS * 2, "the job")
-        job = client.get(job_url).json()
+        job = job_result(client, exported, daemon.wait_for, PHOTO_SECONDS * 2)
     assert job["status"] == "done", job
     assert job["output"] == str(daemon.out / "exports" / "album" / "portrait.jpg")
     assert_protected(evaluator, exported.read_bytes(), Path(job["output"]))

@@ -21,9 +21,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import piexif
 import pytest
 import yaml
+from PIL import Image
 from daemon_fixtures import (
     FAST_ATTACK,
     assert_protected,
@@ -44,6 +46,8 @@ pytestmark = pytest.mark.slow
 WORK = {"nice": 0, "idle_priority": False, "batch_size": 4, "queue_size": 6}
 START_TIMEOUT = 600  # model loading on a busy 2-core machine
 PHOTO_SECONDS = 60  # per photo, on the same machine, for the bounds below
+# For a daemon stopped or killed in the middle of a job: all 1000 steps, so that no machine finishes the job first.
+ENDLESS_ATTACK = {**FAST_ATTACK, "steps": 1000, "target": None}
 
 
 def sha256(path: Path) -> str:
@@ -312,10 +316,11 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     assert status_report()["faces_cloaked"] == 1
 
     # kill -9 in the middle of a job
+    assert daemon.stop() == 0
+    daemon = start_daemon(attack=ENDLESS_ATTACK)
     second = face_photo(1)
     (src / "b.jpg").write_bytes(second)
     daemon.wait_for(lambda: rows().get("b.jpg", {}).get("status") == "processing", 60, "b.jpg being cloaked")
-    time.sleep(1)
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait(30)
     assert not (out / "cam" / "b.jpg").exists()
@@ -329,13 +334,12 @@ def test_restart_rename_duplicate_kill_9_and_sigterm(start_daemon, env: Path, ev
     # SIGTERM in the middle of a job (no grace: abandoned at once): a prompt, clean exit, and the job
     # is not counted as a failed attempt
     daemon.stop()
-    daemon = start_daemon(work={**WORK, "stop_grace": 0})
+    daemon = start_daemon(attack=ENDLESS_ATTACK, work={**WORK, "stop_grace": 0})
     third = face_photo(2)
     (src / "c.jpg").write_bytes(third)
     daemon.wait_for(lambda: rows().get("c.jpg", {}).get("status") == "processing", 60, "c.jpg being cloaked")
-    stopping = time.monotonic()
-    assert daemon.stop(timeout=30) == 0
-    assert time.monotonic() - stopping < 10
+    # Its 1000 steps take many minutes: a stop within stop()'s deadline is one that abandoned the job.
+    assert daemon.stop() == 0
     assert rows()["c.jpg"]["status"] == "queued" and not (out / "cam" / "c.jpg").exists()
     daemon = start_daemon()
     daemon.wait_for(lambda: rows()["c.jpg"]["status"] == "done", 3 * PHOTO_SECONDS, "c.jpg done after the restart")
@@ -408,9 +412,7 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
     for name in ("state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"):
         path = env / "state" / name
         assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
-    stopping = time.monotonic()
-    assert daemon.stop(timeout=30) == 0
-    assert time.monotonic() - stopping < 10, "SIGTERM stops it promptly"
+    assert daemon.stop() == 0, "SIGTERM stops it"
 
 
 @pytest.fixture
@@ -685,3 +687,45 @@ def test_keep_and_copy_leave_every_published_copy_running_or_stopped(start_daemo
     state = rows()
     assert state["a.jpg"]["status"] == state["c.jpg"]["status"] == "gone"
     assert state["a.jpg"]["output"] == str(out / "cam" / "a.jpg"), "the kept copy is still known"
+
+
+# The shipped preset's whole attack (up to 80 steps with LPIPS) on one face, on a busy 2-core machine.
+DEFAULT_PRESET_SECONDS = 1200
+DLIB_THRESHOLD = 0.6  # dlib's own: descriptors closer than this are the same person
+
+
+def dlib_descriptor(rgb: np.ndarray) -> np.ndarray:
+    """The one face's 128-d descriptor by dlib alone: its HOG detector, its 5-point landmarks, its network."""
+    import dlib
+
+    from lowkeyd.engine.weights import weight_path
+
+    [box] = dlib.get_frontal_face_detector()(rgb, 1)
+    shape = dlib.shape_predictor(str(weight_path("dlib_shape_predictor_5")))(rgb, box)
+    return np.array(dlib.face_recognition_model_v1(str(weight_path("dlib_resnet_v1"))).compute_face_descriptor(rgb, shape))
+
+
+def test_the_shipped_default_preset_protects_a_face_through_the_daemon(start_daemon, env: Path) -> None:
+    """Every other daemon test shortens the attack; this one runs the preset users get, unchanged, and judges the
+    published copy with a recogniser call of its own instead of the pipeline's verdict."""
+    src, out = env / "src", env / "out"
+    original = face_photo(0)
+    daemon = start_daemon(attack={})
+    (src / "me.jpg").write_bytes(original)
+    daemon.wait_for(
+        lambda: rows().get("me.jpg", {}).get("status") in ("done", "failed"), DEFAULT_PRESET_SECONDS, "me.jpg finished"
+    )
+    row = rows()["me.jpg"]
+    assert (row["status"], row["outcome"], row["faces"]) == ("done", "cloaked", 1), row
+    published = read_photo(out / "cam" / "me.jpg")
+    assert published.cloak_marker is not None and published.cloak_marker["preset"] == "default"
+
+    source = read_photo(original).rgb
+    reference = dlib_descriptor(source)
+    # The recogniser does match the face as uploaded uncloaked (the same photo re-encoded), so a miss below counts.
+    resaved = io.BytesIO()
+    Image.fromarray(source).save(resaved, "JPEG", quality=85)
+    assert np.linalg.norm(dlib_descriptor(read_photo(resaved.getvalue()).rgb) - reference) < DLIB_THRESHOLD
+    distance = np.linalg.norm(dlib_descriptor(published.rgb) - reference)
+    assert distance >= DLIB_THRESHOLD, f"dlib still matches the published face (distance {distance:.3f})"
+    assert daemon.stop() == 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +49,21 @@ def script(path: Path, body: str) -> list[str]:
 
 def hook(command: list[str], log: HookLog, *, timeout: float = 20, concurrency: int = 1) -> PublishHook:
     return PublishHook(command, timeout=timeout, concurrency=concurrency, record=log)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll until ``condition`` holds; the deadline is generous, only there so a broken runner fails instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def gated(path: Path, started: Path, gate: Path) -> list[str]:
+    """A hook that says it started, then waits until the test opens the gate (at most two minutes)."""
+    body = f'echo "$LOWKEYD_OUTPUT_REL" >> "{started}"\ni=0\n'
+    body += f'while [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done\n'
+    return script(path, body)
 
 
 def test_the_command_gets_the_photo_and_its_metadata_in_the_environment(tmp_path: Path, outbox: Path) -> None:
@@ -95,18 +115,14 @@ def test_a_hook_past_its_timeout_is_killed_with_its_children(tmp_path: Path, out
     command = script(tmp_path / "hook", f'sleep 60 &\necho $! > "{child_pid}"\nwait\n')
     log = HookLog(tmp_path / "hooks.sqlite3")
     runner = hook(command, log, timeout=1)
-    start = time.monotonic()
     runner.published(published(outbox))
-    assert runner.wait_idle(30)
-    assert time.monotonic() - start < 20
+    # Long before the child's 60 s sleep would end on its own: only the timeout's kill ends the run.
+    assert runner.wait_idle(45)
     runner.stop()
     [failure] = log.recent_failures()
     assert failure.error == "timed out after 1 s"
     pid = int(child_pid.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the hook's child outlived the timeout"
+    wait_for(lambda: not _alive(pid), "the hook's child to be killed", timeout=45)
 
 
 def _alive(pid: int) -> bool:
@@ -119,24 +135,32 @@ def _alive(pid: int) -> bool:
 
 
 def test_publishing_never_waits_for_the_hook(tmp_path: Path, outbox: Path) -> None:
+    started, gate = tmp_path / "started", tmp_path / "gate"
     log = HookLog(tmp_path / "hooks.sqlite3")
-    runner = hook(script(tmp_path / "hook", "sleep 2\n"), log)
-    start = time.monotonic()
-    for i in range(5):
-        runner.published(published(outbox, f"{i}.jpg"))
-    assert time.monotonic() - start < 1.0, "published() waited for a hook"
-    assert log.counts()["pending"] >= 4
-    runner.stop(grace=0)
+    runner = hook(gated(tmp_path / "hook", started, gate), log, timeout=300)
+    # No hook can finish before the gate opens, and it opens only once all five published() calls are back.
+    publisher = threading.Thread(target=lambda: [runner.published(published(outbox, f"{i}.jpg")) for i in range(5)])
+    try:
+        publisher.start()
+        publisher.join(90)
+        assert not publisher.is_alive(), "published() waited for a hook"
+        wait_for(started.exists, "the first hook to start")
+        assert log.counts() == {"ok": 0, "failed": 0, "pending": 5}
+    finally:
+        gate.touch()
+    assert runner.wait_idle(60)
+    runner.stop()
+    assert log.counts() == {"ok": 5, "failed": 0, "pending": 0}
 
 
 def test_runs_cut_short_by_a_stop_run_again_on_the_next_start(tmp_path: Path, outbox: Path) -> None:
-    runs = tmp_path / "runs"
-    slow = script(tmp_path / "slow", "sleep 30\n")
+    runs, started = tmp_path / "runs", tmp_path / "started"
     log = HookLog(tmp_path / "hooks.sqlite3")
-    first = hook(slow, log)
+    # Never opened: the running hook is cut short by the stop.
+    first = hook(gated(tmp_path / "slow", started, tmp_path / "gate"), log, timeout=300)
     first.published(published(outbox, "a.jpg"))
     first.published(published(outbox, "b.jpg"))
-    time.sleep(0.5)
+    wait_for(started.exists, "the first hook to start")
     first.stop(grace=0)
     assert log.counts() == {"ok": 0, "failed": 0, "pending": 2}
 
@@ -204,19 +228,52 @@ def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: P
     assert failure.error.startswith("exit status 2: lowkeyd-rclone-upload: no destination")
 
 
-def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path, outbox: Path) -> None:
-    import resource
+# Runs one chatty hook in a fresh process and reports the most its resident memory grew meanwhile: current RSS,
+# sampled, not the peak (ru_maxrss), which whatever ran in the process before has already pushed far higher.
+_MEMORY_PROBE = """
+import json, sys, threading
+from pathlib import Path
+from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
 
-    log = HookLog(tmp_path / "hooks.sqlite3")
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+command, photo, outbox, db = sys.argv[1:]
+log = HookLog(Path(db))
+runner = PublishHook([command], timeout=120, record=log)
+event = Published(Path(photo), Path(outbox), Path("/photos/a.jpg"), "cam", "cloaked", 1, 0, "default", 1.0)
+baseline, peak, done = rss(), [0], threading.Event()
+
+def sample():
+    while not done.wait(0.005):
+        peak[0] = max(peak[0], rss())
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+runner.published(event)
+idle = runner.wait_idle(120)
+done.set()
+sampler.join()
+runner.stop()
+print(json.dumps({"idle": idle, "grown": peak[0] - baseline, "error": log.recent_failures()[0].error}))
+"""
+
+
+def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path, outbox: Path) -> None:
     # 200 MB of output, then the line that says why it failed.
-    chatty = hook(script(tmp_path / "hook", "head -c 200000000 /dev/zero | tr '\\0' x\necho\necho 'the reason' >&2\nexit 2\n"), log)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    chatty.published(published(outbox))
-    assert chatty.wait_idle(60)
-    chatty.stop()
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    error = log.recent_failures()[0].error
+    command = script(tmp_path / "hook", "head -c 200000000 /dev/zero | tr '\\0' x\necho\necho 'the reason' >&2\nexit 2\n")
+    event = published(outbox)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, command[0], str(event.output), str(outbox), str(tmp_path / "hooks.sqlite3")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["idle"]
+    error = report["error"]
     assert error.startswith("exit status 2: ...") and error.endswith("the reason") and len(error) < 1000
+    grown_mb = report["grown"] / 2**20
     assert grown_mb < 50, f"the output was held in memory ({grown_mb:.0f} MB)"
 
 

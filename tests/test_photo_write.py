@@ -286,7 +286,8 @@ def test_jpeg_blocks_outside_the_change_are_kept_bit_for_bit(tmp_path: Path, sub
     # inside, the cloak survives quantisation to within the source's own coarseness
     inside = (cloaked != photo.rgb).any(axis=2)
     assert np.abs(decoded[inside].astype(int) - cloaked[inside]).mean() < 6
-    assert 0.9 < len(out) / source.stat().st_size < 1.1 + 0.5 * (subsampling == "4:4:4")
+    # README: "the same size within a few percent" (1.036-1.037 here, with a quarter of the picture inverted)
+    assert abs(len(out) / source.stat().st_size - 1) < 0.05
 
 
 def test_unchanged_jpeg_keeps_its_image_data_byte_for_byte(rich: Path) -> None:

