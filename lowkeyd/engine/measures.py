@@ -49,3 +49,42 @@ def grown_box(
     dx, dy = grow * (x2 - x1), grow * (y2 - y1)
     h, w = shape[:2]
     return max(0, int(x1 - dx)), max(0, int(y1 - dy)), min(w, int(np.ceil(x2 + dx))), min(h, int(np.ceil(y2 + dy)))
+
+
+def stripe_score(original: np.ndarray, cloaked: np.ndarray, box: tuple[float, float, float, float], tile: int = 32) -> float:
+    """How strongly the change inside ``box`` repeats on a fixed lattice: its sharpest spectral peak.
+
+    Resampling grids (an alignment warp that shrinks, a rescaled view, an
+    upsampled crop) leave their period in the gradient, and so in the change,
+    as stripes and a fine grid. Such a change has narrow peaks in its spectrum;
+    an adversarial change otherwise has a broad one. The luma change is cut
+    into half-overlapping ``tile`` px tiles (Hann window) and their power
+    spectra averaged (Welch), which steadies a broad spectrum while a lattice
+    adds up; each frequency with a period of 2 to 8 px is compared with the
+    median of its ring (same radius), and the largest ratio is returned. A
+    broad change scores about 2-3; a lattice, tens.
+    """
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    delta = cloaked.astype(np.float64) - original.astype(np.float64)
+    luma = (delta @ np.array([0.299, 0.587, 0.114]))[max(0, y1) : y2, max(0, x1) : x2]
+    window = np.outer(np.hanning(tile), np.hanning(tile))
+    step = tile // 2
+    spectra = [
+        np.abs(np.fft.fft2((part - part.mean()) * window)) ** 2
+        for y in range(0, luma.shape[0] - tile + 1, step)
+        for x in range(0, luma.shape[1] - tile + 1, step)
+        if np.any(part := luma[y : y + tile, x : x + tile])
+    ]
+    if not spectra:
+        return 0.0
+    power = np.fft.fftshift(np.mean(spectra, axis=0))
+    f = np.arange(tile) - tile // 2
+    radius = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    ring = np.rint(radius).astype(int)
+    score = 0.0
+    for r in range(tile // 8, tile // 2 + 1):  # periods of 8 px down to 2 px
+        on = ring == r
+        median = np.median(power[on])
+        if median > 0:
+            score = max(score, float(power[on].max() / median))
+    return score
