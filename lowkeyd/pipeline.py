@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Status = Literal["cloaked", "no_face", "already_cloaked"]
 NoFacePolicy = Literal["copy", "skip"]
+# A face the budget let past every member's threshold but not to the preset's target margin.
+BelowTargetPolicy = Literal["publish", "hold"]
 
 
 @dataclass
@@ -62,6 +64,7 @@ class PhotoProtector:
         *,
         strip_gps: bool = True,
         no_face: NoFacePolicy = "copy",
+        below_target: BelowTargetPolicy = "publish",
         max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
     ) -> None:
@@ -70,6 +73,7 @@ class PhotoProtector:
         self.cloaker = cloaker
         self.strip_gps = strip_gps
         self.no_face = no_face
+        self.below_target = below_target
         self.max_pixels = max_pixels
         self.is_own_output = is_own_output
 
@@ -82,6 +86,7 @@ class PhotoProtector:
         threads: int | None = None,
         strip_gps: bool = True,
         no_face: NoFacePolicy = "copy",
+        below_target: BelowTargetPolicy = "publish",
         max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
         **overrides: object,
@@ -95,7 +100,8 @@ class PhotoProtector:
 
         return cls(
             Cloaker(preset, device, threads=threads, **overrides),
-            strip_gps=strip_gps, no_face=no_face, max_pixels=max_pixels, is_own_output=is_own_output,
+            strip_gps=strip_gps, no_face=no_face, below_target=below_target, max_pixels=max_pixels,
+            is_own_output=is_own_output,
         )
 
     @property
@@ -191,7 +197,7 @@ class PhotoProtector:
                 out.update({id(p): exc for p in group})
                 continue
             for photo, result in zip(group, results, strict=True):
-                out[id(photo)] = _unprotected(photo, result) or result
+                out[id(photo)] = _unprotected(photo, result) or self._held(photo, result) or result
         return out
 
     def _publish_file(
@@ -221,6 +227,19 @@ class PhotoProtector:
         if result is None:
             return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker or {})
         return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result))
+
+    def _held(self, photo: Photo, result: CloakResult) -> EngineError | None:
+        """Under ``below_target: hold``, an error for a photo with a face short of the preset's target."""
+        if self.below_target != "hold":
+            return None
+        for face in result.faces:
+            if face.status == "cloaked" and face.below_target:
+                return EngineError(
+                    f"{photo.name}: held: a {face.size:.0f} px face is short of the preset's target margin for "
+                    f"{', '.join(face.below_target)} within the visibility budget; not published (preset strong "
+                    "allows twice the change, or below_target: publish publishes it as it is)"
+                )
+        return None
 
     def _skipped(self, result: CloakResult) -> bool:
         return not result.faces and self.no_face == "skip"
@@ -256,6 +275,9 @@ class PhotoProtector:
             # Passing the attack's own members is white-box; say what is known about the rest.
             estimate = transfer_estimate(result.preset)
             message += f"; past all {len(result.members)} attack members ({', '.join(result.members)})"
+            short = [f for f in result.faces if f.status == "cloaked" and f.below_target]
+            if short:
+                message += f", {len(short)} face{'s' * (len(short) != 1)} short of the target margin within the budget"
             message += f"; {estimate.short()}" if estimate else "; no holdout estimate for this preset"
         return Outcome(
             status, result.cloaked, result.too_small, seconds, written, message + removed, self.preset, result.faces,

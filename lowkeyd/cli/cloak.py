@@ -41,6 +41,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--no-face", choices=("copy", "skip"), default=None, help="photos without a face: copy sanitised (default), or skip"
     )
     p.add_argument(
+        "--below-target",
+        choices=("publish", "hold"),
+        default=None,
+        help="a face the visibility budget lets past every recogniser but short of the preset's target margin: "
+        "publish it (default) or hold the photo back",
+    )
+    p.add_argument(
         "--no-daemon",
         action="store_true",
         help="load the models here even when a lowkeyd daemon runs (by default its loaded models do the work, "
@@ -102,7 +109,7 @@ def _remote(args: argparse.Namespace, asked: bool) -> DaemonProtector:
 
 def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
-    given = (args.preset, args.device, args.keep_gps, args.no_face)
+    given = (args.preset, args.device, args.keep_gps, args.no_face, args.below_target)
     asked = bool(args.overrides) or any(option is not None for option in given)
     if args.remote:
         return _remote(args, asked)
@@ -128,6 +135,7 @@ def _protector(args: argparse.Namespace) -> PhotoProtector | DaemonProtector:
         args.device,
         strip_gps=not args.keep_gps,
         no_face=args.no_face or "copy",
+        below_target=args.below_target or "publish",
         **parse_overrides(args.overrides),
     )
 

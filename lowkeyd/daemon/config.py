@@ -292,6 +292,9 @@ class DaemonConfig(_Section):
     attack: AttackSettings = AttackSettings()
     # A photo without a face: publish its sanitised copy, or leave it out of the outbox.
     no_face: Literal["copy", "skip"] = "copy"
+    # A face the visibility budget let past every recogniser's threshold but not to the preset's
+    # target margin: publish it as it is (with its estimate), or hold the photo back.
+    below_target: Literal["publish", "hold"] = "publish"
     strip_gps: bool = True
     notifications: NotificationConfig = NotificationConfig()
     work: WorkConfig = WorkConfig()

@@ -118,7 +118,7 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
         return remote_protector(  # type: ignore[return-value] - the interface the daemon uses
             config.remote,
             lambda engine: PhotoProtector(  # type: ignore[arg-type]
-                engine, strip_gps=config.strip_gps, no_face=config.no_face,
+                engine, strip_gps=config.strip_gps, no_face=config.no_face, below_target=config.below_target,
                 max_pixels=pixel_limit(config.work.max_megapixels), is_own_output=is_own_output,
             ),
             lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
@@ -129,6 +129,7 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
         threads=config.work.threads,
         strip_gps=config.strip_gps,
         no_face=config.no_face,
+        below_target=config.below_target,
         is_own_output=is_own_output,
     )
     # Only now: the largest photo taken depends on the memory the models left.

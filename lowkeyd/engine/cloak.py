@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lowkeyd.engine.attack import LowKey
 from lowkeyd.engine.attack.budget import LPIPS_PER_BUDGET, fit_scale
+from lowkeyd.engine.attack.stop import member_targets
 from lowkeyd.engine.evaluate import FACE_MARGIN
 from lowkeyd.engine.faces import Face, FaceDetector
 from lowkeyd.engine.models.base import FaceEmbedder
@@ -39,12 +40,19 @@ class FaceReport:
     status: str  # "cloaked" or "too_small"
     similarity: dict[str, float] = field(default_factory=dict)  # member -> cosine to the original face, after
     thresholds: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float] = field(default_factory=dict)  # member -> the similarity the preset's target asks for
     lpips: float | None = None
     steps: int = 0
 
     @property
     def protected_against(self) -> dict[str, bool]:
         return {n: s < self.thresholds[n] for n, s in self.similarity.items()}
+
+    @property
+    def below_target(self) -> list[str]:
+        """Members that no longer match the face but see it short of the preset's target margin:
+        the budget ran out before the attack got that far."""
+        return [n for n, s in self.similarity.items() if self.thresholds[n] > s > self.targets.get(n, self.thresholds[n])]
 
 
 @dataclass
@@ -185,6 +193,7 @@ class Cloaker:
 
         outputs = [rgb.copy() for rgb in images]
         thresholds = {m.name: m.threshold for m in self.models}
+        targets = member_targets(self.models, self.preset.target)
         # Grayscale photos are written back as grayscale: only a luma change survives that.
         results = self._run(crops, luma_only)
         for crop, report, (adversarial, similarity, steps) in zip(crops, attacked, results, strict=True):
@@ -194,7 +203,8 @@ class Cloaker:
                 moved = self.attack.similarity(*(t.to(self.device) for t in (crop.pixels, crop.landmarks, adversarial)))
                 similarity = {n: float(v[0]) for n, v in moved.items()}
             self._paste(outputs[crop.image], crop, adversarial)
-            report.similarity, report.thresholds, report.lpips, report.steps = similarity, thresholds, lp, steps
+            report.similarity, report.thresholds, report.targets = similarity, thresholds, targets
+            report.lpips, report.steps = lp, steps
         seconds = time.perf_counter() - start
         return [
             CloakResult(output, found, seconds / len(images), self.preset.name, tuple(m.name for m in self.models))

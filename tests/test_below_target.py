@@ -1,0 +1,79 @@
+"""``below_target``: a face past every recogniser's threshold but short of the preset's target, through a real daemon.
+
+The attack is set so the outcome is certain on the test photo: a wide budget (4) and eight large
+steps take the face past every member's threshold, and a target of 3 (three times as far past the
+threshold as a stranger) lies beyond what eight steps reach. ``hold`` publishes nothing and says
+why; ``publish`` writes the copy and says it is short of the target.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon_fixtures import api_ready, face_photo, stop_daemon
+from lowkeyd.cli.daemon import status_report
+from test_fail_closed import LOWKEYD, PHOTO_SECONDS, START_TIMEOUT, Daemon, files_under, private_dirs
+
+pytestmark = pytest.mark.slow
+
+SHORT_OF_TARGET = {"target": 3.0, "budget": 4.0, "step_size": 0.01, "steps": 8}
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    (tmp_path / "src").mkdir()
+    config = {
+        "sources": [{"path": str(tmp_path / "src"), "name": "cam"}],
+        "outbox": str(tmp_path / "out"),
+        "attack": SHORT_OF_TARGET,
+        "below_target": request.param,
+        "notifications": {"enabled": False},
+        "work": {"nice": 0, "idle_priority": False, "batch_size": 1},
+        "watch": {"settle_seconds": 1, "rescan_interval": 0},
+        "retry": {"max_attempts": 1, "backoff_seconds": 1},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in private_dirs(tmp_path).items():
+            patch.setenv(name, value)
+        env = {**os.environ, **private_dirs(tmp_path), "LOWKEYD_THREADS": "2"}
+        with (tmp_path / "daemon.log").open("ab") as log:
+            process = subprocess.Popen(
+                [str(LOWKEYD), "run", "--config", str(tmp_path / "config.yaml")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )
+        running = Daemon(tmp_path, process, env)
+        try:
+            running.wait_for(lambda: api_ready(running.socket_path), START_TIMEOUT, "the API")
+            yield running
+        finally:
+            stop_daemon(process)
+
+
+def _row(name: str) -> dict | None:
+    return next((e for e in status_report()["recent_errors"] if e["path"] == name), None)
+
+
+@pytest.mark.parametrize("daemon", ["hold"], indirect=True)
+def test_hold_publishes_nothing_and_says_why(daemon: Daemon) -> None:
+    (daemon.base / "src" / "face.jpg").write_bytes(face_photo(0))
+    daemon.wait_for(lambda: (_row("face.jpg") or {}).get("status") == "failed", PHOTO_SECONDS, "face.jpg held")
+    error = _row("face.jpg")["error"]
+    assert "held: a " in error and "short of the preset's target margin" in error and "not published" in error, error
+    assert files_under(daemon.out) == set()
+
+
+@pytest.mark.parametrize("daemon", ["publish"], indirect=True)
+def test_publish_writes_the_copy_and_says_it_is_short_of_the_target(daemon: Daemon) -> None:
+    (daemon.base / "src" / "face.jpg").write_bytes(face_photo(0))
+    daemon.wait_for(lambda: "cam/face.jpg" in files_under(daemon.out), PHOTO_SECONDS, "face.jpg published")
+    daemon.wait_for(lambda: "short of the target margin" in daemon.log(), PHOTO_SECONDS, "the cloak's report in the log")
+    line = next(x for x in daemon.log().splitlines() if "short of the target margin" in x)
+    assert "1 face cloaked; past all 4 attack members" in line, line
+    assert _row("face.jpg") is None
