@@ -273,7 +273,8 @@ class PhotoProtector:
             message += f", {result.too_small} too small to matter left alone"
         if result.cloaked:
             # Passing the attack's own members is white-box; say what is known about the rest.
-            estimate = transfer_estimate(result.preset)
+            sizes = [f.size for f in result.faces if f.status == "cloaked"]
+            estimate = transfer_estimate(self.preset, rgb=photo.rgb, face_sizes=sizes)
             message += f"; past all {len(result.members)} attack members ({', '.join(result.members)})"
             short = [f for f in result.faces if f.status == "cloaked" and f.below_target]
             if short:
