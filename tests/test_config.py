@@ -39,6 +39,7 @@ def test_minimal_config_gets_defaults_and_absolute_paths(folders: Path) -> None:
     assert config.outbox == folders / "out"
     assert config.preset == "default" and config.attack_preset == get_preset("default")
     assert config.no_face == "copy" and config.strip_gps
+    assert not config.mark_published  # published photos say nothing of lowkeyd unless asked
     assert config.retry.max_attempts >= 1 and config.work.queue_size >= 1
 
 

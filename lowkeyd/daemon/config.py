@@ -291,6 +291,9 @@ class DaemonConfig(_Section):
     # A photo without a face: publish its sanitised copy, or leave it out of the outbox.
     no_face: Literal["copy", "skip"] = "copy"
     strip_gps: bool = True
+    # Write lowkeyd's XMP marker (version, preset, models) into published photos; off, they say nothing of
+    # lowkeyd. The state database, not the marker, is what keeps a photo from being cloaked twice.
+    mark_published: bool = False
     notifications: NotificationConfig = NotificationConfig()
     work: WorkConfig = WorkConfig()
     watch: WatchConfig = WatchConfig()
