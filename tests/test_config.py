@@ -136,7 +136,7 @@ def test_check_config_command(folders: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert f"{good}: OK" in out
     assert f"source camera: {folders / 'camera'}" in out and "exclude *.png" in out
-    assert "photos without faces: skip" in out
+    assert "photos without faces: skip" in out and "lowkeyd's tag not written" in out
     assert not (folders / "out").exists(), "checking a config must not create anything"
 
     bad = write_config(folders, yaml.safe_dump({"sources": [{"path": "camera"}], "outbox": "out", "colour": 1}))
