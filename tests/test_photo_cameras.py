@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import photo_fixtures as fx
@@ -20,7 +21,7 @@ import piexif
 import pytest
 from PIL import Image
 
-from lowkeyd.photo import encode_photo, read_photo
+from lowkeyd.photo import Photo, encode_photo, read_photo
 from lowkeyd.photo.jpeg import image_data
 
 CAMERAS = sorted((fx.DATA / "cameras").glob("*.jpg"))
@@ -106,13 +107,19 @@ def cloak(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def written(tmp_path: Path, camera: Path, changed: bool, **options: Any) -> tuple[Photo, Path]:
+    """The camera file read, and written (cloaked or with its pixels unchanged) into ``tmp_path``."""
+    photo = read_photo(camera)
+    output = tmp_path / camera.name
+    output.write_bytes(encode_photo(photo, cloak(photo.rgb) if changed else photo.rgb, **options))
+    return photo, output
+
+
 @needs_exiftool
 @pytest.mark.parametrize("camera", CAMERAS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("changed", [False, True], ids=["no-face", "cloaked"])
 def test_camera_metadata_survives_but_what_leaks(tmp_path: Path, camera: Path, changed: bool) -> None:
-    photo = read_photo(camera)
-    output = tmp_path / camera.name
-    output.write_bytes(encode_photo(photo, cloak(photo.rgb) if changed else photo.rgb, marker=MARKER))
+    photo, output = written(tmp_path, camera, changed, marker=MARKER)
     removed, changed_tags, added = metadata_diff(camera, output)
     # JFIF density, IPTC (if not in a trailer), MakerNotes with their offsets: all as they were
     trailer_iptc = {k for k in removed if k.startswith(("FotoStation", "IPTC2"))}
@@ -166,9 +173,7 @@ def test_big_endian_exif_stays_big_endian() -> None:
 @pytest.mark.parametrize("camera", CAMERA_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("changed", [False, True], ids=["no-face", "cloaked"])
 def test_a_published_copy_names_no_lowkeyd_and_keeps_its_maker_note(tmp_path: Path, camera: Path, changed: bool) -> None:
-    photo = read_photo(camera)
-    output = tmp_path / camera.name
-    output.write_bytes(encode_photo(photo, cloak(photo.rgb) if changed else photo.rgb))
+    _, output = written(tmp_path, camera, changed)
     assert b"lowkeyd" not in output.read_bytes() and read_photo(output).cloak_marker is None
     had_xmp = any(k.startswith("XMP") for k in exiftool_tags(camera))
     assert any(k.startswith("XMP") for k in exiftool_tags(output)) == had_xmp, "an XMP packet appeared or went"
