@@ -5,9 +5,9 @@ applies the same rules:
 
 * the original is only ever read;
 * a face that could not be protected is never written: the photo fails instead;
-* a photo lowkeyd already cloaked is not cloaked twice, but only when the caller knows
-  this exact file (its content hash) as lowkeyd's output: the XMP marker alone is no
-  proof, anyone can write it;
+* a photo lowkeyd already cloaked is not cloaked twice, when the caller knows this exact
+  file (its content hash) as lowkeyd's output; the file itself says nothing of lowkeyd
+  unless ``mark`` asks for the XMP marker (which proves nothing: anyone can write it);
 * every published file is sanitised (GPS, thumbnails, face regions...), and what was left
   out is reported in the outcome;
 * a photo without faces is published sanitised (metadata rules applied) or
@@ -67,15 +67,19 @@ class PhotoProtector:
         below_target: BelowTargetPolicy = "publish",
         max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
+        mark: bool = False,
     ) -> None:
         """``is_own_output(sha256_hex)`` says whether lowkeyd wrote a file with that content (the
-        daemon's state knows); without it a marked photo is cloaked like any other."""
+        daemon's state knows); without it every photo is cloaked. ``mark`` writes lowkeyd's XMP marker
+        (version, preset, faces, models) into what is published: off, a scraper cannot tell a cloaked
+        photo from another by its metadata."""
         self.cloaker = cloaker
         self.strip_gps = strip_gps
         self.no_face = no_face
         self.below_target = below_target
         self.max_pixels = max_pixels
         self.is_own_output = is_own_output
+        self.mark = mark
 
     @classmethod
     def load(
@@ -89,6 +93,7 @@ class PhotoProtector:
         below_target: BelowTargetPolicy = "publish",
         max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
+        mark: bool = False,
         **overrides: object,
     ) -> PhotoProtector:
         """Load the engine's models once, for this protector's lifetime: the one way in from the CLI and the daemon.
@@ -101,7 +106,7 @@ class PhotoProtector:
         return cls(
             Cloaker(preset, device, threads=threads, **overrides),
             strip_gps=strip_gps, no_face=no_face, below_target=below_target, max_pixels=max_pixels,
-            is_own_output=is_own_output,
+            is_own_output=is_own_output, mark=mark,
         )
 
     @property
@@ -217,16 +222,14 @@ class PhotoProtector:
         return self._outcome(photo, _status(result), result, dest, start, encoded)
 
     def _own(self, photo: Photo) -> bool:
-        """True for a file lowkeyd itself wrote, by its content hash: the marker alone proves nothing."""
-        if photo.cloak_marker is None or self.is_own_output is None:
-            return False
-        return self.is_own_output(hashlib.sha256(photo.source_bytes).hexdigest())
+        """True for a file lowkeyd itself wrote, by its content hash (a marker, if any, proves nothing)."""
+        return self.is_own_output is not None and self.is_own_output(hashlib.sha256(photo.source_bytes).hexdigest())
 
     def _encode(self, photo: Photo, result: CloakResult | None) -> bytes:
-        """The published bytes; lowkeyd's own output keeps its pixels and marker, sanitised again."""
+        """The published bytes; lowkeyd's own output keeps its pixels (and marker, when marking), sanitised again."""
         if result is None:
-            return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker or {})
-        return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result))
+            return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker if self.mark else None)
+        return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result) if self.mark else None)
 
     def _held(self, photo: Photo, result: CloakResult) -> EngineError | None:
         """Under ``below_target: hold``, an error for a photo with a face short of the preset's target."""

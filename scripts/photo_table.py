@@ -38,7 +38,6 @@ from lowkeyd.photo.model import Photo
 from lowkeyd.photo.orientation import TO_STORED, TO_UPRIGHT, transpose_array
 
 CAMERAS = Path(__file__).resolve().parent.parent / "lowkeyd" / "samples" / "cameras"
-MARKER = {"version": "table", "preset": "default"}
 _FILE_FACTS = {"System", "File", "ExifTool", "Composite"}
 _LOSSY_MARGIN = 16
 
@@ -108,7 +107,7 @@ def row(path: Path, folder: Path, exiftool: bool) -> list[str]:
     except PhotoError as exc:
         return [path.name, "refused", "", "", str(exc).split(": ", 1)[-1], "", "", ""]
     rgb, mask = cloaked(photo)
-    data = encode_photo(photo, rgb, marker=MARKER)
+    data = encode_photo(photo, rgb)  # untagged, as mark_published (off) leaves it
     output = folder / path.name
     output.write_bytes(data)
     out = read_photo(data)

@@ -39,6 +39,7 @@ def test_minimal_config_gets_defaults_and_absolute_paths(folders: Path) -> None:
     assert config.outbox == folders / "out"
     assert config.preset == "default" and config.attack_preset == get_preset("default")
     assert config.no_face == "copy" and config.strip_gps
+    assert not config.mark_published  # published photos say nothing of lowkeyd unless asked
     assert config.retry.max_attempts >= 1 and config.work.queue_size >= 1
 
 
@@ -135,7 +136,7 @@ def test_check_config_command(folders: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert f"{good}: OK" in out
     assert f"source camera: {folders / 'camera'}" in out and "exclude *.png" in out
-    assert "photos without faces: skip" in out
+    assert "photos without faces: skip" in out and "lowkeyd's tag not written" in out
     assert not (folders / "out").exists(), "checking a config must not create anything"
 
     bad = write_config(folders, yaml.safe_dump({"sources": [{"path": "camera"}], "outbox": "out", "colour": 1}))

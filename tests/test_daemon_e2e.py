@@ -491,18 +491,19 @@ def test_photos_deleted_while_queued_leave_the_queue_running_or_stopped(start_da
     assert "deleted before it was cloaked; forgotten" in daemon.log()
 
 
-def test_the_marker_is_trusted_only_on_a_file_the_state_knows_as_published(start_daemon, env: Path, evaluator) -> None:
+def test_a_published_copy_is_known_by_its_content_not_by_a_marker(start_daemon, env: Path, evaluator) -> None:
     src, out = env / "src", env / "out"
     daemon = start_daemon()
     original = face_photo(5)
     (src / "a.jpg").write_bytes(original)
     daemon.wait_for(lambda: rows().get("a.jpg", {}).get("status") == "done", 3 * PHOTO_SECONDS, "a.jpg done")
     published = (out / "cam" / "a.jpg").read_bytes()
+    assert b"lowkeyd" not in published and read_photo(published).cloak_marker is None  # mark_published is off
 
     # lowkeyd's own output copied back into a watched folder: known by its content, not cloaked twice
     (src / "again.jpg").write_bytes(published)
-    # an uncloaked face carrying a copied marker: anyone can write one, so it is cloaked like any photo
-    forged = encode_photo(read_photo(face_photo(6)), read_photo(face_photo(6)).rgb, marker=read_photo(published).cloak_marker)
+    # an uncloaked face carrying a marker: anyone can write one, so it is cloaked like any photo
+    forged = encode_photo(read_photo(face_photo(6)), read_photo(face_photo(6)).rgb, marker={"version": "0.1.0"})
     assert read_photo(forged).cloak_marker is not None
     (src / "forged.jpg").write_bytes(forged)
     finished = ("again.jpg", "forged.jpg")

@@ -13,16 +13,20 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import photo_fixtures as fx
+import piexif
 import pytest
 from PIL import Image
 
-from lowkeyd.photo import encode_photo, read_photo
+from lowkeyd.photo import Photo, encode_photo, read_photo
 from lowkeyd.photo.jpeg import image_data
 
 CAMERAS = sorted((fx.DATA / "cameras").glob("*.jpg"))
+# Every camera file lowkeyd takes, all formats (multipage.tiff is refused: lowkeyd cloaks single-page TIFFs).
+CAMERA_FILES = sorted(p for p in (fx.DATA / "cameras").iterdir() if p.suffix != ".md" and p.name != "multipage.tiff")
 MARKER = {"version": "0.1.0", "preset": "default"}
 
 needs_exiftool = pytest.mark.skipif(
@@ -64,6 +68,16 @@ def warnings(path: Path) -> set[str]:
     return {line for line in out.stdout.splitlines() if not line[:1].isdigit() and line != "OK"}
 
 
+def maker_note(path: Path) -> bytes:
+    """The MakerNote as stored (empty where there is none)."""
+    return subprocess.run(["exiftool", "-b", "-MakerNotes", str(path)], capture_output=True, check=True).stdout
+
+
+def thumbnail(path: Path) -> bytes:
+    """The EXIF thumbnail as stored (empty where there is none)."""
+    return subprocess.run(["exiftool", "-b", "-ThumbnailImage", str(path)], capture_output=True, check=True).stdout
+
+
 def exiv2_complaints(path: Path) -> set[str]:
     out = subprocess.run(["exiv2", "-pa", str(path)], capture_output=True, text=True, errors="replace", check=False)  # 253: warnings
     return {line.split(":", 1)[-1].strip() for line in out.stderr.splitlines()}
@@ -93,13 +107,19 @@ def cloak(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def written(tmp_path: Path, camera: Path, changed: bool, **options: Any) -> tuple[Photo, Path]:
+    """The camera file read, and written (cloaked or with its pixels unchanged) into ``tmp_path``."""
+    photo = read_photo(camera)
+    output = tmp_path / camera.name
+    output.write_bytes(encode_photo(photo, cloak(photo.rgb) if changed else photo.rgb, **options))
+    return photo, output
+
+
 @needs_exiftool
 @pytest.mark.parametrize("camera", CAMERAS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("changed", [False, True], ids=["no-face", "cloaked"])
 def test_camera_metadata_survives_but_what_leaks(tmp_path: Path, camera: Path, changed: bool) -> None:
-    photo = read_photo(camera)
-    output = tmp_path / camera.name
-    output.write_bytes(encode_photo(photo, cloak(photo.rgb) if changed else photo.rgb, marker=MARKER))
+    photo, output = written(tmp_path, camera, changed, marker=MARKER)
     removed, changed_tags, added = metadata_diff(camera, output)
     # JFIF density, IPTC (if not in a trailer), MakerNotes with their offsets: all as they were
     trailer_iptc = {k for k in removed if k.startswith(("FotoStation", "IPTC2"))}
@@ -147,3 +167,51 @@ def test_big_endian_exif_stays_big_endian() -> None:
         assert im.info["exif"][6:8] == b"MM"
     exif = Image.open(io.BytesIO(out)).info["exif"]
     assert exif[6:8] == b"MM"
+
+
+@needs_exiftool
+@pytest.mark.parametrize("camera", CAMERA_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("changed", [False, True], ids=["no-face", "cloaked"])
+def test_a_published_copy_names_no_lowkeyd_and_keeps_its_maker_note(tmp_path: Path, camera: Path, changed: bool) -> None:
+    _, output = written(tmp_path, camera, changed)
+    assert b"lowkeyd" not in output.read_bytes() and read_photo(output).cloak_marker is None
+    had_xmp = any(k.startswith("XMP") for k in exiftool_tags(camera))
+    assert any(k.startswith("XMP") for k in exiftool_tags(output)) == had_xmp, "an XMP packet appeared or went"
+    # byte for byte: a MakerNote whose offsets count from the TIFF header (Canon's, in flower.webp) stays put
+    assert maker_note(output) == maker_note(camera)
+    assert warnings(output) <= warnings(camera)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("name", ["flower.webp", "restart_interval.jpg"])
+def test_unchanged_pixels_keep_the_cameras_thumbnail(tmp_path: Path, name: str) -> None:
+    photo = read_photo(fx.DATA / "cameras" / name)
+    own = thumbnail(fx.DATA / "cameras" / name)
+    assert own.startswith(b"\xff\xd8")  # a real picture, not ExifTool's "<Dummy thumbnail>"
+    kept, cloaked = tmp_path / "kept" / name, tmp_path / "cloaked" / name
+    for path, rgb in ((kept, photo.rgb), (cloaked, cloak(photo.rgb))):
+        path.parent.mkdir()
+        path.write_bytes(encode_photo(photo, rgb))
+    assert thumbnail(kept) == own
+    # changed pixels: a thumbnail of them, in the old one's place
+    new = Image.open(io.BytesIO(thumbnail(cloaked))).convert("RGB")
+    assert new.size == Image.open(io.BytesIO(own)).size
+    shown = Image.open(cloaked).convert("RGB").resize(new.size, Image.Resampling.BOX)
+    assert fx.mean_diff(np.asarray(new), np.asarray(shown)) < 8
+
+
+def test_a_stale_thumbnail_is_rebuilt_even_with_unchanged_pixels() -> None:
+    """A thumbnail an editor left behind can show what was cropped away: it goes, pixels changed or not."""
+    with Image.open(fx.DATA / "noface" / "coffee.jpg") as im:
+        scene = im.convert("RGB")
+    cropped_away = scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    source = fx.jpeg_bytes(scene, quality=92, exif=fx.exif_with(gps=False, thumbnail_of=cropped_away))
+    photo = read_photo(source)
+    out = encode_photo(photo, photo.rgb)
+    old_thumb = piexif.load(source)["thumbnail"]
+    new_thumb = piexif.load(out)["thumbnail"]
+    assert new_thumb and new_thumb != old_thumb
+    small = np.asarray(Image.open(io.BytesIO(new_thumb)).convert("RGB"))
+    expected = scene.resize((small.shape[1], small.shape[0]), Image.Resampling.BOX)
+    assert fx.mean_diff(small, np.asarray(expected)) < 8
+    assert image_data(out) == image_data(source)

@@ -26,7 +26,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("keep_gps", [False, True], ids=["strip-gps", "keep-gps"])
+@pytest.mark.parametrize("keep_gps", [False, True], ids=["strip-gps", "keep-gps-and-mark"])
 def test_lowkeyd_cloak_keeps_the_photo_and_loses_the_face(tmp_path: Path, keep_gps: bool) -> None:
     source = tmp_path / "in" / "IMG_0001.jpg"
     source.parent.mkdir()
@@ -34,7 +34,7 @@ def test_lowkeyd_cloak_keeps_the_photo_and_loses_the_face(tmp_path: Path, keep_g
     out_dir = tmp_path / "out"
     # --no-daemon: this test is about the photo layer in this process, not whatever daemon runs here
     command = [sys.executable, "-m", "lowkeyd", "cloak", "--no-daemon", str(source), "-o", str(out_dir)]
-    result = subprocess.run(command + (["--keep-gps"] if keep_gps else []), capture_output=True, text=True)
+    result = subprocess.run(command + (["--keep-gps", "--mark"] if keep_gps else []), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     dest = out_dir / source.name
     assert sorted(p.name for p in out_dir.iterdir()) == [source.name]
@@ -55,7 +55,10 @@ def test_lowkeyd_cloak_keeps_the_photo_and_loses_the_face(tmp_path: Path, keep_g
     facts = fx.xmp_facts(fx.xmp_of(dest))
     kept = {f for f in fx.xmp_facts(fx.xmp_of(source)) if not fx.removed_from_xmp(f, strip_gps=not keep_gps)}
     assert {f for f in facts if MARKER_NS not in f[0]} == kept
-    assert read_photo(dest).cloak_marker is not None
+    # lowkeyd's tag only with --mark
+    marker = read_photo(dest).cloak_marker
+    assert (marker is not None and {"version", "preset", "faces", "models"} <= marker.keys()) if keep_gps else marker is None
+    assert (b"lowkeyd" in dest.read_bytes()) == keep_gps
 
     # displays upright like the source, changed only by the cloak
     shown, original = fx.displayed(dest), fx.displayed(source)

@@ -38,6 +38,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--keep-gps", action="store_true", default=None, help="keep GPS position in EXIF and XMP (removed by default)"
     )
     p.add_argument(
+        "--mark", action="store_true", default=None,
+        help="tag the written photos as lowkeyd's (XMP: version, preset, models); by default they say nothing of lowkeyd",
+    )
+    p.add_argument(
         "--no-face", choices=("copy", "skip"), default=None, help="photos without a face: copy sanitised (default), or skip"
     )
     p.add_argument(
@@ -109,7 +113,7 @@ def _remote(args: argparse.Namespace, asked: bool) -> DaemonProtector:
 
 def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
     """The running daemon, when it may do the work: not forced off, and no engine setting asked for."""
-    given = (args.preset, args.device, args.keep_gps, args.no_face, args.below_target)
+    given = (args.preset, args.device, args.keep_gps, args.mark, args.no_face, args.below_target)
     asked = bool(args.overrides) or any(option is not None for option in given)
     if args.remote:
         return _remote(args, asked)
@@ -136,6 +140,7 @@ def _protector(args: argparse.Namespace) -> PhotoProtector | DaemonProtector:
         strip_gps=not args.keep_gps,
         no_face=args.no_face or "copy",
         below_target=args.below_target or "publish",
+        mark=bool(args.mark),
         **parse_overrides(args.overrides),
     )
 

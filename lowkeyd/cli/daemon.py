@@ -66,6 +66,7 @@ def _describe(config: DaemonConfig) -> list[str]:
     lines.append(f"preset {config.attack_preset.name} on {config.device or 'the best device available'}")
     lines.append(
         f"photos without faces: {config.no_face}; GPS {'stripped' if config.strip_gps else 'kept'}; "
+        f"lowkeyd's tag {'written' if config.mark_published else 'not written'}; "
         f"notifications {'on' if config.notifications.enabled else 'off'}"
     )
     api = config.api

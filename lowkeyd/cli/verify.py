@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         fields = ", ".join(f"{k} {v}" for k, v in marker.items())
         console.print(f"{args.cloaked.name}: cloaked by lowkeyd ({fields})", highlight=False)
     else:
-        console.print(f"{args.cloaked.name}: carries no lowkeyd marker", highlight=False)
+        # lowkeyd tags its output only when asked (mark_published, cloak --mark)
+        console.print(f"{args.cloaked.name}: carries no lowkeyd marker (untagged output)", highlight=False)
     # Markers before 0.2 do not name the ensemble: it was every recogniser then available.
     members = set(marker["models"].split(",")) if "models" in marker else set(available_embedders())
     with console.status("loading the face models..."):

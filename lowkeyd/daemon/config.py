@@ -296,6 +296,9 @@ class DaemonConfig(_Section):
     # target margin: publish it as it is (with its estimate), or hold the photo back.
     below_target: Literal["publish", "hold"] = "publish"
     strip_gps: bool = True
+    # Write lowkeyd's XMP marker (version, preset, models) into published photos; off, they say nothing of
+    # lowkeyd. The state database, not the marker, is what keeps a photo from being cloaked twice.
+    mark_published: bool = False
     notifications: NotificationConfig = NotificationConfig()
     work: WorkConfig = WorkConfig()
     watch: WatchConfig = WatchConfig()

@@ -120,6 +120,7 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
             lambda engine: PhotoProtector(  # type: ignore[arg-type]
                 engine, strip_gps=config.strip_gps, no_face=config.no_face, below_target=config.below_target,
                 max_pixels=pixel_limit(config.work.max_megapixels), is_own_output=is_own_output,
+                mark=config.mark_published,
             ),
             lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
         )
@@ -131,6 +132,7 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
         no_face=config.no_face,
         below_target=config.below_target,
         is_own_output=is_own_output,
+        mark=config.mark_published,
     )
     # Only now: the largest photo taken depends on the memory the models left.
     protector.max_pixels = pixel_limit(config.work.max_megapixels)

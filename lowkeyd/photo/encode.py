@@ -1,10 +1,10 @@
-"""Writing cloaked pixels back in the source's format, with its metadata and lowkeyd's marker.
+"""Writing cloaked pixels back in the source's format, with its metadata (and lowkeyd's marker only when asked).
 
 A JPEG is the source file itself with its metadata sanitised and only the changed blocks
 re-encoded (:mod:`lowkeyd.photo.jpeg`, :mod:`lowkeyd.photo.jpegblocks`); a TIFF likewise,
 with only the changed strips or tiles compressed again (:mod:`lowkeyd.photo.tiff`). Other
-formats are encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: new
-thumbnail, GPS optional), ICC, the cleaned XMP and a few format details (bit depth, chroma
+formats are encoded afresh carrying what lowkeyd chose to keep: EXIF (through libexiv2: the
+thumbnail kept where no pixel changed, rebuilt otherwise; GPS optional), ICC, the cleaned XMP and a few format details (bit depth, chroma
 subsampling, PNG chunks). MPF images, gain maps, trailing data, motion videos, Photoshop
 layers and HEIF thumbnails/depth/auxiliary images are never written.
 """
@@ -38,35 +38,46 @@ from lowkeyd.photo.xmp import Xmp
 _HEIF_DEEP_MODES = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}
 
 
-def encode_photo(photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marker: dict[str, str]) -> bytes:
+def encode_photo(
+    photo: Photo, rgb: np.ndarray, *, strip_gps: bool = True, marker: dict[str, str] | None = None
+) -> bytes:
     """The bytes of ``photo`` with its pixels replaced by ``rgb`` (upright, same shape as ``photo.rgb``).
 
     ``marker`` becomes the fields of the XMP ``lowkeyd:Cloaked`` structure (e.g. version and
-    preset); keys must be XML names. ``strip_gps`` removes GPS from EXIF and XMP.
+    preset); keys must be XML names. Without it the file says nothing of lowkeyd: a marker the
+    source carried goes, and a source without XMP gets none. ``strip_gps`` removes GPS from EXIF and XMP.
     """
     image = _stored_image(photo, rgb)
-    xmp = photo.xmp.copy() if photo.xmp is not None else Xmp.empty()
-    if strip_gps:
-        xmp.remove_gps()
-    if photo.orientation == 1:  # stored upright: an XMP orientation would turn it a second time
-        xmp.make_upright()
-    xmp.set_marker(marker)
+    xmp = photo.xmp.copy() if photo.xmp is not None else Xmp.empty() if marker is not None else None
+    if xmp is not None:
+        if strip_gps:
+            xmp.remove_gps()
+        if photo.orientation == 1:  # stored upright: an XMP orientation would turn it a second time
+            xmp.make_upright()
+        if marker is None:
+            xmp.remove_marker()
+        else:
+            xmp.set_marker(marker)
     try:
         # Pillow re-serialises (and so mangles) AVIF EXIF that has an Orientation tag: an AVIF is written upright.
         without = frozenset({ORIENTATION}) if photo.format == "AVIF" else frozenset()
-        exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image, without=without) if photo.exif is not None else None
+        exif = None
+        if photo.exif is not None:
+            # Unchanged pixels keep the camera's own thumbnail, if it still shows them.
+            unchanged = np.array_equal(rgb, photo.rgb)
+            exif = photo.exif.dump(strip_gps=strip_gps, thumbnail_of=image, keep_thumbnail=unchanged, without=without)
         samples = _stored_samples(photo, rgb)
         if photo.format == "JPEG":
             return _encode_jpeg(photo, image, samples, exif, xmp, strip_gps=strip_gps)
         if photo.format == "TIFF":
             return _encode_tiff(photo, samples, xmp, strip_gps=strip_gps)
-        return _ENCODERS[photo.format](image, samples, photo, exif, xmp.to_bytes())
+        return _ENCODERS[photo.format](image, samples, photo, exif, xmp.to_bytes() if xmp is not None else b"")
     except (OSError, ValueError, cv2.error) as exc:
         raise PhotoError(f"{photo.name}: cannot encode the {LABELS[photo.format]} output ({exc})") from exc
 
 
 def write_photo(
-    photo: Photo, rgb: np.ndarray, dest: Path | str, *, strip_gps: bool = True, marker: dict[str, str]
+    photo: Photo, rgb: np.ndarray, dest: Path | str, *, strip_gps: bool = True, marker: dict[str, str] | None = None
 ) -> Path:
     """Encode like :func:`encode_photo` and write ``dest`` atomically with the source's mtime and mode."""
     return write_bytes(photo, encode_photo(photo, rgb, strip_gps=strip_gps, marker=marker), dest)
@@ -124,7 +135,7 @@ def _common(photo: Photo, exif: bytes | None) -> dict[str, Any]:
 
 
 def _encode_jpeg(
-    photo: Photo, image: Image.Image, samples: np.ndarray | None, exif: bytes | None, xmp: Xmp, *, strip_gps: bool
+    photo: Photo, image: Image.Image, samples: np.ndarray | None, exif: bytes | None, xmp: Xmp | None, *, strip_gps: bool
 ) -> bytes:
     """The source file with sanitised metadata; only the blocks holding changed pixels are re-encoded."""
     if samples is not None:  # CMYK: the inks themselves are what the blocks code
@@ -132,25 +143,35 @@ def _encode_jpeg(
     else:
         before, after = np.asarray(_stored_image(photo, photo.rgb).convert(image.mode)), np.asarray(image)
     picture = jpegblocks.reencode(photo.source_bytes, before, after)
-    block = photo.encoding.photoshop
-    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
-    return jpeg.assemble(photo.source_bytes, exif=exif, xmp=xmp.to_bytes(), photoshop=photoshop, image=picture)
+    photoshop = _photoshop(photo, xmp, strip_gps=strip_gps)
+    packet = xmp.to_bytes() if xmp is not None else None
+    return jpeg.assemble(photo.source_bytes, exif=exif, xmp=packet, photoshop=photoshop, image=picture)
 
 
-def _encode_tiff(photo: Photo, samples: np.ndarray | None, xmp: Xmp, *, strip_gps: bool) -> bytes:
+def _encode_tiff(photo: Photo, samples: np.ndarray | None, xmp: Xmp | None, *, strip_gps: bool) -> bytes:
     """The source file with only the changed strips or tiles compressed again, its metadata edited by libexiv2."""
     assert samples is not None  # a TIFF's samples are always kept
     pixels = tiff.with_pixels(photo.source_bytes, _source_samples(photo), samples)
-    block = photo.encoding.photoshop
-    photoshop = block.cleaned(strip_location=strip_gps, person_names=xmp.person_names) if block else None
     return tiff.with_metadata(
-        pixels, strip_gps=strip_gps, xmp=xmp.to_bytes(), photoshop=photoshop, person_names=xmp.person_names
+        pixels, strip_gps=strip_gps, xmp=xmp.to_bytes() if xmp is not None else None,
+        photoshop=_photoshop(photo, xmp, strip_gps=strip_gps), person_names=_person_names(xmp),
     )
+
+
+def _person_names(xmp: Xmp | None) -> set[str]:
+    return xmp.person_names if xmp is not None else set()
+
+
+def _photoshop(photo: Photo, xmp: Xmp | None, *, strip_gps: bool) -> bytes | None:
+    """The source's Photoshop block, cleaned of what the XMP says leaks; None where it had none."""
+    block = photo.encoding.photoshop
+    return block.cleaned(strip_location=strip_gps, person_names=_person_names(xmp)) if block else None
 
 
 def _encode_png(image: Image.Image, samples: np.ndarray | None, photo: Photo, exif: bytes | None, xmp: bytes) -> bytes:
     info = PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+    if xmp:
+        info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, **_common(photo, exif))
     # The source's own chunks go in after the header: Pillow writes pHYs only from a dpi it rounds.
@@ -201,7 +222,7 @@ def _encode_heif(image: Image.Image, samples: np.ndarray | None, photo: Photo, e
 
     def at(quality: int) -> bytes:
         out = io.BytesIO()
-        heif.save(out, quality=quality, exif=exif, xmp=xmp, **chroma)
+        heif.save(out, quality=quality, exif=exif, xmp=xmp or None, **chroma)
         return out.getvalue()
 
     try:

@@ -97,12 +97,12 @@ def _photoshop_segments(block: bytes) -> list[bytes]:
 
 
 def assemble(
-    source: bytes, *, exif: bytes | None, xmp: bytes, photoshop: bytes | None, image: bytes | None = None
+    source: bytes, *, exif: bytes | None, xmp: bytes | None, photoshop: bytes | None, image: bytes | None = None
 ) -> bytes:
     """The output stream: the source's metadata segments as :func:`segment_fate` decides, then ``image``.
 
-    ``exif`` and ``photoshop`` are the sanitised payloads (None: left out), ``xmp`` the packet
-    without its header; ``image`` is :func:`image_data` of the re-encoded picture, or None for the
+    ``exif``, ``photoshop`` and ``xmp`` (the packet without its header) are the sanitised payloads
+    (None: left out); ``image`` is :func:`image_data` of the re-encoded picture, or None for the
     source's own, byte for byte.
     """
     out = [SOI]
@@ -119,12 +119,12 @@ def assemble(
             out.append(segment(marker, exif))
         elif fate == PHOTOSHOP and photoshop:
             out.extend(_photoshop_segments(photoshop))
-        elif fate == XMP:
+        elif fate == XMP and xmp is not None:
             out.append(segment(marker, XMP_HEADER + xmp))
-        if fate == EXIF and XMP not in written:  # XMP follows EXIF, where readers expect it
+        if fate == EXIF and XMP not in written and xmp is not None:  # XMP follows EXIF, where readers expect it
             written.add(XMP)
             out.append(segment(0xE1, XMP_HEADER + xmp))
-    if XMP not in written:
+    if XMP not in written and xmp is not None:
         # No EXIF and no XMP in the source: the packet goes after the leading APP0 (JFIF), if any.
         at = 2 if len(out) > 1 and out[1][1] == 0xE0 else 1
         out.insert(at, segment(0xE1, XMP_HEADER + xmp))

@@ -236,9 +236,9 @@ def _patch(out: bytearray, tag: tifffile.TiffTag, values: list[int], order: str)
 
 
 def with_metadata(
-    data: bytes, *, strip_gps: bool, xmp: bytes, photoshop: bytes | None, person_names: set[str]
+    data: bytes, *, strip_gps: bool, xmp: bytes | None, photoshop: bytes | None, person_names: set[str]
 ) -> bytes:
-    """``data`` with its metadata edited by libexiv2: what leaks removed, lowkeyd's XMP packet set."""
+    """``data`` with its metadata edited by libexiv2: what leaks removed, the cleaned XMP packet set (None: none)."""
     image = _open(data)
     found = image.exifData()
     exif.sanitise(found, strip_gps=strip_gps)
@@ -259,7 +259,7 @@ def with_metadata(
     ]
     for key in doomed:
         records.erase(records.findKey(exiv2.IptcKey(key)))
-    image.setXmpPacket(xmp.decode("utf-8"))
+    image.setXmpPacket(xmp.decode("utf-8") if xmp is not None else "")
     image.writeXmpFromPacket(True)
     try:
         image.writeMetadata()

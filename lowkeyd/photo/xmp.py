@@ -1,4 +1,4 @@
-"""XMP packets: parse, remove what betrays a face or a place, mark lowkeyd's outputs, serialise.
+"""XMP packets: parse, remove what betrays a face or a place, mark lowkeyd's outputs (or unmark), serialise.
 
 An XMP packet is RDF/XML: ``x:xmpmeta`` > ``rdf:RDF`` > ``rdf:Description`` elements whose
 attributes and child elements are the properties. Only properties lowkeyd must remove or add
@@ -286,6 +286,14 @@ class Xmp:
                             fields[local] = child.text or ""
                 return fields
         return None
+
+    def remove_marker(self) -> None:
+        """Remove lowkeyd's marker, and a description it leaves with nothing to say."""
+        marked = [d for d in self._descriptions() if any(_split(n)[0] == MARKER_NS for n in (*d.attrib, *(c.tag for c in d)))]
+        self._pop_properties(MARKER_NS, None)
+        for desc in marked:
+            if len(desc) == 0 and set(desc.attrib) <= {_q(RDF, "about"), "about"}:
+                self._rdf.remove(desc)
 
     def set_marker(self, fields: dict[str, str]) -> None:
         """Mark the packet as lowkeyd's output, replacing any earlier marker."""
