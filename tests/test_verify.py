@@ -27,9 +27,9 @@ LOWKEYD = Path(sys.executable).parent / "lowkeyd"
 TIMEOUT = 900  # a model load and a few faces on a busy 2-core machine
 # Wide enough that rich keeps each table row and message on one line.
 ENV = {**os.environ, "COLUMNS": "250"}
-# The default preset at three times its step: 16 steps, face LPIPS 0.030, and the face is still found, so every
-# recogniser is asked (the daemon tests' 3-step attack changes the face so much the detector no longer finds it).
-ATTACK = {"step_size": 0.005}
+# The default preset with the widest budget and eight large steps: every member past its threshold, and
+# the face is still found, so every recogniser is asked.
+ATTACK = {"budget": 4.0, "step_size": 0.01, "steps": 8}
 # Every recogniser lowkeyd has weights for judges; dlib through its own runtime.
 JUDGES = tuple(available_embedders())
 
