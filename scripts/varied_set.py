@@ -124,6 +124,23 @@ def _place(canvas: Image.Image, image: Image.Image, box: tuple[float, float, flo
     canvas.paste(part, (round(centre[0] - (cx - region[0])), round(centre[1] - (cy - region[1]))))
 
 
+def _scene(
+    size: tuple[int, int],
+    images: dict[str, Image.Image],
+    boxes: dict[str, tuple[float, float, float, float]],
+    people: tuple[tuple[str, int, int], ...],
+    y: int,
+    span: float,
+) -> Image.Image:
+    """A plain wall with each ``(source, face_px, x)`` person's face scaled to ``face_px`` and centred at ``(x, y)``."""
+    canvas = _backdrop(size)
+    for source, face_px, x in people:
+        scaled = _scaled_to_face(images[source], boxes[source], face_px)
+        k = face_px / max(boxes[source][2] - boxes[source][0], boxes[source][3] - boxes[source][1])
+        _place(canvas, scaled, tuple(v * k for v in boxes[source]), (x, y), span)
+    return canvas
+
+
 def build() -> dict[str, bytes]:
     """Every file of the set, by name, and the manifest as ``manifest.json``."""
     files: dict[str, bytes] = {}
@@ -156,11 +173,7 @@ def build() -> dict[str, bytes]:
             "square of 1.3 face boxes round the face, resized to 112x112 (Lanczos), PNG")
 
     # Small faces: each person at a different size (42, 50, 58 px) on one wide frame.
-    canvas = _backdrop((1280, 720))
-    for (source, face_px), x in zip((("obama.jpg", 42), ("biden.jpg", 50), ("astronaut.png", 58)), (320, 640, 960), strict=True):
-        scaled = _scaled_to_face(images[source], boxes[source], face_px)
-        k = face_px / max(boxes[source][2] - boxes[source][0], boxes[source][3] - boxes[source][1])
-        _place(canvas, scaled, tuple(v * k for v in boxes[source]), (x, 330), 3.0)
+    canvas = _scene((1280, 720), images, boxes, (("obama.jpg", 42, 320), ("biden.jpg", 50, 640), ("astronaut.png", 58, 960)), 330, 3.0)
     add("small-faces.jpg", _jpeg(canvas, 92, 2), "small", ["obama", "biden", "astronaut"], "obama.jpg, biden.jpg, astronaut.png",
         "faces scaled to 42, 50 and 58 px, pasted left to right on a 1280x720 plain wall, JPEG q92")
 
@@ -176,11 +189,7 @@ def build() -> dict[str, bytes]:
             "long side 1080, JPEG q50 4:2:0")
 
     # A group: three people at 130-170 px faces, left to right.
-    canvas = _backdrop((1500, 800))
-    for (source, face_px), x in zip((("obama2.jpg", 150), ("biden.jpg", 130), ("astronaut.png", 170)), (280, 750, 1220), strict=True):
-        scaled = _scaled_to_face(images[source], boxes[source], face_px)
-        k = face_px / max(boxes[source][2] - boxes[source][0], boxes[source][3] - boxes[source][1])
-        _place(canvas, scaled, tuple(v * k for v in boxes[source]), (x, 300), 2.6)
+    canvas = _scene((1500, 800), images, boxes, (("obama2.jpg", 150, 280), ("biden.jpg", 130, 750), ("astronaut.png", 170, 1220)), 300, 2.6)
     add("group.jpg", _jpeg(canvas, 92, 2), "group", ["obama", "biden", "astronaut"], "obama2.jpg, biden.jpg, astronaut.png",
         "faces scaled to 150, 130 and 170 px, pasted left to right on a 1500x800 plain wall, JPEG q92")
 

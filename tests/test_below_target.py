@@ -8,17 +8,14 @@ why; ``publish`` writes the copy and says it is short of the target.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from daemon_fixtures import api_ready, face_photo, stop_daemon
+from daemon_fixtures import face_photo
 from lowkeyd.cli.daemon import status_report
-from test_fail_closed import LOWKEYD, PHOTO_SECONDS, START_TIMEOUT, Daemon, files_under, private_dirs
+from test_fail_closed import PHOTO_SECONDS, Daemon, files_under, running_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +35,7 @@ def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
         "watch": {"settle_seconds": 1, "rescan_interval": 0},
         "retry": {"max_attempts": 1, "backoff_seconds": 1},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in private_dirs(tmp_path).items():
-            patch.setenv(name, value)
-        env = {**os.environ, **private_dirs(tmp_path), "LOWKEYD_THREADS": "2"}
-        with (tmp_path / "daemon.log").open("ab") as log:
-            process = subprocess.Popen(
-                [str(LOWKEYD), "run", "--config", str(tmp_path / "config.yaml")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )
-        running = Daemon(tmp_path, process, env)
-        try:
-            running.wait_for(lambda: api_ready(running.socket_path), START_TIMEOUT, "the API")
-            yield running
-        finally:
-            stop_daemon(process)
+    yield from running_daemon(tmp_path, config)
 
 
 def _row(name: str) -> dict | None:

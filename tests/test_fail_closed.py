@@ -134,6 +134,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         "api": {"job_roots": [{"path": str(base / "exports"), "name": "exports"}]},
         "on_published": {"command": [str(hook)], "timeout": 30},
     }
+    yield from running_daemon(base, config)
+
+
+def running_daemon(base: Path, config: dict) -> Iterator[Daemon]:
+    """A real ``lowkeyd run`` on ``config`` with its state in ``base``, its API up; stopped afterwards."""
     (base / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
         # The in-process status reader and the clients started here look where the daemon keeps its state.
