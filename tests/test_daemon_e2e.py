@@ -28,6 +28,7 @@ import yaml
 from PIL import Image
 from daemon_fixtures import (
     FAST_ATTACK,
+    SLOW_ATTACK,
     assert_protected,
     face_photo,
     faceless_photo,
@@ -456,7 +457,7 @@ def test_a_full_outbox_pauses_publishing_and_loses_no_photo(start_daemon, env: P
 
 def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_daemon, env: Path, evaluator) -> None:
     src, out = env / "src", env / "out"
-    daemon = start_daemon(attack={**FAST_ATTACK, "steps": 40})  # a face that takes a while
+    daemon = start_daemon(attack=SLOW_ATTACK)
     face = face_photo(4)
     (src / "face.jpg").write_bytes(face)
     (src / "empty.jpg").write_bytes(faceless_photo(gps=False))
@@ -470,7 +471,7 @@ def test_a_photo_without_a_face_does_not_wait_behind_a_face_being_cloaked(start_
 def test_photos_deleted_while_queued_leave_the_queue_running_or_stopped(start_daemon, env: Path) -> None:
     src = env / "src"
     unfinished = ("queued", "processing", "retry")
-    slow = {"attack": {**FAST_ATTACK, "steps": 40}}  # a face that takes a while, for others to queue behind
+    slow = {"attack": SLOW_ATTACK}
     daemon = start_daemon(**slow)
     (src / "face.jpg").write_bytes(face_photo(7))
     daemon.wait_for(lambda: rows().get("face.jpg", {}).get("status") == "processing", PHOTO_SECONDS, "face.jpg started")
