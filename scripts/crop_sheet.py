@@ -116,7 +116,8 @@ def sheet(
 
 
 def main() -> int:
-    from lowkeyd.cli.options import parse_overrides, split_names
+    from lowkeyd.cli.options import split_names
+    from lowkeyd.engine.presets import parse_overrides
     from lowkeyd.engine.presets import get_preset
     from lowkeyd.testphotos import SETS, load_set
 

@@ -99,7 +99,7 @@ def main() -> int:
     parser.add_argument("--batching", choices=("off,on", "off", "on"), default="off,on", help="layouts to run")
     args = parser.parse_args()
 
-    from lowkeyd.cli.options import parse_overrides
+    from lowkeyd.engine.presets import parse_overrides
     from lowkeyd.cluster import require_ray
     from lowkeyd.cluster.run import start_service, stop_service
     from lowkeyd.cluster.settings import ServeSettings

@@ -42,7 +42,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from lowkeyd.cli.options import add_engine_options, parse_overrides, split_names
+from lowkeyd.cli.options import add_engine_options, split_names
+from lowkeyd.engine.presets import parse_overrides
 from lowkeyd.errors import LowkeydError
 
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lowkeyd.cli.options import add_engine_options, parse_overrides
+from lowkeyd.cli.options import add_engine_options
+from lowkeyd.engine.presets import parse_overrides
 from lowkeyd.errors import LowkeydError
 from lowkeyd.photo import is_photo_path
 

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from lowkeyd.cli.options import parse_overrides
+from lowkeyd.engine.presets import parse_overrides
 from lowkeyd.cluster.settings import DEFAULT_GRACE
 from lowkeyd.errors import LowkeydError
 

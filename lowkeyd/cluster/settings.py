@@ -94,7 +94,7 @@ class ServeArgs(BaseModel):
     @classmethod
     def _pairs(cls, value: object) -> object:
         if isinstance(value, str):
-            from lowkeyd.cli.options import parse_overrides
+            from lowkeyd.engine.presets import parse_overrides
 
             return parse_overrides([pair for pair in value.split(",") if pair.strip()])
         return value

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lowkeyd.errors import EngineError
@@ -183,3 +184,14 @@ def get_preset(name: str = "default", **overrides: object) -> Preset:
 
 def _message(error: dict) -> str:
     return "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["steps=20", "flip=false"]`` -> ``{"steps": 20, "flip": False}`` (values read as YAML scalars)."""
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EngineError(f"--set {pair!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return overrides
