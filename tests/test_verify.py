@@ -62,7 +62,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     original.write_bytes(face_photo(1))
     overrides = [f"--set={k}={v}" for k, v in ATTACK.items()]
     done = subprocess.run(
-        [str(LOWKEYD), "cloak", str(original), "-o", str(base / "cloaked"), "--no-daemon", *overrides],
+        # --mark: the tag names the attack's members, which verify then calls white-box.
+        [str(LOWKEYD), "cloak", str(original), "-o", str(base / "cloaked"), "--no-daemon", "--mark", *overrides],
         capture_output=True, text=True, timeout=TIMEOUT, env=ENV, check=False,
     )
     assert done.returncode == 0, done.stderr
