@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lowkeyd.engine.align import warp_faces
 from lowkeyd.engine.attack.budget import FaceBudget
 from lowkeyd.engine.attack.masks import feature_guard
-from lowkeyd.engine.attack.objective import FeatureDistance, Look, LpipsPenalty, region_lpips
+from lowkeyd.engine.attack.objective import FeatureDistance, Look, LpipsPenalty
 from lowkeyd.engine.attack.steps import StepRule
 from lowkeyd.engine.attack.stop import StopRule
 from lowkeyd.engine.attack.views import ViewSampler
@@ -44,7 +44,6 @@ from lowkeyd.engine.surrogate import Surrogates
 class AttackResult:
     adversarial: torch.Tensor  # (B, 3, H, W) in [0, 1]
     similarity: dict[str, torch.Tensor]  # model name -> (B,) cosine to the original, plain view, at the end
-    lpips: torch.Tensor  # (B,) over each face region
     steps: torch.Tensor  # (B,) steps each face took
 
 
@@ -118,7 +117,9 @@ class LowKey:
                 change, velocity[idx] = self.step_rule(budget.precondition(grad, idx), velocity[idx], budget.area[idx])
                 delta[idx] = budget.project(delta[idx] + change, idx)
                 steps[idx] += 1
-        return self._finish(crops, landmarks, regions, reference, budget, delta, steps)
+        adversarial = (crops + budget.change(delta)).clamp(0, 1)
+        # The face's LPIPS is measured, and bounded, by the engine on the published pixels, not here.
+        return AttackResult(adversarial, self.similarity(crops, landmarks, adversarial, reference), steps)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -162,21 +163,6 @@ class LowKey:
         return plain_seen, grad
 
     # -- the end ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def _finish(
-        self,
-        crops: torch.Tensor,
-        landmarks: torch.Tensor,
-        regions: torch.Tensor,
-        reference: dict[str, torch.Tensor],
-        budget: FaceBudget,
-        delta: torch.Tensor,
-        steps: torch.Tensor,
-    ) -> AttackResult:
-        adversarial = (crops + budget.change(delta)).clamp(0, 1)
-        lpips = region_lpips(self.lpips, adversarial, crops, regions, None)
-        return AttackResult(adversarial, self.similarity(crops, landmarks, adversarial, reference), lpips, steps)
 
     @torch.no_grad()
     def similarity(
