@@ -28,6 +28,7 @@ from lowkeyd import __version__
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
+from lowkeyd.settings import ProtectionSettings
 
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import Cloaker, CloakResult, FaceReport
@@ -35,10 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SETTINGS = ProtectionSettings()
+
 Status = Literal["cloaked", "no_face", "already_cloaked"]
-NoFacePolicy = Literal["copy", "skip"]
-# A face the budget let past every member's threshold but not to the preset's target margin.
-BelowTargetPolicy = Literal["publish", "hold"]
 
 
 @dataclass
@@ -61,53 +61,35 @@ class PhotoProtector:
     def __init__(
         self,
         cloaker: Cloaker,
+        settings: ProtectionSettings = DEFAULT_SETTINGS,
         *,
-        strip_gps: bool = True,
-        no_face: NoFacePolicy = "copy",
-        below_target: BelowTargetPolicy = "publish",
         max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
-        mark: bool = False,
     ) -> None:
-        """``is_own_output(sha256_hex)`` says whether lowkeyd wrote a file with that content (the
-        daemon's state knows); without it every photo is cloaked. ``mark`` writes lowkeyd's XMP marker
-        (version, preset, faces, models) into what is published: off, a scraper cannot tell a cloaked
-        photo from another by its metadata."""
+        """``settings``' policies apply to every photo; the attack is ``cloaker``'s own.
+
+        ``max_pixels``: the largest photo read, where the caller sizes it to the machine (default:
+        ``settings.max_megapixels``, else the photo layer's own limit). ``is_own_output(sha256_hex)`` says
+        whether lowkeyd wrote a file with that content (the daemon's state knows); without it every photo is cloaked.
+        """
         self.cloaker = cloaker
-        self.strip_gps = strip_gps
-        self.no_face = no_face
-        self.below_target = below_target
-        self.max_pixels = max_pixels
+        self.settings = settings
+        self.max_pixels = settings.max_pixels if max_pixels is None else max_pixels
         self.is_own_output = is_own_output
-        self.mark = mark
 
     @classmethod
     def load(
         cls,
-        preset: Preset | str = "default",
-        device: str | None = None,
+        settings: ProtectionSettings = DEFAULT_SETTINGS,
         *,
         threads: int | None = None,
-        strip_gps: bool = True,
-        no_face: NoFacePolicy = "copy",
-        below_target: BelowTargetPolicy = "publish",
-        max_pixels: int | None = None,
         is_own_output: Callable[[str], bool] | None = None,
-        mark: bool = False,
-        **overrides: object,
     ) -> PhotoProtector:
-        """Load the engine's models once, for this protector's lifetime: the one way in from the CLI and the daemon.
-
-        ``preset`` is a resolved :class:`~lowkeyd.engine.presets.Preset`, or a name with ``overrides``;
-        ``threads`` as :meth:`~lowkeyd.engine.resident.ResidentModels.load`; the rest as the constructor's.
-        """
+        """Load the engine's models once, for this protector's lifetime, to run ``settings``: the one way in
+        from the CLI and the daemon. ``threads`` as :meth:`~lowkeyd.engine.resident.ResidentModels.load`."""
         from lowkeyd.engine.cloak import Cloaker
 
-        return cls(
-            Cloaker(preset, device, threads=threads, **overrides),
-            strip_gps=strip_gps, no_face=no_face, below_target=below_target, max_pixels=max_pixels,
-            is_own_output=is_own_output, mark=mark,
-        )
+        return cls(Cloaker(settings.preset, settings.device, threads=threads), settings, is_own_output=is_own_output)
 
     @property
     def preset(self) -> Preset:
@@ -227,13 +209,14 @@ class PhotoProtector:
 
     def _encode(self, photo: Photo, result: CloakResult | None) -> bytes:
         """The published bytes; lowkeyd's own output keeps its pixels (and marker, when marking), sanitised again."""
+        mark = self.settings.mark
         if result is None:
-            return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker if self.mark else None)
-        return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result) if self.mark else None)
+            return encode_photo(photo, photo.rgb, strip_gps=self.settings.strip_gps, marker=photo.cloak_marker if mark else None)
+        return encode_photo(photo, result.rgb, strip_gps=self.settings.strip_gps, marker=self._marker(result) if mark else None)
 
     def _held(self, photo: Photo, result: CloakResult) -> EngineError | None:
         """Under ``below_target: hold``, an error for a photo with a face short of the preset's target."""
-        if self.below_target != "hold":
+        if self.settings.below_target != "hold":
             return None
         for face in result.faces:
             if face.status == "cloaked" and face.below_target:
@@ -245,7 +228,7 @@ class PhotoProtector:
         return None
 
     def _skipped(self, result: CloakResult) -> bool:
-        return not result.faces and self.no_face == "skip"
+        return not result.faces and self.settings.no_face == "skip"
 
     def _marker(self, result: CloakResult) -> dict[str, str]:
         return {"version": __version__, "preset": result.preset, "faces": str(result.cloaked), "models": ",".join(result.members)}
@@ -260,7 +243,7 @@ class PhotoProtector:
         encoded: bytes | None,
     ) -> Outcome:
         seconds = time.perf_counter() - start
-        dropped = photo.drops(strip_gps=self.strip_gps) if encoded is not None else ()
+        dropped = photo.drops(strip_gps=self.settings.strip_gps) if encoded is not None else ()
         sha256 = hashlib.sha256(encoded).hexdigest() if encoded is not None else None
         removed = f"; removed: {'; '.join(dropped)}" if dropped else ""
         if status == "already_cloaked":

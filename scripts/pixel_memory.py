@@ -49,8 +49,9 @@ def main() -> None:
 
     from lowkeyd.daemon.memory import BYTES_PER_PIXEL, release_free_memory
     from lowkeyd.pipeline import PhotoProtector
+    from lowkeyd.settings import ProtectionSettings
 
-    protector = PhotoProtector.load("default", "cpu", threads=args.threads)
+    protector = PhotoProtector.load(ProtectionSettings(device="cpu"), threads=args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for megapixels in (float(s) for s in args.sizes.split(",")):

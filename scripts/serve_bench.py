@@ -103,9 +103,11 @@ def main() -> int:
     from lowkeyd.cluster import require_ray
     from lowkeyd.cluster.run import start_service, stop_service
     from lowkeyd.cluster.settings import ServeSettings
+    from lowkeyd.settings import ProtectionSettings
 
     require_ray()
     overrides = parse_overrides([pair for pair in args.set.split(",") if pair])
+    protection = ProtectionSettings.resolve(args.preset, overrides, device="cuda" if args.gpus else "cpu")
     photos = [(name, (SAMPLES / name).read_bytes()) for name in PHOTOS]
     replicas = [int(n) for n in args.replicas.split(",")]
     client_counts = [int(n) for n in args.clients.split(",")]
@@ -118,7 +120,7 @@ def main() -> int:
         for n in replicas:
             for batch in [{"off": 1, "on": batch_size}[b] for b in args.batching.split(",")]:
                 settings = ServeSettings(
-                    preset=args.preset, attack=overrides, replicas=n, threads=args.threads, batch_size=batch,
+                    protection=protection, replicas=n, threads=args.threads, batch_size=batch,
                     gpus=args.gpus, concurrency=max(client_counts), token=TOKEN,
                 )
                 started = time.perf_counter()

@@ -175,7 +175,7 @@ def test_the_crop_sheet_lays_out_every_face_at_1_to_1_and_enlarges_small_ones(va
     monkeypatch.setitem(sys.modules, "crop_sheet", crop_sheet)  # its dataclasses look their module up
     spec.loader.exec_module(crop_sheet)
 
-    cloaker = Cloaker("default", "cpu", models=["sface"], steps=2, target=None)
+    cloaker = Cloaker(get_preset("default", steps=2, target=None), "cpu", models=["sface"])
     subject = varied["small-faces.jpg"]
     cloaked = cloaker.cloak(subject.rgb).rgb
     pairs = subject.assign(detector.detect(subject.rgb))

@@ -21,6 +21,7 @@ from lowkeyd.engine.attack.budget import (
     jnd_map,
 )
 from lowkeyd.engine.measures import changed_percentile, stripe_score
+from lowkeyd.engine.presets import get_preset
 
 VARIED = files("lowkeyd") / "samples" / "varied"
 # The most any channel of a pixel may move at budget 1: the luma cap plus the chroma that may ride
@@ -78,7 +79,7 @@ def pushy():
     """An attack pushed hard (large steps, no early stop), so every bound of the budget is reached."""
     from lowkeyd.engine.cloak import Cloaker
 
-    return Cloaker("default", "cpu", models=["sface"], steps=8, step_size=0.01, target=None, lpips_weight=0.0)
+    return Cloaker(get_preset("default", steps=8, step_size=0.01, target=None, lpips_weight=0.0), "cpu", models=["sface"])
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_grey_stored_as_rgb_from_a_jpeg_gets_no_colour():
     Image.fromarray(grey).save(buf, "JPEG", quality=90)
     rgb = np.asarray(Image.open(buf).convert("RGB"))
     spread = rgb.max(axis=2).astype(int) - rgb.min(axis=2)
-    result = Cloaker("default", "cpu", models=["sface"], steps=4, step_size=0.01, target=None).cloak(rgb)
+    result = Cloaker(get_preset("default", steps=4, step_size=0.01, target=None), "cpu", models=["sface"]).cloak(rgb)
     after = result.rgb.max(axis=2).astype(int) - result.rgb.min(axis=2)
     assert np.any(result.rgb != rgb)
     assert (after <= spread + 1).all(), int((after - spread).max())  # rounding may move one channel by a level
@@ -155,6 +156,6 @@ def test_a_large_face_in_a_video_frame_gets_no_stripes():
 
     photo = Image.fromarray(load_rgb("obama.jpg"))
     frame = np.asarray(photo.resize((photo.width * 2, photo.height * 2), Image.LANCZOS).crop((-100, 300, 1820, 1380)))
-    result = Cloaker("default", "cpu", models=["sface"], steps=12, target=None).cloak(frame)
+    result = Cloaker(get_preset("default", steps=12, target=None), "cpu", models=["sface"]).cloak(frame)
     assert result.cloaked == 1
     assert stripe_score(frame, result.rgb, result.faces[0].box) < 8

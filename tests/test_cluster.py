@@ -275,11 +275,12 @@ def local_output() -> Iterator[dict[int, bytes]]:
     import torch
 
     from lowkeyd.engine.cloak import Cloaker
+    from lowkeyd.engine.presets import get_preset
     from lowkeyd.pipeline import PhotoProtector
 
     threads = torch.get_num_threads()
     try:
-        protector = PhotoProtector(Cloaker("default", "cpu", threads=1, **FAST_ATTACK))
+        protector = PhotoProtector(Cloaker(get_preset("default", **FAST_ATTACK), "cpu", threads=1))
         yield {i: protector.protect_bytes(face_photo(i))[0] for i in (0, 1)}
     finally:
         torch.set_num_threads(threads)

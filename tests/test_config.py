@@ -14,6 +14,7 @@ from lowkeyd.cli import main
 from lowkeyd.daemon.config import DaemonConfig, load_config
 from lowkeyd.engine.presets import get_preset
 from lowkeyd.errors import ConfigError
+from lowkeyd.settings import ProtectionSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def test_minimal_config_gets_defaults_and_absolute_paths(folders: Path) -> None:
     assert config.sources[0].name == "camera"
     assert config.sources[0].recursive and not config.sources[0].polling
     assert config.outbox == folders / "out"
-    assert config.preset == "default" and config.attack_preset == get_preset("default")
-    assert config.no_face == "copy" and config.strip_gps
-    assert not config.mark_published  # published photos say nothing of lowkeyd unless asked
+    # The shipped preset, GPS stripped, copies of photos without faces; nothing says lowkeyd unless asked.
+    assert config.protection == ProtectionSettings() and config.protection.preset == get_preset("default")
+    assert config.protection.no_face == "copy" and config.protection.strip_gps and not config.protection.mark
     assert config.retry.max_attempts >= 1 and config.work.queue_size >= 1
 
 
@@ -122,9 +123,22 @@ def test_missing_config_file_says_where_it_looked(tmp_path: Path, monkeypatch: p
         load_config()
 
 
+def test_every_protection_key_reaches_the_settings_the_protector_gets(folders: Path) -> None:
+    text = (
+        "sources: [{path: camera}]\noutbox: out\npreset: strong\nattack: {steps: 3}\ndevice: cpu\nstrip_gps: false\n"
+        "no_face: skip\nbelow_target: hold\nmark_published: true\nwork: {max_megapixels: 12.5}\n"
+    )
+    protection = load_config(write_config(folders, text)).protection
+    assert protection == ProtectionSettings(
+        preset=get_preset("strong", steps=3), device="cpu", strip_gps=False, no_face="skip", below_target="hold",
+        max_megapixels=12.5, mark=True,
+    )
+    assert protection.max_pixels == 12_500_000
+
+
 def test_attack_overrides_reach_the_preset(folders: Path) -> None:
     text = "sources: [{path: camera}]\noutbox: out\npreset: strong\nattack: {steps: 3, target: null}\n"
-    preset = load_config(write_config(folders, text)).attack_preset
+    preset = load_config(write_config(folders, text)).protection.preset
     # Only the fields given change; the rest are the named preset's.
     assert preset == get_preset("strong", steps=3, target=None)
     assert preset.name == "strong(steps=3,target=None)" and preset.flip == get_preset("strong").flip

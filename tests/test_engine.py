@@ -70,7 +70,7 @@ def test_gaussian_blur_keeps_flat_images_and_smooths_noise():
 def cloaker():
     from lowkeyd.engine.cloak import Cloaker
 
-    return Cloaker("default", "cpu", **SHORT)
+    return Cloaker(get_preset("default", **SHORT), "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_too_small_faces_are_left_alone_and_reported():
     from lowkeyd.engine.cloak import Cloaker
 
     # A preset whose smallest face to cloak is larger than the astronaut's (~110 px).
-    tiny_limit = Cloaker("default", "cpu", models=["sface"], min_face_px=200, steps=0)
+    tiny_limit = Cloaker(get_preset("default", min_face_px=200, steps=0), "cpu", models=["sface"])
     original = load_rgb("astronaut.png")
     result = tiny_limit.cloak(original)
     assert (result.cloaked, result.too_small) == (0, 1)
@@ -169,7 +169,7 @@ def test_luma_only_cloak_changes_r_g_and_b_alike():
     from lowkeyd.engine.cloak import Cloaker
 
     gray = np.repeat(np.asarray(load_rgb("astronaut.png").mean(axis=2), np.uint8)[..., None], 3, axis=2)
-    result = Cloaker("default", "cpu", models=["sface"], steps=2, target=None).cloak(gray, luma_only=True)
+    result = Cloaker(get_preset("default", steps=2, target=None), "cpu", models=["sface"]).cloak(gray, luma_only=True)
     delta = result.rgb.astype(int) - gray
     assert np.abs(delta).sum() > 0
     assert np.array_equal(delta[..., 0], delta[..., 1]) and np.array_equal(delta[..., 1], delta[..., 2])
@@ -204,7 +204,7 @@ def test_bf16_gradients_agree_with_fp32(name):
 def test_expectation_over_jitter_and_rescale_runs_and_stays_local(cloaker):
     from lowkeyd.engine.cloak import Cloaker
 
-    jittery = Cloaker("default", "cpu", models=["sface"], steps=2, jitter_px=1.5, rescale_min=0.6, target=None)
+    jittery = Cloaker(get_preset("default", steps=2, jitter_px=1.5, rescale_min=0.6, target=None), "cpu", models=["sface"])
     original = load_rgb("astronaut.png")
     result = jittery.cloak(original)
     assert result.cloaked == 1 and result.faces[0].steps == 2

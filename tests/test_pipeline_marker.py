@@ -23,10 +23,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def protector_factory():
     from lowkeyd.engine.cloak import Cloaker
+    from lowkeyd.engine.presets import get_preset
     from lowkeyd.pipeline import PhotoProtector
+    from lowkeyd.settings import ProtectionSettings
 
-    cloaker = Cloaker("default", None)
-    return lambda **kw: PhotoProtector(cloaker, **kw)
+    cloaker = Cloaker(get_preset(), None)
+    return lambda is_own_output=None, **policies: PhotoProtector(
+        cloaker, ProtectionSettings(**policies), is_own_output=is_own_output
+    )
 
 
 def test_an_untagged_output_is_known_by_its_hash_and_a_forged_marker_is_cloaked(tmp_path: Path, protector_factory) -> None:

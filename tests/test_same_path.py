@@ -21,6 +21,7 @@ import torch
 from daemon_fixtures import FAST_ATTACK, face_photo
 from lowkeyd.photo import read_photo
 from lowkeyd.pipeline import PhotoProtector
+from lowkeyd.settings import ProtectionSettings
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_the_cli_and_the_protector_write_the_same_bytes(tmp_path: Path) -> None:
 
     threads = torch.get_num_threads()
     try:
-        protector = PhotoProtector.load("default", "cpu", threads=THREADS, **FAST_ATTACK)
+        protector = PhotoProtector.load(ProtectionSettings.resolve("default", FAST_ATTACK, device="cpu"), threads=THREADS)
         outcome = protector.protect_file(src, tmp_path / "door.jpg")
         engine = protector.cloaker.cloak(read_photo(src).rgb)
     finally:

@@ -72,8 +72,9 @@ def test_translation_invariant_steps_are_smoother(sface):
     rgb = load_rgb("astronaut.png")
 
     def step(ti: int) -> torch.Tensor:
-        cloaker = Cloaker("default", "cpu", models=["sface"], steps=1, target=None, ti_kernel=ti, init_noise=0.0,
-                          chroma_scale=1.0, blur_kernel=0, budget=4.0)
+        preset = get_preset("default", steps=1, target=None, ti_kernel=ti, init_noise=0.0, chroma_scale=1.0,
+                            blur_kernel=0, budget=4.0)
+        cloaker = Cloaker(preset, "cpu", models=["sface"])
         crop = cloaker._cut(0, rgb, cloaker.detector.detect(rgb)[0])
         result = cloaker.attack(crop.pixels[None], crop.landmarks[None], crop.mask[None], crop.region[None])
         return (result.adversarial - crop.pixels[None])[0]

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +15,7 @@ from lowkeyd.cli.options import add_engine_options
 from lowkeyd.engine.presets import parse_overrides
 from lowkeyd.errors import LowkeydError
 from lowkeyd.photo import is_photo_path
+from lowkeyd.settings import BelowTargetPolicy, NoFacePolicy, ProtectionSettings
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.api.client import DaemonProtector
@@ -43,11 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="tag the written photos as lowkeyd's (XMP: version, preset, models); by default they say nothing of lowkeyd",
     )
     p.add_argument(
-        "--no-face", choices=("copy", "skip"), default=None, help="photos without a face: copy sanitised (default), or skip"
+        "--no-face", choices=get_args(NoFacePolicy), default=None,
+        help="photos without a face: copy sanitised (default), or skip",
     )
     p.add_argument(
         "--below-target",
-        choices=("publish", "hold"),
+        choices=get_args(BelowTargetPolicy),
         default=None,
         help="a face the visibility budget lets past every recogniser but short of the preset's target margin: "
         "publish it (default) or hold the photo back",
@@ -135,15 +137,11 @@ def _protector(args: argparse.Namespace) -> PhotoProtector | DaemonProtector:
         return daemon
     from lowkeyd.pipeline import PhotoProtector
 
-    return PhotoProtector.load(
-        args.preset or "default",
-        args.device,
-        strip_gps=not args.keep_gps,
-        no_face=args.no_face or "copy",
-        below_target=args.below_target or "publish",
-        mark=bool(args.mark),
-        **parse_overrides(args.overrides),
+    settings = ProtectionSettings.resolve(
+        args.preset or "default", parse_overrides(args.overrides), device=args.device,
+        strip_gps=False if args.keep_gps else None, no_face=args.no_face, below_target=args.below_target, mark=args.mark,
     )
+    return PhotoProtector.load(settings)
 
 
 def _stdio(args: argparse.Namespace) -> int:

@@ -63,10 +63,11 @@ def _describe(config: DaemonConfig) -> list[str]:
         if source.exclude:
             how.append("exclude " + " ".join(source.exclude))
         lines.append(f"source {source.name}: {source.path} ({', '.join(how)}) -> {config.outbox / source.name}")
-    lines.append(f"preset {config.attack_preset.name} on {config.device or 'the best device available'}")
+    protection = config.protection
+    lines.append(f"preset {protection.preset.name} on {protection.device or 'the best device available'}")
     lines.append(
-        f"photos without faces: {config.no_face}; GPS {'stripped' if config.strip_gps else 'kept'}; "
-        f"lowkeyd's tag {'written' if config.mark_published else 'not written'}; "
+        f"photos without faces: {protection.no_face}; GPS {'stripped' if protection.strip_gps else 'kept'}; "
+        f"lowkeyd's tag {'written' if protection.mark else 'not written'}; "
         f"notifications {'on' if config.notifications.enabled else 'off'}"
     )
     api = config.api
@@ -215,7 +216,7 @@ def _install_service(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "lowkeyd", "run", "--config", str(config_path)]
     # The outbox and its staging folder beside it, where the sandbox would leave them read-only.
     writable = [] if config.outbox.is_relative_to(Path.home()) else [config.outbox.parent]
-    plan = install_service(argv, writable=writable, cpu_only=config.device == "cpu", write=not args.print_only)
+    plan = install_service(argv, writable=writable, cpu_only=config.protection.device == "cpu", write=not args.print_only)
     if plan.path.suffix == ".service":
         from lowkeyd.daemon.system.systemd import hidden_by_private_tmp
 

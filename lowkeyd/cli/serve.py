@@ -8,10 +8,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import get_args
 
 from lowkeyd.engine.presets import parse_overrides
 from lowkeyd.cluster.settings import DEFAULT_GRACE
 from lowkeyd.errors import LowkeydError
+from lowkeyd.settings import NoFacePolicy
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     http.add_argument("--grace", type=float, default=DEFAULT_GRACE, help="on a stop, seconds the requests in flight "
                       f"get to finish before they are answered 503 (default {DEFAULT_GRACE:g})")
     http.add_argument("--keep-gps", action="store_true", help="keep GPS position (removed by default)")
-    http.add_argument("--no-face", choices=("copy", "skip"), default="copy")
+    http.add_argument("--no-face", choices=get_args(NoFacePolicy), default="copy")
     http.add_argument("--outbox", type=Path, default=None, help="shared storage for POST /v1/jobs results")
     http.add_argument("--job-root", action="append", default=[], metavar="NAME=PATH",
                       help="a folder on shared storage POST /v1/jobs may cloak from (repeatable; one ingress replica)")

@@ -56,16 +56,16 @@ class CloakModel:
     def __init__(self, settings: ServeSettings) -> None:
         from lowkeyd.engine.cloak import Cloaker
 
-        device = "cuda" if settings.gpus else "cpu"
-        self.cloaker = Cloaker(settings.preset, device, threads=settings.replica_threads, **settings.attack)
+        protection = settings.protection
+        self.cloaker = Cloaker(protection.preset, protection.device, threads=settings.replica_threads)
         self.cloak.set_max_batch_size(settings.batch_size)
         self.cloak.set_batch_wait_timeout_s(settings.batch_wait)
         self._attacking = 0  # photos in the attack now
         self._batches: collections.Counter[int] = collections.Counter()  # batches run, by size
 
     def describe(self) -> dict[str, Any]:
-        """This replica: its preset and device, and for operators what it does (photos now, batches so far)."""
-        return {"preset": self.cloaker.preset, "device": str(self.cloaker.device), "pid": os.getpid(),
+        """This replica: its device, and for operators what it does (photos now, batches so far)."""
+        return {"device": str(self.cloaker.device), "pid": os.getpid(),
                 "attacking": self._attacking, "batches": dict(self._batches)}
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
@@ -98,11 +98,14 @@ class ServeCloaker:
     detector = None
     models: tuple[()] = ()
 
-    def __init__(self, model: DeploymentHandle, description: dict[str, Any], native: threading.Lock) -> None:
-        """``native``: the intake's lock on photo decoding and encoding, let go of while the replicas work."""
+    def __init__(
+        self, model: DeploymentHandle, preset: Preset, description: dict[str, Any], native: threading.Lock
+    ) -> None:
+        """``preset``: the one the replicas were sent; ``native``: the intake's lock on photo decoding and
+        encoding, let go of while the replicas work."""
         self._model = model
         self._native = native
-        self.preset: Preset = description["preset"]
+        self.preset = preset
         self.device = f"ray serve ({description['device']} replicas)"
         self.resent = 0  # photos sent again after their replica was lost
         self._lock = threading.Lock()
@@ -197,9 +200,10 @@ class Ingress:
 
         self.intake: Intake[PhotoProtector] = Intake(None, queue_size=settings.queue_size,
                                                      concurrency=settings.concurrency)
-        cloaker = ServeCloaker(model, await model.describe.remote(), self.intake.native)
+        protection = settings.protection
+        cloaker = ServeCloaker(model, protection.preset, await model.describe.remote(), self.intake.native)
         self.intake.resource = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
-            cloaker, strip_gps=settings.strip_gps, no_face=settings.no_face, max_pixels=pixel_limit(None)
+            cloaker, protection, max_pixels=pixel_limit(protection.max_megapixels)
         )
         self._model = model
         self._ledger = ledger

@@ -2,7 +2,7 @@
 
 :class:`ServeArgs` is what an operator gives, as ``lowkeyd serve`` options or as the ``args:`` of
 a Serve config file (``lowkeyd.cluster:app``); :class:`ServeSettings` is what the deployments get,
-the token and the GPU choice resolved.
+the preset, the token and the GPU choice resolved.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lowkeyd.errors import ConfigError
+from lowkeyd.settings import NoFacePolicy, ProtectionSettings
 
 # The default grace period of a stop: requests in flight finish within it, or are answered 503.
 DEFAULT_GRACE = 30.0
@@ -23,8 +24,8 @@ _CLI_NAMES = {"job_roots": "--job-root", "set": "--set"}
 
 @dataclass(frozen=True)
 class ServeSettings:
-    preset: str = "default"
-    attack: dict[str, Any] = field(default_factory=dict)  # preset overrides, as --set gives them
+    # The preset resolved and the photo policies, shipped as they are to every replica.
+    protection: ProtectionSettings = field(default_factory=ProtectionSettings)
     # Model replicas, each with the whole ensemble resident; with max_replicas the autoscaler moves
     # between the two on queue length (ongoing requests per replica, aiming at target_queue).
     replicas: int = 1
@@ -44,8 +45,6 @@ class ServeSettings:
     timeout: float = 600.0
     grace: float = DEFAULT_GRACE  # seconds requests in flight get to finish when the service stops
     token: str | None = None
-    strip_gps: bool = True
-    no_face: Literal["copy", "skip"] = "copy"
     # Shared storage for POST /v1/jobs (job ids live in the ingress: one ingress replica then).
     outbox: Path | None = None
     job_roots: tuple[tuple[str, Path], ...] = ()
@@ -86,7 +85,7 @@ class ServeArgs(BaseModel):
     grace: float = Field(default=DEFAULT_GRACE, ge=0)
     token_file: Path | None = None
     keep_gps: bool = False
-    no_face: Literal["copy", "skip"] = "copy"
+    no_face: NoFacePolicy = "copy"
     outbox: Path | None = None
     job_roots: dict[str, Path] = Field(default_factory=dict)
 
@@ -107,16 +106,17 @@ class ServeArgs(BaseModel):
                 raise ValueError(f"{name}={path}: expected NAME=PATH of an existing folder")
         return {name: path.resolve() for name, path in roots.items()}
 
+    _protection: ProtectionSettings = PrivateAttr()
+
     @model_validator(mode="after")
     def _consistent(self) -> ServeArgs:
-        from lowkeyd.engine.presets import get_preset
-
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ValueError("max_replicas must be at least replicas")
         if self.job_roots and self.outbox is None:
             raise ValueError("job_roots need an outbox: where the cloaked files go")
         # A bad preset setting is one error here, not a replica that fails to start over and over.
-        get_preset(self.preset, **self.set)
+        self._protection = ProtectionSettings.resolve(self.preset, self.set, strip_gps=not self.keep_gps,
+                                                      no_face=self.no_face)
         return self
 
     @classmethod
@@ -134,11 +134,11 @@ class ServeArgs(BaseModel):
     def settings(self, *, token: str, gpus: bool) -> ServeSettings:
         """The deployments' settings, with the bearer token and the GPU choice resolved by the caller."""
         return ServeSettings(
-            preset=self.preset, attack=dict(self.set), replicas=self.replicas, max_replicas=self.max_replicas,
+            protection=self._protection.model_copy(update={"device": "cuda" if gpus else "cpu"}), replicas=self.replicas, max_replicas=self.max_replicas,
             target_queue=self.target_queue, gpus=gpus, cpus_per_replica=self.cpus_per_replica, threads=self.threads,
             batch_size=self.batch_size or (16 if gpus else 4), batch_wait=self.batch_wait,
             ingress_replicas=self.ingress_replicas, concurrency=self.concurrency, queue_size=self.queue_size,
             max_upload_bytes=int(self.max_upload_mb * 1024 * 1024), timeout=self.timeout, grace=self.grace,
-            token=token, strip_gps=not self.keep_gps, no_face=self.no_face, outbox=self.outbox,
+            token=token, outbox=self.outbox,
             job_roots=tuple(self.job_roots.items()),
         )

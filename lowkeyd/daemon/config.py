@@ -29,14 +29,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from lowkeyd.engine.presets import PRESETS, Preset, get_preset
+from lowkeyd.engine.presets import Preset
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.paths import config_dir
+from lowkeyd.settings import BelowTargetPolicy, Device, NoFacePolicy, ProtectionSettings
 
 CONFIG_NAME = "config.yaml"
-
-# torch device strings the engine can be asked for; whether the device exists is the engine's question.
-_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
 def default_config_path() -> Path:
@@ -287,14 +285,14 @@ class DaemonConfig(_Section):
     sources: list[SourceConfig] = Field(min_length=1)
     outbox: Path
     preset: str = "default"
-    device: str | None = None
+    device: Device | None = None
     # Preset fields to override, e.g. {steps: 30}.
     attack: AttackSettings = AttackSettings()
     # A photo without a face: publish its sanitised copy, or leave it out of the outbox.
-    no_face: Literal["copy", "skip"] = "copy"
+    no_face: NoFacePolicy = "copy"
     # A face the visibility budget let past every recogniser's threshold but not to the preset's
     # target margin: publish it as it is (with its estimate), or hold the photo back.
-    below_target: Literal["publish", "hold"] = "publish"
+    below_target: BelowTargetPolicy = "publish"
     strip_gps: bool = True
     # Write lowkeyd's XMP marker (version, preset, models) into published photos; off, they say nothing of
     # lowkeyd. The state database, not the marker, is what keeps a photo from being cloaked twice.
@@ -318,35 +316,25 @@ class DaemonConfig(_Section):
             raise _problem("not_a_folder", f"not a folder: {outbox}")
         return outbox
 
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str | None) -> str | None:
-        if device is not None and not _DEVICE.fullmatch(device):
-            raise _problem("bad_device", f"expected cpu, cuda, cuda:N or mps, not {device!r}")
-        return device
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, preset: str) -> str:
-        if preset not in PRESETS:
-            raise _problem("bad_preset", f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-        return preset
-
-    _attack_preset: Preset = PrivateAttr()
+    _protection: ProtectionSettings = PrivateAttr()
 
     @model_validator(mode="after")
-    def _resolve_preset(self) -> DaemonConfig:
+    def _resolve_protection(self) -> DaemonConfig:
         try:
             # The one place the preset is resolved: everything downstream is handed this object.
-            self._attack_preset = get_preset(self.preset, **self.attack.model_dump(exclude_unset=True))
-        except LowkeydError as exc:  # each field was checked above: only a combination of them can end here
-            raise _problem("bad_attack", str(exc)) from None
+            self._protection = ProtectionSettings.resolve(
+                self.preset, self.attack.model_dump(exclude_unset=True), device=self.device, strip_gps=self.strip_gps,
+                no_face=self.no_face, below_target=self.below_target, max_megapixels=self.work.max_megapixels,
+                mark=self.mark_published,
+            )
+        except LowkeydError as exc:  # the preset's name, or a combination of attack fields each checked above
+            raise _problem("bad_protection", str(exc)) from None
         return self
 
     @property
-    def attack_preset(self) -> Preset:
-        """The attack the daemon runs: ``preset`` with ``attack`` applied."""
-        return self._attack_preset
+    def protection(self) -> ProtectionSettings:
+        """How the daemon protects photos: ``preset`` with ``attack`` applied, and the photo policies."""
+        return self._protection
 
     @model_validator(mode="after")
     def _folders_apart(self) -> DaemonConfig:

@@ -112,30 +112,20 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
 
     With ``remote:`` a remote service cloaks instead (the models are loaded here only for ``fallback: local``).
     """
+    settings = config.protection
     if config.remote is not None:
         from lowkeyd.daemon.remote import remote_protector
 
         return remote_protector(  # type: ignore[return-value] - the interface the daemon uses
             config.remote,
             lambda engine: PhotoProtector(  # type: ignore[arg-type]
-                engine, strip_gps=config.strip_gps, no_face=config.no_face, below_target=config.below_target,
-                max_pixels=pixel_limit(config.work.max_megapixels), is_own_output=is_own_output,
-                mark=config.mark_published,
+                engine, settings, max_pixels=pixel_limit(settings.max_megapixels), is_own_output=is_own_output
             ),
             lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
         )
-    protector = PhotoProtector.load(
-        config.attack_preset,
-        config.device,
-        threads=config.work.threads,
-        strip_gps=config.strip_gps,
-        no_face=config.no_face,
-        below_target=config.below_target,
-        is_own_output=is_own_output,
-        mark=config.mark_published,
-    )
+    protector = PhotoProtector.load(settings, threads=config.work.threads, is_own_output=is_own_output)
     # Only now: the largest photo taken depends on the memory the models left.
-    protector.max_pixels = pixel_limit(config.work.max_megapixels)
+    protector.max_pixels = pixel_limit(settings.max_megapixels)
     log.info(
         "models loaded on %s (preset %s); photos up to %.0f megapixels",
         protector.cloaker.device, protector.preset.name, protector.max_pixels / 1e6,
@@ -224,7 +214,7 @@ class Daemon:
         # A deletion waits this long for the new name of a rename to settle and be recognised.
         grace = max(5.0, 3 * self.config.watch.settle_seconds)
         self.follower = Follower(
-            self.config.sources, self.state, self.outbox, self._hand_on, self.config.attack_preset.name, grace=grace
+            self.config.sources, self.state, self.outbox, self._hand_on, self.config.protection.preset.name, grace=grace
         )
         watcher = FolderWatcher(self.config.sources, self.settling.add, skip=[state_dir()], on_gone=self.follower.gone)
         watcher.start()
@@ -315,7 +305,7 @@ class Daemon:
             roots=[JobRoot(root.name, root.path) for root in api.job_roots],
             max_upload_bytes=int(api.max_upload_mb * 1024 * 1024),
             timeout=api.timeout,
-            preset=self.config.attack_preset.name,
+            preset=self.config.protection.preset.name,
             on_published=None if self.hook is None else self.hook.published,
             status=self._api_status,
             extra_routes=self.page.api_routes(),
@@ -472,7 +462,7 @@ class Daemon:
                 self._hand_on(
                     Published(
                         output, self.outbox.root, self._roots[source] / rel_path, source, earlier.outcome or "",
-                        earlier.faces or 0, earlier.faces_too_small or 0, self.config.attack_preset.name, 0.0,
+                        earlier.faces or 0, earlier.faces_too_small or 0, self.config.protection.preset.name, 0.0,
                     )
                 )
         return True

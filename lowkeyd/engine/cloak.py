@@ -26,7 +26,7 @@ from lowkeyd.engine.evaluate import FACE_MARGIN
 from lowkeyd.engine.faces import Face, FaceDetector
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.perceptual import phase_averaged_lpips
-from lowkeyd.engine.presets import Preset, get_preset
+from lowkeyd.engine.presets import Preset
 from lowkeyd.engine.resident import ResidentModels
 from lowkeyd.errors import EngineError
 
@@ -102,27 +102,21 @@ def _ellipse_mask(size: int, centre: tuple[float, float], axes: tuple[float, flo
 class Cloaker:
     """Attacks every face of a photo on resident models; ``cloak(rgb)`` per photo or ``cloak_batch`` for a burst.
 
-    ``preset`` is a name or a :class:`Preset`; ``overrides`` change single fields of a named one.
-    ``resident`` shares models already loaded; otherwise they are loaded onto ``device``
-    (``models`` names the ensemble, default every available recogniser; ``threads`` as
-    :meth:`ResidentModels.load`).
+    ``preset`` is resolved (:func:`~lowkeyd.engine.presets.get_preset`). ``resident`` shares models
+    already loaded; otherwise they are loaded onto ``device`` (``models`` names the ensemble, default
+    every available recogniser; ``threads`` as :meth:`ResidentModels.load`).
     """
 
     def __init__(
         self,
-        preset: str | Preset = "default",
+        preset: Preset,
         device: str | None = None,
         *,
         models: Sequence[str] | None = None,
         threads: int | None = None,
         resident: ResidentModels | None = None,
         max_batch: int | None = None,
-        **overrides: object,
     ) -> None:
-        if isinstance(preset, str):
-            preset = get_preset(preset, **overrides)
-        elif overrides:
-            raise EngineError("setting overrides apply to a preset given by name, not to a resolved Preset")
         self.resident = resident or ResidentModels.load(device, recognisers=models, threads=threads)
         self._use(preset)
         self.max_batch = max_batch or (16 if self.device.type == "cuda" else 4)

@@ -29,6 +29,7 @@ A preset is a complete set of attack parameters; any field can be overridden
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import yaml
@@ -169,6 +170,11 @@ def get_preset(name: str = "default", **overrides: object) -> Preset:
         base = PRESETS[name]
     except KeyError:
         raise EngineError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+    return apply_overrides(base, overrides)
+
+
+def apply_overrides(base: Preset, overrides: Mapping[str, object]) -> Preset:
+    """``base`` with single fields changed, named after the changes; bad fields raise :class:`EngineError`."""
     if not overrides:
         return base
     try:
@@ -179,7 +185,7 @@ def get_preset(name: str = "default", **overrides: object) -> Preset:
         raise EngineError(f"attack setting {problems}") from None
     # Named by the validated values: one setting has one name, however it was spelled (0 or 0.0, in YAML or --set).
     changes = ",".join(f"{k}={getattr(preset, k)}" for k in sorted(overrides))
-    return preset.model_copy(update={"name": f"{name}({changes})"})
+    return preset.model_copy(update={"name": f"{base.name}({changes})"})
 
 
 def _message(error: dict) -> str:
