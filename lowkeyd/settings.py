@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from lowkeyd.engine.presets import PRESETS, Preset, apply_overrides, get_preset
-from lowkeyd.errors import ConfigError, EngineError
+from lowkeyd.errors import EngineError, LowkeydError
 
 # A photo without a face: publish its sanitised copy, or leave it out.
 NoFacePolicy = Literal["copy", "skip"]
@@ -54,7 +54,8 @@ class ProtectionSettings(BaseModel):
     below_target: BelowTargetPolicy = "publish"
     # Largest photo taken; None leaves it to the front door (the daemon sizes it to the machine's memory).
     max_megapixels: float | None = Field(default=None, gt=0)
-    # Write lowkeyd's XMP marker (version, preset, models) into what is published.
+    # Write lowkeyd's XMP marker (version, preset, models) into what is published; off, nothing in a
+    # published photo's metadata tells a scraper it was cloaked.
     mark: bool = False
 
     @property
@@ -73,10 +74,10 @@ class ProtectionSettings(BaseModel):
         try:
             base = get_preset(preset)
         except EngineError as exc:
-            raise ConfigError(f"preset: {exc}") from None
+            raise LowkeydError(f"preset: {exc}") from None
         given = {name: value for name, value in policies.items() if value is not None}
         try:
             return cls.model_validate({"preset": apply_overrides(base, overrides or {}), **given})
         except ValidationError as exc:
             problem = exc.errors()[0]
-            raise ConfigError(f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}") from None
+            raise LowkeydError(f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}") from None

@@ -36,7 +36,7 @@ from daemon_fixtures import FAST_ATTACK, face_photo, stop_daemon, wait_until
 
 from lowkeyd.daemon.api.client import DaemonClient
 from lowkeyd.daemon.config import parse_config
-from lowkeyd.errors import ConfigError
+from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.photo import read_photo
 
 # Ray Serve's own configuration models use a pydantic feature pydantic deprecates: not ours to fix.
@@ -99,6 +99,20 @@ def test_serve_options_are_checked_before_ray_starts(options: list[str], error: 
 
     assert main(["serve", *options]) != 0
     assert capsys.readouterr().err == f"lowkeyd: error: {error}\n"
+
+
+def test_serve_args_resolve_the_protection_settings_the_replicas_are_sent() -> None:
+    from lowkeyd.cluster.settings import ServeArgs
+    from lowkeyd.engine.presets import get_preset
+    from lowkeyd.settings import ProtectionSettings
+
+    given = ServeArgs.parse({"preset": "strong", "set": "steps=3,flip=true", "keep_gps": True, "no_face": "skip"})
+    assert given.settings(token=TOKEN, gpus=False).protection == ProtectionSettings(
+        preset=get_preset("strong", steps=3, flip=True), device="cpu", strip_gps=False, no_face="skip"
+    )
+    assert given.settings(token=TOKEN, gpus=True).protection.device == "cuda"
+    with pytest.raises(LowkeydError, match=r"^preset: unknown preset 'fast' \(choose from paper, default, strong\)$"):
+        ServeArgs.parse({"preset": "fast"})
 
 
 def test_remote_reads_the_default_token_file_and_never_creates_one(tmp_path: Path, monkeypatch) -> None:

@@ -136,6 +136,24 @@ def test_every_protection_key_reaches_the_settings_the_protector_gets(folders: P
     assert protection.max_pixels == 12_500_000
 
 
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--device", "gpu"], "device: expected cpu, cuda, cuda:N or mps, not 'gpu'"),
+        (["--preset", "fast"], "preset: unknown preset 'fast' (choose from paper, default, strong)"),
+        (["--set", "steps=-1"], "attack setting 'steps': Input should be greater than or equal to 0"),
+    ],
+)
+def test_cloak_settles_its_settings_in_one_line_before_loading_a_model(
+    folders: Path, option: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = folders / "camera" / "a.jpg"
+    photo.write_bytes(b"not looked at: the settings are refused first")
+    assert main(["cloak", str(photo), "-o", str(folders / "out"), "--no-daemon", *option]) == 1
+    assert capsys.readouterr().err == f"lowkeyd: error: {expected}\n"
+    assert not (folders / "out").exists()
+
+
 def test_attack_overrides_reach_the_preset(folders: Path) -> None:
     text = "sources: [{path: camera}]\noutbox: out\npreset: strong\nattack: {steps: 3, target: null}\n"
     preset = load_config(write_config(folders, text)).protection.preset

@@ -134,11 +134,11 @@ class ServeArgs(BaseModel):
     def settings(self, *, token: str, gpus: bool) -> ServeSettings:
         """The deployments' settings, with the bearer token and the GPU choice resolved by the caller."""
         return ServeSettings(
-            protection=self._protection.model_copy(update={"device": "cuda" if gpus else "cpu"}), replicas=self.replicas, max_replicas=self.max_replicas,
+            protection=self._protection.model_copy(update={"device": "cuda" if gpus else "cpu"}),
+            replicas=self.replicas, max_replicas=self.max_replicas,
             target_queue=self.target_queue, gpus=gpus, cpus_per_replica=self.cpus_per_replica, threads=self.threads,
             batch_size=self.batch_size or (16 if gpus else 4), batch_wait=self.batch_wait,
             ingress_replicas=self.ingress_replicas, concurrency=self.concurrency, queue_size=self.queue_size,
             max_upload_bytes=int(self.max_upload_mb * 1024 * 1024), timeout=self.timeout, grace=self.grace,
-            token=token, outbox=self.outbox,
-            job_roots=tuple(self.job_roots.items()),
+            token=token, outbox=self.outbox, job_roots=tuple(self.job_roots.items()),
         )
