@@ -90,7 +90,7 @@ class PresetRun:
 
 
 def _sample(name: str) -> np.ndarray:
-    with Image.open(files("lowkeyd") / "samples" / name) as im:
+    with (files("lowkeyd") / "samples" / name).open("rb") as fh, Image.open(fh) as im:
         return np.asarray(im.convert("RGB"))
 
 
@@ -135,8 +135,9 @@ def _bench_preset(cloaker, args: argparse.Namespace, subjects: list, console: Co
     for subject in single:
         probe = probes[subject.name]
         for other in single:
-            if other.people == subject.people and other.sources != subject.sources and clean[other.name]:
-                run.cross_distance.append(math.inf if probe is None else evaluator.match(probe, clean[other.name])[0]["dlib"])
+            seen = clean[other.name]
+            if other.people == subject.people and other.sources != subject.sources and seen:
+                run.cross_distance.append(math.inf if probe is None else evaluator.match(probe, seen)[0]["dlib"])
     if args.megapixels:
         run.scaling = _scaling(cloaker)
     return run
@@ -227,11 +228,12 @@ def _run_holdout(base, presets, subjects: list, args: argparse.Namespace, consol
     folds = split_names(args.folds) or None
     # A run on some photos still matches each cloaked face against every clean photo of the set.
     gallery = load_set(args.photo_set) if args.photos or args.categories else subjects
-    report: dict[str, object] = {
+    by_preset: dict[str, dict[str, object]] = {}
+    report = {
         "set": args.photo_set,
         "subset": bool(args.photos or args.categories),
         "photos": [s.name for s in subjects],
-        "presets": {},
+        "presets": by_preset,
     }
     for preset in presets:
         console.print(f"[bold]{preset.name}[/]")
@@ -240,7 +242,7 @@ def _run_holdout(base, presets, subjects: list, args: argparse.Namespace, consol
             _print_fold(preset.name, fold, console)
         if len(results) > 1:
             _print_folds(preset.name, results, console)
-        report["presets"][preset.name] = {
+        by_preset[preset.name] = {
             "preset_hash": preset_hash(preset),
             "settings": preset.model_dump(mode="json"),
             "folds": [f.summary() for f in results],

@@ -54,8 +54,14 @@ def start_service(
     runs on the cluster, its HTTP options (port, TLS) are the ones in force: Serve keeps the first.
     """
     if not ray.is_initialized():
-        local = {} if address else {"num_cpus": num_cpus}
-        ray.init(address=address, include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING, **local)
+        # A cluster joined keeps its own CPU count: Ray refuses num_cpus there.
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+        )
     serve.start(http_options=http_options(settings, host=host, port=port, tls=tls), logging_config=QUIET)
     started = time.monotonic()
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config=QUIET)

@@ -14,6 +14,7 @@ once), and failures are what ``lowkeyd status`` shows.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from lowkeyd.daemon.state import StateError, connect
 from lowkeyd.paths import state_dir
@@ -257,7 +258,8 @@ class PublishHook:
                 return
             self._running.add(proc)
         start = time.monotonic()
-        assert proc.stdout is not None
+        # A pipe with the default buffering: its read1 hands over what is there without waiting for more.
+        assert isinstance(proc.stdout, io.BufferedReader)
         reader = _TailReader(proc.stdout)
         try:
             proc.wait(timeout=self.timeout)
@@ -289,7 +291,7 @@ class PublishHook:
 class _TailReader:
     """Reads a hook's output to its end in a thread, keeping only its last bytes: a chatty command costs no memory."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: io.BufferedReader) -> None:
         self._stream = stream
         self._kept = b""
         self._thread = threading.Thread(target=self._read, name="lowkeyd-hook-output", daemon=True)

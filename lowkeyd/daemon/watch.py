@@ -212,7 +212,7 @@ class Settling:
         it is never opened here.
         """
         now = time.monotonic() if now is None else now
-        ready = []
+        ready: list[tuple[str, Path]] = []
         # Held throughout (reading included), so a watcher's add() cannot interleave with a decision.
         with self._lock:
             for path, waiting in list(self._waiting.items()):

@@ -71,7 +71,7 @@ def warp_faces(
     face will have. Outside the image, edge pixels are repeated (a face at the
     border still warps cleanly).
     """
-    theta = alignment_theta(landmarks, template, tuple(images.shape[-2:]), size)
+    theta = alignment_theta(landmarks, template, (images.shape[-2], images.shape[-1]), size)
     if jitter is not None:
         linear = theta[:, :, :2]
         theta = torch.cat([linear @ jitter[:, :, :2], (linear @ jitter[:, :, 2:]) + theta[:, :, 2:]], 2)

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from lowkeyd.engine.resident import ResidentModels
 from lowkeyd.errors import EngineError
 
 log = logging.getLogger(__name__)
+
+# A coordinate or an array of them: Cloaker._cut maps both into its crop, and each keeps its type.
+_Coord = TypeVar("_Coord", np.ndarray, float)
 
 
 @dataclass
@@ -173,7 +177,7 @@ class Cloaker:
             found = []
             for face in self.detector.detect(rgb):
                 status = "cloaked" if face.size >= self.preset.min_face_px else "too_small"
-                report = FaceReport(tuple(float(v) for v in face.box), face.size, status)
+                report = FaceReport(face.corners, face.size, status)
                 found.append(report)
                 if status == "cloaked":
                     crops.append(self._cut(i, rgb, face))
@@ -194,7 +198,8 @@ class Cloaker:
             scale, lp = self._fit_lpips(images[crop.image], crop, adversarial)
             if scale < 1:
                 adversarial = crop.pixels + (adversarial - crop.pixels) * scale
-                moved = self.attack.similarity(*(t.to(self.device) for t in (crop.pixels, crop.landmarks, adversarial)))
+                device = self.device
+                moved = self.attack.similarity(crop.pixels.to(device), crop.landmarks.to(device), adversarial.to(device))
                 similarity = {n: float(v[0]) for n, v in moved.items()}
             self._paste(outputs[crop.image], crop, adversarial)
             report.similarity, report.thresholds, report.targets = similarity, thresholds, targets
@@ -222,7 +227,7 @@ class Cloaker:
         if side != size:
             pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
-        def to_crop(x: np.ndarray | float, origin: int) -> np.ndarray | float:
+        def to_crop(x: _Coord, origin: int) -> _Coord:
             return (x - origin + 0.5) * k - 0.5  # pixel centres, as F.interpolate(align_corners=False)
 
         landmarks = np.stack([to_crop(face.landmarks[:, 0], x0), to_crop(face.landmarks[:, 1], y0)], 1)

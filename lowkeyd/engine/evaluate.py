@@ -77,7 +77,7 @@ class DlibJudge:
         self.rule = f"<= {self.verifier.threshold:.2f}"
 
     def identities(self, rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        return self.verifier.descriptors(rgb, [f.box for f in faces])
+        return self.verifier.descriptors(rgb, [f.corners for f in faces])
 
     def score(self, a: np.ndarray, b: np.ndarray) -> float:
         return self.verifier.distance(a, b)
@@ -219,7 +219,7 @@ class Evaluator:
         same_size = cloaked.shape == original.shape
         checks = []
         for i, face in enumerate(faces):
-            check = FaceCheck(tuple(float(v) for v in face.box), face.size, found=i in twins)
+            check = FaceCheck(face.corners, face.size, found=i in twins)
             check.lpips = self._face_lpips(original, cloaked, face) if same_size else None
             if check.found:
                 check.identity = {n: v[twins[i]] for n, v in after.items()}

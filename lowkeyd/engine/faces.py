@@ -78,6 +78,12 @@ class Face:
         x1, y1, x2, y2 = self.box
         return float(max(x2 - x1, y2 - y1))
 
+    @property
+    def corners(self) -> tuple[float, float, float, float]:
+        """The box as plain floats ``(x1, y1, x2, y2)``, for reports."""
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        return x1, y1, x2, y2
+
     def scaled(self, factor: float) -> Face:
         return Face(self.box * factor, self.score, self.landmarks * factor)
 

@@ -30,12 +30,15 @@ A preset is a complete set of attack parameters; any field can be overridden
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lowkeyd.errors import EngineError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 
 class Preset(BaseModel):
@@ -188,7 +191,7 @@ def apply_overrides(base: Preset, overrides: Mapping[str, object]) -> Preset:
     return preset.model_copy(update={"name": f"{base.name}({changes})"})
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     return "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
 
 

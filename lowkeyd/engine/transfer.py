@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lowkeyd.engine.measures import is_grey
 
@@ -122,6 +122,8 @@ class Figure:
     @classmethod
     def _words(cls, rates: Sequence[Rate], unit: str, what: str = "") -> str:
         worst = cls.worst(rates)
+        if worst is None:  # the bench stores a group only where it measured faces
+            raise ValueError(f"no {unit} measured in any fold")
         n = max(r.n for r in rates)
         low, high = worst.interval
         return (
@@ -242,7 +244,7 @@ def transfer_estimate(
     )
 
 
-def figures_from_bench(report: Mapping[str, object]) -> tuple[dict[str, dict], list[str]]:
+def figures_from_bench(report: Mapping[str, Any]) -> tuple[dict[str, dict], list[str]]:
     """``transfer.json``'s ``presets`` from a ``lowkeyd bench --holdout --json`` report, and what was left out, why.
 
     Only shipped presets run unchanged on the whole varied set are kept: a

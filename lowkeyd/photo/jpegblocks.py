@@ -46,7 +46,7 @@ def changed_mcus(before: np.ndarray, after: np.ndarray, mcu: tuple[int, int]) ->
     if diff.ndim == 3:
         diff = diff.any(axis=2)
     padded = _pad(diff, mcu)
-    return padded.reshape(padded.shape[0] // mcu[0], mcu[0], padded.shape[1] // mcu[1], mcu[1]).any(axis=(1, 3))
+    return np.any(padded.reshape(padded.shape[0] // mcu[0], mcu[0], padded.shape[1] // mcu[1], mcu[1]), axis=(1, 3))
 
 
 def _pad(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:

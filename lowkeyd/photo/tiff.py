@@ -21,6 +21,7 @@ from collections import Counter
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 import exiv2
 import imagecodecs
@@ -37,6 +38,8 @@ _PHOTOMETRICS = {1: "grayscale", 2: "RGB"}
 _UNASSOCIATED_ALPHA = 2
 # TIFF field types of offsets and byte counts: SHORT, LONG, LONG8.
 _FIELD = {3: "H", 4: "I", 16: "Q"}
+# The file's byte order, in struct's and NumPy's spelling.
+ByteOrder = Literal["<", ">"]
 # Photoshop keeps its layers, with their original pixels, in this private IFD0 tag.
 _IMAGE_SOURCE_DATA = "Exif.Image.0x935c"
 _IMAGE_RESOURCES = "Exif.Image.ImageResources"
@@ -206,7 +209,7 @@ def _chunk_samples(page: tifffile.TiffPage, pixels: np.ndarray, rows: slice, col
     return np.pad(chunk, pad, mode="edge")
 
 
-def _compress(page: tifffile.TiffPage, chunk: np.ndarray, order: str) -> bytes:
+def _compress(page: tifffile.TiffPage, chunk: np.ndarray, order: ByteOrder) -> bytes:
     """A strip or tile coded as the source codes them: its byte order, predictor and compression."""
     stored = chunk.astype(chunk.dtype.newbyteorder(order), copy=False)
     if page.predictor == 2:  # horizontal differencing, modulo the sample size
@@ -223,7 +226,7 @@ def _compress(page: tifffile.TiffPage, chunk: np.ndarray, order: str) -> bytes:
     return zlib.compress(raw, 6)
 
 
-def _patch(out: bytearray, tag: tifffile.TiffTag, values: list[int], order: str) -> None:
+def _patch(out: bytearray, tag: tifffile.TiffTag, values: list[int], order: ByteOrder) -> None:
     """Write ``values`` over a tag's array, in its own field type; ValueError where one does not fit."""
     code = _FIELD.get(int(tag.dtype))
     if code is None:

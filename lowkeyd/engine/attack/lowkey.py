@@ -91,7 +91,7 @@ class LowKey:
             generator.seed()
         else:
             generator.manual_seed(p.seed)
-        guard = feature_guard(landmarks, tuple(crops.shape[-2:]), p.feature_guard)
+        guard = feature_guard(landmarks, (crops.shape[-2], crops.shape[-1]), p.feature_guard)
         budget = FaceBudget.for_faces(crops, masks, guard, p.budget, 0.0 if luma_only else p.chroma_scale, shares)
         n = crops.shape[0]
         with self.surrogates.attached(generator):

@@ -9,6 +9,8 @@ finds least different.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +51,7 @@ class FeatureDistance:
             d2 = d2 / (emb.shape[-1] if self.per_dim else 4.0)
             distance = d2.mean(0).view(-1, batch).sum(0)
             terms.append(distance * look.pulling[name] if self.focus else distance)
-        return sum(terms) / self.members
+        return functools.reduce(operator.add, terms) / self.members
 
 
 class LpipsPenalty:

@@ -35,6 +35,7 @@ class FaceEmbedder(nn.Module):
     # with lowkeyd's alignment: a small sample, but it fixes each model's scale.
     stranger: float
     channels_last: bool = False  # weights stored NHWC (see zoo.load_embedder): feed them NHWC too
+    template: torch.Tensor  # a buffer (see __init__): nn.Module types its attributes loosely
 
     def __init__(self, template: torch.Tensor) -> None:
         super().__init__()

@@ -46,8 +46,10 @@ conventions a port must copy:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -261,6 +263,8 @@ class _Block(nn.Module):
 class DlibResNetNet(nn.Module):
     """The network on dlib's own scale: RGB 0..255 in, the raw 128-d descriptor out."""
 
+    mean: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, 3, 1, 1))  # from the file
@@ -279,11 +283,16 @@ class DlibResNetNet(nn.Module):
         return self.fc(self.blocks(x).mean((2, 3)))
 
 
-def _dlib_order(net: DlibResNetNet) -> list[tuple[str, object]]:
+# What a layer of dlib's file fills or checks: a convolution, the fc layer, a pooling window, or nothing.
+_Target = nn.Conv2d | nn.Linear | tuple[int, ...] | None
+
+
+def _dlib_order(net: DlibResNetNet) -> list[tuple[str, _Target]]:
     """``net`` as dlib's file lists it, input first: (layer kind, the module or window it fills or checks)."""
-    order: list[tuple[str, object]] = [("con", net.stem), ("affine", net.stem), ("relu", None)]
+    order: list[tuple[str, _Target]] = [("con", net.stem), ("affine", net.stem), ("relu", None)]
     order.append(("max_pool", (3, 3, 2, 2, 0, 0)))
-    for block in net.blocks:
+    # nn.Sequential hands its members out as nn.Module; __init__ fills this one with _Block only.
+    for block in cast("Iterable[_Block]", net.blocks):
         order += [("tag", None), ("con", block.conv1), ("affine", block.conv1), ("relu", None)]
         order += [("con", block.conv2), ("affine", block.conv2)]
         if block.down:
@@ -316,26 +325,26 @@ def _dlib_state_dict(path: Path) -> dict[str, torch.Tensor]:
         f = layer.fields
         if layer.kind != _DETAILS[kind]:
             raise WeightsError(f"{path}: found {layer.kind} where this network has {kind}")
-        if kind == "con":
-            conv = target
-            geometry = tuple(f[key] for key in _CON_GEOMETRY)
-            if geometry != (conv.out_channels, *conv.kernel_size, *conv.stride, *conv.padding):
-                raise WeightsError(f"{path}: convolution {geometry} does not fit {names[conv]}")
-            flat = params(f, conv.weight.numel() + conv.out_channels, conv)
-            split = conv.weight.numel()
-            pending = {"weight": flat[:split].reshape(conv.weight.shape), "bias": flat[split:]}
-        elif kind == "affine":  # out = conv(x) * gamma + beta, per channel
-            flat = params(f, 2 * target.out_channels, target)
-            gamma, beta = flat[: target.out_channels], flat[target.out_channels :]
-            name = names[target]
-            state[f"{name}.weight"] = torch.from_numpy(pending["weight"] * gamma[:, None, None, None])
-            state[f"{name}.bias"] = torch.from_numpy(pending["bias"] * gamma + beta)
-        elif kind in ("max_pool", "avg_pool") and f["window"] != target:
-            raise WeightsError(f"{path}: pooling {f['window']} where this network has {target}")
-        elif kind == "fc":
-            if f["bias_mode"] != 1 or f["weights"][:2] != (256, 128):  # 1: FC_NO_BIAS; weights (in, out)
-                raise WeightsError(f"{path}: the last layer is not a 256 -> 128 fc_no_bias")
-            state["fc.weight"] = torch.from_numpy(params(f, 256 * 128, target).reshape(256, 128).T.copy())
+        match kind, target:
+            case "con", nn.Conv2d() as conv:
+                geometry = tuple(f[key] for key in _CON_GEOMETRY)
+                if geometry != (conv.out_channels, *conv.kernel_size, *conv.stride, *conv.padding):
+                    raise WeightsError(f"{path}: convolution {geometry} does not fit {names[conv]}")
+                flat = params(f, conv.weight.numel() + conv.out_channels, conv)
+                split = conv.weight.numel()
+                pending = {"weight": flat[:split].reshape(conv.weight.shape), "bias": flat[split:]}
+            case "affine", nn.Conv2d() as conv:  # out = conv(x) * gamma + beta, per channel
+                flat = params(f, 2 * conv.out_channels, conv)
+                gamma, beta = flat[: conv.out_channels], flat[conv.out_channels :]
+                name = names[conv]
+                state[f"{name}.weight"] = torch.from_numpy(pending["weight"] * gamma[:, None, None, None])
+                state[f"{name}.bias"] = torch.from_numpy(pending["bias"] * gamma + beta)
+            case ("max_pool" | "avg_pool"), window if f["window"] != window:
+                raise WeightsError(f"{path}: pooling {f['window']} where this network has {window}")
+            case "fc", nn.Linear() as fc:
+                if f["bias_mode"] != 1 or f["weights"][:2] != (256, 128):  # 1: FC_NO_BIAS; weights (in, out)
+                    raise WeightsError(f"{path}: the last layer is not a 256 -> 128 fc_no_bias")
+                state["fc.weight"] = torch.from_numpy(params(f, 256 * 128, fc).reshape(256, 128).T.copy())
     return state
 
 

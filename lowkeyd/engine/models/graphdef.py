@@ -72,6 +72,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == _VARINT:
             value, pos = _varint(buf, pos)
         elif wire == _BYTES:
@@ -112,7 +113,8 @@ def _shape(buf: memoryview) -> tuple[int, ...]:
 
 def _tensor(buf: memoryview) -> np.ndarray | None:
     """A numeric TensorProto as an array; ``None`` for the other types (strings, bfloat16, resources)."""
-    dtype_code, shape, content = 0, (), None
+    dtype_code, content = 0, None
+    shape: tuple[int, ...] = ()
     values: list[Any] = []
     for number, wire, value in _fields(buf):
         if number == _TENSOR_DTYPE:
