@@ -217,7 +217,8 @@ def test_a_complete_photo_is_told_from_its_container_and_any_cut_is_not(tmp_path
 
 
 def test_links_out_of_the_source_fifos_and_devices_are_handed_out_unopened(tmp_path: Path) -> None:
-    from lowkeyd.daemon.candidate import Refused, inspect
+    from lowkeyd.daemon.candidate import inspect
+    from lowkeyd.serving.reading import Refused
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

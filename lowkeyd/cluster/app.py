@@ -1,6 +1,6 @@
 """The Ray Serve application: an HTTP ingress, the model replicas, and the answer book.
 
-* ``Ingress`` (CPU): the daemon's own :class:`~lowkeyd.daemon.api.LocalApi` (routes, bearer
+* ``Ingress`` (CPU): the daemon's own :class:`~lowkeyd.serving.api.LocalApi` (routes, bearer
   token, 413, 429 with Retry-After, OpenAPI), on a :class:`~lowkeyd.cluster.intake.Intake`
   whose resource is a :class:`~lowkeyd.pipeline.PhotoProtector`: photos are decoded and
   encoded here, by the pipeline itself, and only the pixels go to the models, through a
@@ -33,8 +33,8 @@ from lowkeyd.cluster.drain import Draining
 from lowkeyd.cluster.idempotency import Answer, AnswerBook, IdempotentUploads, Reused
 from lowkeyd.cluster.intake import Intake, released
 from lowkeyd.cluster.settings import ServeSettings
-from lowkeyd.daemon.worker import WorkerStopped
 from lowkeyd.engine.presets import Preset
+from lowkeyd.serving.worker import WorkerStopped
 
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import CloakResult
@@ -190,10 +190,10 @@ class Ingress:
     """One ingress replica: the daemon's API on an intake of photos for the model replicas."""
 
     async def __init__(self, model: DeploymentHandle, ledger: DeploymentHandle, settings: ServeSettings) -> None:
-        from lowkeyd.daemon.api.routes import BearerAuth, JobRoot, LocalApi
-        from lowkeyd.daemon.memory import pixel_limit
-        from lowkeyd.daemon.outbox import Outbox
         from lowkeyd.pipeline import PhotoProtector
+        from lowkeyd.serving.api.routes import BearerAuth, JobRoot, LocalApi
+        from lowkeyd.serving.memory import pixel_limit
+        from lowkeyd.serving.outbox import Outbox
 
         self.intake: Intake[PhotoProtector] = Intake(None, queue_size=settings.queue_size,
                                                      concurrency=settings.concurrency)

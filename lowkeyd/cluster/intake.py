@@ -1,6 +1,6 @@
 """The daemon's worker interface over a thread pool: photos in one ingress replica run side by side.
 
-:class:`~lowkeyd.daemon.api.LocalApi` hands its jobs to a worker (``submit``, ``has_room``,
+:class:`~lowkeyd.serving.api.LocalApi` hands its jobs to a worker (``submit``, ``has_room``,
 ``busy``, ``resource``). In the daemon that worker is one thread on the resident models; in
 the service the models are elsewhere (the model replicas) and a job is mostly decoding,
 waiting for the replicas and encoding, so many run at once: that is what lets the model
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from lowkeyd.daemon.worker import Job, QueueFull
+from lowkeyd.serving.worker import Job, QueueFull
 
 R = TypeVar("R")
 T = TypeVar("T")

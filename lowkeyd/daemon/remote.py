@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.photo import Photo, write_bytes
+from lowkeyd.serving.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.config import RemoteConfig
@@ -61,7 +61,7 @@ def read_remote_token(config: RemoteConfig) -> str:
 
     Never created here: it is the service's secret.
     """
-    from lowkeyd.daemon.api.server import default_token_path
+    from lowkeyd.serving.api.server import default_token_path
 
     token = os.environ.get(TOKEN_ENV)
     if token is None:

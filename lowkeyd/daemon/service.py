@@ -24,16 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon.api.client import default_socket_path
-from lowkeyd.daemon.api.routes import JobRoot, LocalApi
-from lowkeyd.daemon.api.server import ApiServer, TcpListener, load_token
-from lowkeyd.daemon.candidate import Refused, hash_and_pixels, inspect
+from lowkeyd.daemon.candidate import inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.follow import Follower
-from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
-from lowkeyd.daemon.jobs import FileJob, TriageJob, finish
-from lowkeyd.daemon.memory import pixel_limit, release_free_memory
-from lowkeyd.daemon.outbox import Outbox, transient_cause
+from lowkeyd.daemon.hooks import HookLog, PublishHook
 from lowkeyd.daemon.pause import PublishPause
 from lowkeyd.daemon.state import (
     FINISHED,
@@ -47,14 +41,20 @@ from lowkeyd.daemon.status_page import StatusPage
 from lowkeyd.daemon.system import systemd
 from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.daemon.worker import QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo import Photo
 from lowkeyd.pipeline import PhotoProtector
+from lowkeyd.serving.api.client import default_socket_path
+from lowkeyd.serving.api.routes import JobRoot, LocalApi
+from lowkeyd.serving.api.server import ApiServer, TcpListener, load_token
+from lowkeyd.serving.jobs import FileJob, Published, TriageJob, finish
+from lowkeyd.serving.memory import pixel_limit, release_free_memory
+from lowkeyd.serving.outbox import Cause, Outbox, transient_cause
+from lowkeyd.serving.reading import Refused, hash_and_pixels
+from lowkeyd.serving.worker import QueueFull, Worker, WorkerStopped, lower_priority
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.pause import Cause
     from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)

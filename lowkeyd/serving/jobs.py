@@ -1,7 +1,7 @@
 """The work the daemon hands its resident models, and what happens to a photo once it is cloaked.
 
 The watched folders and the local API queue the same jobs on the same
-:class:`~lowkeyd.daemon.worker.Worker`; :func:`finish` is the one way a
+:class:`~lowkeyd.serving.worker.Worker`; :func:`finish` is the one way a
 cloaked file reaches the outbox and the publish hook, whoever asked for it.
 """
 
@@ -12,13 +12,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.worker import Job
 from lowkeyd.photo import Photo
+from lowkeyd.serving.outbox import Outbox
+from lowkeyd.serving.worker import Job
 
 if TYPE_CHECKING:
     from lowkeyd.pipeline import Outcome, PhotoProtector
+
+
+@dataclass(frozen=True)
+class Published:
+    """A photo that has just appeared in the outbox, and where it came from."""
+
+    output: Path
+    outbox: Path
+    source: Path  # the original photo
+    source_name: str  # the name of its source (or API job root) in the config
+    status: str  # the pipeline's outcome: cloaked, no_face or already_cloaked
+    faces: int
+    faces_too_small: int
+    preset: str
+    seconds: float
+    # published, removed (the original was deleted: ``output`` is gone) or renamed (from ``previous``).
+    event: str = "published"
+    previous: Path | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "LOWKEYD_EVENT": self.event,
+            "LOWKEYD_OUTPUT": str(self.output),
+            "LOWKEYD_OUTPUT_REL": self.output.relative_to(self.outbox).as_posix(),
+            "LOWKEYD_OUTBOX": str(self.outbox),
+            "LOWKEYD_SOURCE": str(self.source),
+            "LOWKEYD_SOURCE_NAME": self.source_name,
+            "LOWKEYD_STATUS": self.status,
+            "LOWKEYD_FACES": str(self.faces),
+            "LOWKEYD_FACES_TOO_SMALL": str(self.faces_too_small),
+            "LOWKEYD_PRESET": self.preset,
+            "LOWKEYD_SECONDS": f"{self.seconds:.3f}",
+        }
+        if self.previous is not None:
+            env["LOWKEYD_PREVIOUS_OUTPUT"] = str(self.previous)
+            env["LOWKEYD_PREVIOUS_OUTPUT_REL"] = self.previous.relative_to(self.outbox).as_posix()
+        return env
 
 
 @dataclass

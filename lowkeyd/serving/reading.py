@@ -1,15 +1,13 @@
-"""Looking at a file in a watched folder without trusting it.
+"""Reading a file without trusting it: a watched photo, a job root's, or what sits in the outbox.
 
-Whoever can write into a watched folder (a sync peer, say) decides what is
-there: a symbolic link to a private photo elsewhere on the disk, a FIFO, a
-link to /dev/zero. So a candidate is resolved and refused when that leads out
-of its watched folder (the rule ``POST /v1/jobs`` applies to its roots), it is
+Whoever can write into a watched folder (a sync peer, say) or the outbox decides what is
+there: a FIFO, a link to /dev/zero, a file that grows while it is read. So a file is
 refused unless it is a regular file, and it is read only through a descriptor
 opened without following a final symlink and without blocking, checked with
-fstat before a byte is read, and never read past the size it had then. A stat
-never opens the file, so it cannot block on a FIFO either. Reads are bounded in
+fstat before a byte is read, and never read past the size it had then. Reads are bounded in
 time too: they run in a small pool of reader threads and the caller waits at
 most :data:`READ_SECONDS` (a hung network mount stalls a reader, not the daemon).
+Where a path may lead is the caller's rule (a watched folder's, a job root's).
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from lowkeyd.daemon.config import is_within
-from lowkeyd.daemon.state import FileKey
 from lowkeyd.errors import LowkeydError
 from lowkeyd.photo.complete import looks_complete
 from lowkeyd.photo.decode import MAX_FILE_BYTES, header_pixels
@@ -52,7 +48,7 @@ T = TypeVar("T")
 
 
 class Refused(LowkeydError):
-    """A file in a watched folder that lowkeyd will not read, let alone publish."""
+    """A file that lowkeyd will not read, let alone publish."""
 
 
 class _Readers:
@@ -84,20 +80,8 @@ class _Readers:
 _readers = _Readers(_READERS)
 
 
-def inspect(path: Path, root: Path) -> tuple[Path, FileKey]:
-    """``path`` with its symbolic links resolved, and its key; Refused unless it is a regular file in ``root``.
-
-    FileNotFoundError when it (or a link's target) does not exist.
-    """
-    real = path.resolve()
-    if not is_within(real, root):
-        raise Refused(f"a symbolic link to {real}, outside the watched folder: not read, not published")
-    st = os.stat(real, follow_symlinks=False)
-    _must_be_regular(st)
-    return real, FileKey(st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _must_be_regular(st: os.stat_result) -> None:
+def must_be_regular(st: os.stat_result) -> None:
+    """Refused unless ``st`` is a regular file no larger than a photo can be."""
     if not stat.S_ISREG(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise Refused(f"{kind}, not a photo file: not read, not published")
@@ -110,7 +94,7 @@ def _open(real: Path) -> Iterator[tuple[int, os.stat_result]]:
     fd = os.open(real, _OPEN_FLAGS)
     try:
         st = os.fstat(fd)
-        _must_be_regular(st)
+        must_be_regular(st)
         yield fd, st
     finally:
         os.close(fd)
@@ -133,7 +117,7 @@ def _read_through(real: Path, keep: int) -> tuple[str, bytes]:
 
 
 def content_hash(real: Path) -> str:
-    """SHA-256 of the file :func:`inspect` resolved, read no further than its size when opened."""
+    """SHA-256 of the file at ``real`` (its links resolved), read no further than its size when opened."""
     return _read_through(real, 0)[0]
 
 

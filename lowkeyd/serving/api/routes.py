@@ -1,6 +1,6 @@
 """The local HTTP API: other tools hand the running daemon a photo and get the protected one back.
 
-Every request's work goes through the daemon's one :class:`~lowkeyd.daemon.worker.Worker`,
+Every request's work goes through the daemon's one :class:`~lowkeyd.serving.worker.Worker`,
 on the models already loaded for the watched folders, so a photo takes seconds
 instead of a model load. The worker's queue is bounded and the API never waits
 for room in it: a full queue is answered at once with 429 and a Retry-After,
@@ -12,7 +12,7 @@ timeout is answered 504 (its job is dropped if it has not started).
 format; the JSON summary (faces, preset, similarity per ensemble member) is in the
 ``X-Lowkeyd-Summary`` response header. ``POST /v1/jobs`` cloaks a file under one of
 the configured job roots into the outbox, like a watched photo. The OpenAPI
-description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.daemon.api.openapi`).
+description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.serving.api.openapi`).
 """
 
 from __future__ import annotations
@@ -43,16 +43,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lowkeyd import __version__
-from lowkeyd.daemon.config import is_within
-from lowkeyd.daemon.api.openapi import openapi_document
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.jobs import BytesJob, FileJob, finish
-from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import LowkeydError, PhotoError
+from lowkeyd.paths import is_within
 from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
+from lowkeyd.serving.api.openapi import openapi_document
+from lowkeyd.serving.jobs import BytesJob, FileJob, Published, finish
+from lowkeyd.serving.outbox import Outbox
+from lowkeyd.serving.worker import Job, QueueFull, Worker, WorkerStopped
 
 if TYPE_CHECKING:
     from lowkeyd.pipeline import Outcome, PhotoProtector
