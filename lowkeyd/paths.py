@@ -28,6 +28,11 @@ def state_dir() -> Path:
     return Path(os.environ.get("LOWKEYD_STATE_DIR") or _DIRS.user_state_dir)
 
 
+def is_within(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or inside it (both absolute and resolved)."""
+    return path == folder or folder in path.parents
+
+
 def private_folder(path: Path) -> Path:
     """``path``, made if missing, and its user's alone (0700) whatever the umask: the state names every photo."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

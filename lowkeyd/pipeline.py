@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from lowkeyd import __version__
 from lowkeyd.engine.transfer import transfer_estimate
@@ -31,7 +31,11 @@ from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
 from lowkeyd.settings import ProtectionSettings
 
 if TYPE_CHECKING:
-    from lowkeyd.engine.cloak import Cloaker, CloakResult, FaceReport
+    import numpy as np
+
+    from lowkeyd.engine.cloak import CloakResult, FaceReport
+    from lowkeyd.engine.faces import FaceDetector
+    from lowkeyd.engine.models.base import FaceEmbedder
     from lowkeyd.engine.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -55,12 +59,48 @@ class Outcome:
     sha256: str | None = None  # content hash of what was written or returned, for "lowkeyd wrote this"
 
 
+class CloakEngine(Protocol):
+    """The attack a :class:`PhotoProtector` runs: the resident :class:`~lowkeyd.engine.cloak.Cloaker`, or the
+    model replicas of ``lowkeyd serve`` (:class:`~lowkeyd.cluster.app.ServeCloaker`)."""
+
+    @property
+    def preset(self) -> Preset: ...
+
+    @property
+    def device(self) -> object:
+        """Where the attack runs, shown as text."""
+        ...
+
+    def cloak_batch(self, images: Sequence[np.ndarray], *, luma_only: bool = False) -> list[CloakResult]:
+        """One result per image; the batch is all colour or all grayscale (:func:`colour_groups`)."""
+        ...
+
+
+@runtime_checkable
+class LocalEngine(CloakEngine, Protocol):
+    """An engine in this process: its own detector looks for faces before any attack (the daemon's fast lane)."""
+
+    @property
+    def detector(self) -> FaceDetector: ...
+
+    @property
+    def models(self) -> tuple[FaceEmbedder, ...]: ...
+
+
+def colour_groups(grayscale: Sequence[bool]) -> Iterator[tuple[bool, list[int]]]:
+    """The positions of the colour photos, then of the grayscale ones (attacked in luma only): one batch each."""
+    for luma_only in (False, True):
+        group = [i for i, gray in enumerate(grayscale) if gray == luma_only]
+        if group:
+            yield luma_only, group
+
+
 class PhotoProtector:
-    """Protects photo files with one resident :class:`~lowkeyd.engine.cloak.Cloaker`."""
+    """Protects photo files with one :class:`CloakEngine`, or none where the attack runs elsewhere."""
 
     def __init__(
         self,
-        cloaker: Cloaker,
+        cloaker: CloakEngine | None,
         settings: ProtectionSettings = DEFAULT_SETTINGS,
         *,
         max_pixels: int | None = None,
@@ -68,12 +108,15 @@ class PhotoProtector:
     ) -> None:
         """``settings``' policies apply to every photo; the attack is ``cloaker``'s own.
 
+        ``cloaker`` None: a remote lowkeyd cloaks; this protector reads photos and publishes lowkeyd's own
+        output as it is, its outcomes naming ``settings.preset`` (the remote's), and fails every other photo.
         ``max_pixels``: the largest photo read, where the caller sizes it to the machine (default:
         ``settings.max_megapixels``, else the photo layer's own limit). ``is_own_output(sha256_hex)`` says
         whether lowkeyd wrote a file with that content (the daemon's state knows); without it every photo is cloaked.
         """
         self.cloaker = cloaker
         self.settings = settings
+        self.preset: Preset = settings.preset if cloaker is None else cloaker.preset  # the attack this protector runs
         self.max_pixels = settings.max_pixels if max_pixels is None else max_pixels
         self.is_own_output = is_own_output
 
@@ -92,9 +135,9 @@ class PhotoProtector:
         return cls(Cloaker(settings.preset, settings.device, threads=threads), settings, is_own_output=is_own_output)
 
     @property
-    def preset(self) -> Preset:
-        """The attack this protector runs."""
-        return self.cloaker.preset
+    def device(self) -> str:
+        """Where the attack runs, in words."""
+        return "elsewhere (a remote lowkeyd)" if self.cloaker is None else str(self.cloaker.device)
 
     # -- public ----------------------------------------------------------------------
 
@@ -140,13 +183,14 @@ class PhotoProtector:
         """Write ``photo`` to ``dest`` when it needs no attack (lowkeyd's own, or without a face); None when it has one.
 
         The daemon's fast lane: such a photo does not wait behind faces being cloaked. The faces are
-        looked for exactly as :meth:`protect_files` would (the engine's own detector), so a photo
-        published here would have had none cloaked there either.
+        looked for exactly as :meth:`protect_files` would (a :class:`LocalEngine`'s own detector), so a
+        photo published here would have had none cloaked there either. Without a local engine only
+        lowkeyd's own output is written here: the engine elsewhere looks for the faces of every other photo.
         """
         start = time.perf_counter()
         result = None
         if not self._own(photo):
-            if self.cloaker.detector is None or self.cloaker.detector.detect(photo.rgb):
+            if not isinstance(self.cloaker, LocalEngine) or self.cloaker.detector.detect(photo.rgb):
                 return None
             from lowkeyd.engine.cloak import CloakResult
 
@@ -173,11 +217,12 @@ class PhotoProtector:
 
     def _cloak(self, photos: list[Photo]) -> dict[int, CloakResult | LowkeydError]:
         """Cloak the photos, colour and grayscale ones in separate batches; check every face is protected."""
+        if self.cloaker is None:
+            why = "no attack runs here (a remote lowkeyd cloaks this daemon's photos); not published"
+            return {id(p): EngineError(f"{p.name}: {why}") for p in photos}
         out: dict[int, CloakResult | LowkeydError] = {}
-        for luma_only in (False, True):
-            group = [p for p in photos if p.grayscale == luma_only]
-            if not group:
-                continue
+        for luma_only, positions in colour_groups([p.grayscale for p in photos]):
+            group = [photos[i] for i in positions]
             try:
                 results = self.cloaker.cloak_batch([p.rgb for p in group], luma_only=luma_only)
             except LowkeydError as exc:

@@ -9,8 +9,10 @@ are left out.
 The layers (README, How it works):
 
 * ``lowkeyd.engine`` knows nothing of files, folders or daemons: it imports none of
-  the photo layer, the pipeline, the daemon or the command line;
-* ``lowkeyd.photo`` never imports torch, nor the engine, the pipeline, the daemon or the command line;
+  the photo layer, the pipeline, serving, the daemon or the command line;
+* ``lowkeyd.photo`` never imports torch, nor the engine, the pipeline, serving, the daemon or the command line;
+* ``lowkeyd.serving`` (worker, jobs, outbox, the API) imports neither the daemon nor the cluster: both
+  stand on it, side by side;
 * nothing but the command line imports the command line.
 
 Usage: ``python scripts/imports.py [--modules] [--root PACKAGE_DIR]``. Exit status 1 on a
@@ -30,15 +32,22 @@ from pathlib import Path
 RULES = (
     (
         "lowkeyd.engine",
-        ("lowkeyd.photo", "lowkeyd.pipeline", "lowkeyd.daemon", "lowkeyd.cli"),
+        ("lowkeyd.photo", "lowkeyd.pipeline", "lowkeyd.serving", "lowkeyd.daemon", "lowkeyd.cli"),
         (),
         "the engine knows nothing of files or daemons",
     ),
     (
         "lowkeyd.photo",
-        ("torch", "torchvision", "facenet_pytorch", "lpips", "lowkeyd.engine", "lowkeyd.pipeline", "lowkeyd.daemon", "lowkeyd.cli"),
+        ("torch", "torchvision", "facenet_pytorch", "lpips", "lowkeyd.engine", "lowkeyd.pipeline", "lowkeyd.serving",
+         "lowkeyd.daemon", "lowkeyd.cli"),
         (),
         "the photo layer never imports torch or the engine",
+    ),
+    (
+        "lowkeyd.serving",
+        ("lowkeyd.daemon", "lowkeyd.cluster", "lowkeyd.cli"),
+        (),
+        "the daemon and the cluster stand on serving, not under it",
     ),
     # `python -m lowkeyd` is the command line's own door.
     ("lowkeyd", ("lowkeyd.cli",), ("lowkeyd.cli", "lowkeyd.__main__"), "only the command line imports the command line"),

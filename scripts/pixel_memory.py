@@ -7,7 +7,7 @@ under the pixel limit, looked at for faces by the engine's detector, and encoded
 models are loaded first, once; before each photo the process's peak resident size is
 reset (``/proc/self/clear_refs``), so each row is that photo's own peak above what was
 resident before it. Prints a Markdown table and the bytes per pixel that
-``lowkeyd.daemon.memory`` assumes.
+``lowkeyd.serving.memory`` assumes.
 
     scripts/pixel_memory.py                    # 5, 10, 20 and 40 megapixels
     scripts/pixel_memory.py --sizes 10,80      # more is slow, and needs the memory
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per size instead of the table")
     args = parser.parse_args()
 
-    from lowkeyd.daemon.memory import BYTES_PER_PIXEL, release_free_memory
     from lowkeyd.pipeline import PhotoProtector
+    from lowkeyd.serving.memory import BYTES_PER_PIXEL, release_free_memory
     from lowkeyd.settings import ProtectionSettings
 
     protector = PhotoProtector.load(ProtectionSettings(device="cpu"), threads=args.threads)
@@ -83,7 +83,7 @@ def main() -> None:
             f"| {r['megapixels']:.1f} | {r['file_kb']:.0f} KB | {r['peak_gib']:.2f} GiB | {r['bytes_per_pixel']:.1f} "
             f"| {r['seconds']:.1f} |"
         )
-    print(f"\nlowkeyd.daemon.memory assumes {BYTES_PER_PIXEL} bytes a pixel.")
+    print(f"\nlowkeyd.serving.memory assumes {BYTES_PER_PIXEL} bytes a pixel.")
 
 
 if __name__ == "__main__":

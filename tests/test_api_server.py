@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lowkeyd.daemon.api.routes import JobRoot, LocalApi
-from lowkeyd.daemon.api.server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
-from lowkeyd.daemon.api.client import DaemonClient, DaemonUnavailable, find_daemon
-from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.worker import Worker
 from lowkeyd.errors import ConfigError
+from lowkeyd.serving.api.client import DaemonClient, DaemonUnavailable, find_daemon
+from lowkeyd.serving.api.routes import JobRoot, LocalApi
+from lowkeyd.serving.api.server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
+from lowkeyd.serving.outbox import Outbox
+from lowkeyd.serving.worker import Worker
 
 TOKEN = "a-test-token-that-is-long-enough"
 LIMIT = 100_000

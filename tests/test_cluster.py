@@ -34,10 +34,10 @@ import pytest
 import yaml
 from daemon_fixtures import FAST_ATTACK, face_photo, stop_daemon, wait_until
 
-from lowkeyd.daemon.api.client import DaemonClient
 from lowkeyd.daemon.config import parse_config
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.photo import read_photo
+from lowkeyd.serving.api.client import DaemonClient
 
 # Ray Serve's own configuration models use a pydantic feature pydantic deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")

@@ -25,7 +25,6 @@ import numpy as np
 import piexif
 import pytest
 import yaml
-from PIL import Image
 from daemon_fixtures import (
     FAST_ATTACK,
     SLOW_ATTACK,
@@ -34,12 +33,13 @@ from daemon_fixtures import (
     faceless_photo,
     wait_until,
 )
+from PIL import Image
 
 from lowkeyd.cli.daemon import status_report
-from lowkeyd.daemon.memory import BYTES_PER_PIXEL
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import encode_photo, read_photo
 from lowkeyd.photo.jpeg import image_data
+from lowkeyd.serving.memory import BYTES_PER_PIXEL
 
 pytestmark = pytest.mark.slow
 

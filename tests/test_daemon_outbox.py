@@ -17,13 +17,13 @@ import pytest
 
 from lowkeyd.cli import main
 from lowkeyd.cli.daemon import status_report
-from lowkeyd.daemon.candidate import content_hash
 from lowkeyd.daemon.config import SourceConfig
 from lowkeyd.daemon.follow import Follower
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.mounts import is_mount_point, mount_points
-from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.state import FileKey, StateDB, Status
+from lowkeyd.serving.jobs import Published
+from lowkeyd.serving.mounts import is_mount_point, mount_points
+from lowkeyd.serving.outbox import STAGING_NAME, Outbox, OutboxUnavailable
+from lowkeyd.serving.reading import content_hash
 
 DATA = Path(__file__).parent / "data"
 

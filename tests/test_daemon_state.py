@@ -15,10 +15,10 @@ import pytest
 
 from lowkeyd.cli import main
 from lowkeyd.cli.daemon import status_report
-from lowkeyd.daemon.candidate import content_hash
-from lowkeyd.daemon.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.daemon.service import single_instance
 from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status
+from lowkeyd.serving.outbox import STAGING_NAME, Outbox, OutboxUnavailable
+from lowkeyd.serving.reading import content_hash
 
 DATA = Path(__file__).parent / "data"
 

@@ -217,7 +217,8 @@ def test_a_complete_photo_is_told_from_its_container_and_any_cut_is_not(tmp_path
 
 
 def test_links_out_of_the_source_fifos_and_devices_are_handed_out_unopened(tmp_path: Path) -> None:
-    from lowkeyd.daemon.candidate import Refused, inspect
+    from lowkeyd.daemon.candidate import inspect
+    from lowkeyd.serving.reading import Refused
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -241,11 +242,11 @@ def test_links_out_of_the_source_fifos_and_devices_are_handed_out_unopened(tmp_p
 
 
 def test_a_read_that_hangs_gives_up_in_bounded_time_and_then_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lowkeyd.daemon import candidate
+    from lowkeyd.serving import reading
 
     # A read that never returns, as on a hung network mount: it keeps its reader thread, not the caller.
-    monkeypatch.setattr(candidate, "READ_SECONDS", 0.5)
-    readers = candidate._Readers(1)
+    monkeypatch.setattr(reading, "READ_SECONDS", 0.5)
+    readers = reading._Readers(1)
     released = threading.Event()
     # The mount answers after two minutes at the latest: a reader that does not give up returns then and fails
     # the test, instead of hanging it.

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
 from lowkeyd.errors import LowkeydError
+from lowkeyd.serving.worker import Job, QueueFull, Worker, WorkerStopped
 
 
 @dataclass
@@ -125,7 +125,7 @@ def test_background_priority_is_applied_to_later_threads() -> None:
     # In a child process: priorities cannot be raised back, and must not leak into the test run.
     code = """
 import os, threading
-from lowkeyd.daemon.worker import lower_priority
+from lowkeyd.serving.worker import lower_priority
 lower_priority(7, idle=True)
 out = {}
 def probe():

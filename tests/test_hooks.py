@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lowkeyd.daemon.hooks import HookLog, Published, PublishHook, hook_report
+from lowkeyd.daemon.hooks import HookLog, PublishHook, hook_report
+from lowkeyd.serving.jobs import Published
 
 
 @pytest.fixture
@@ -233,7 +234,8 @@ def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: P
 _MEMORY_PROBE = """
 import json, sys, threading
 from pathlib import Path
-from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
+from lowkeyd.daemon.hooks import HookLog, PublishHook
+from lowkeyd.serving.jobs import Published
 
 def rss():
     with open("/proc/self/status") as f:

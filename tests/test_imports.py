@@ -18,10 +18,10 @@ def test_the_package_has_no_cycle_and_keeps_its_layers() -> None:
     run = _graph()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "no cycles" in run.stdout and "no layer crossed" in run.stdout
-    # The daemon's parts are rooms of their own, and the API reaches the daemon's jobs, not its service.
+    # The API reaches serving's jobs, not the daemon's service.
     modules = _graph(None, "--modules").stdout
-    routes = next(line for line in modules.splitlines() if line.startswith("lowkeyd.daemon.api.routes ->"))
-    assert "lowkeyd.daemon.jobs" in routes and "lowkeyd.daemon.service" not in routes
+    routes = next(line for line in modules.splitlines() if line.startswith("lowkeyd.serving.api.routes ->"))
+    assert "lowkeyd.serving.jobs" in routes and "lowkeyd.daemon.service" not in routes
 
 
 def _package(root: Path, modules: dict[str, str]) -> Path:
@@ -45,6 +45,10 @@ def test_a_deferred_cycle_and_crossed_layers_fail(tmp_path: Path) -> None:
             # service imports api only inside a function: a cycle all the same once it runs.
             "daemon/api.py": "from lowkeyd.daemon.service import FileJob\n",
             "daemon/service.py": "class FileJob: ...\ndef start():\n    from . import api\n",
+            # serving stands under the daemon and the cluster: a deferred import of either crosses all the same.
+            "serving/worker.py": "def stop():\n    from lowkeyd.daemon import service\n",
+            "serving/outbox.py": "from lowkeyd.cluster.app import Ingress\n",
+            "cluster/app.py": "class Ingress: ...\n",
         },
     )
     run = _graph(package)
@@ -52,6 +56,8 @@ def test_a_deferred_cycle_and_crossed_layers_fail(tmp_path: Path) -> None:
     assert "cycle: lowkeyd.daemon.api <-> lowkeyd.daemon.service" in run.stdout
     assert "layer crossed: lowkeyd.engine.cloak imports lowkeyd.photo.decode" in run.stdout
     assert "layer crossed: lowkeyd.photo.decode imports torch" in run.stdout
+    assert "layer crossed: lowkeyd.serving.worker imports lowkeyd.daemon.service" in run.stdout
+    assert "layer crossed: lowkeyd.serving.outbox imports lowkeyd.cluster.app" in run.stdout
 
 
 def test_imports_only_for_type_checkers_do_not_count(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from lowkeyd.daemon.config import parse_config
-from lowkeyd.daemon.outbox import STAGING_NAME
 from lowkeyd.photo.atomic import TEMP_SUFFIX
+from lowkeyd.serving.outbox import STAGING_NAME
 
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 SCRIPTS = [SERVICE / "rclone" / "lowkeyd-rclone-upload", SERVICE / "hooks" / "pre-upload"]

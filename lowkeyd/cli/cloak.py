@@ -18,8 +18,8 @@ from lowkeyd.photo import is_photo_path
 from lowkeyd.settings import BelowTargetPolicy, NoFacePolicy, ProtectionSettings
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.api.client import DaemonProtector
     from lowkeyd.pipeline import PhotoProtector
+    from lowkeyd.serving.api.client import DaemonProtector
 
 STDIO = "-"
 
@@ -98,9 +98,9 @@ def _jobs(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
 
 
 def _remote(args: argparse.Namespace, asked: bool) -> DaemonProtector:
-    from lowkeyd.daemon.api.client import DaemonProtector
     from lowkeyd.daemon.config import RemoteConfig
     from lowkeyd.daemon.remote import remote_client
+    from lowkeyd.serving.api.client import DaemonProtector
 
     if asked or args.no_daemon:
         raise LowkeydError("--remote takes no engine or policy option: the service applies its own")
@@ -122,7 +122,7 @@ def _daemon(args: argparse.Namespace) -> DaemonProtector | None:
         return _remote(args, asked)
     if args.no_daemon or asked:
         return None
-    from lowkeyd.daemon.api.client import DaemonProtector, find_daemon
+    from lowkeyd.serving.api.client import DaemonProtector, find_daemon
 
     client = find_daemon()
     if client is None:

@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list_replicas(args.address)
     from lowkeyd.cluster.settings import ServeArgs
-    from lowkeyd.daemon.api.server import load_token, token_source
     from lowkeyd.daemon.config import TcpConfig
+    from lowkeyd.serving.api.server import load_token, token_source
 
     given = ServeArgs.parse({
         "preset": args.preset, "set": parse_overrides(args.overrides), "gpus": args.gpus, "replicas": args.replicas,

@@ -21,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> int:
-    from lowkeyd.daemon.api.client import DaemonClient, DaemonUnavailable
+    from lowkeyd.serving.api.client import DaemonClient, DaemonUnavailable
 
     with DaemonClient(timeout=30.0) as client:
         try:

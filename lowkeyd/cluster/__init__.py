@@ -2,7 +2,7 @@
 
 An optional part (``pip install 'lowkeyd[cluster]'``): nothing else in lowkeyd imports it,
 and only :mod:`lowkeyd.cluster.app` and :mod:`lowkeyd.cluster.run` import Ray. The service speaks the daemon's HTTP API
-(:class:`~lowkeyd.daemon.api.LocalApi` itself runs in its ingress), so a daemon or
+(:class:`~lowkeyd.serving.api.LocalApi` itself runs in its ingress), so a daemon or
 ``lowkeyd cloak`` offloads to it exactly as to a daemon's TCP port.
 """
 
@@ -38,7 +38,7 @@ def app(args: dict[str, Any]) -> Any:
     from lowkeyd.cluster.app import build_app
     from lowkeyd.cluster.run import cluster_has_gpus
     from lowkeyd.cluster.settings import ServeArgs
-    from lowkeyd.daemon.api.server import load_token
+    from lowkeyd.serving.api.server import load_token
 
     given = ServeArgs.parse(dict(args))
     token = load_token(given.token_file, create=False)

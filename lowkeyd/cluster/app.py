@@ -1,6 +1,6 @@
 """The Ray Serve application: an HTTP ingress, the model replicas, and the answer book.
 
-* ``Ingress`` (CPU): the daemon's own :class:`~lowkeyd.daemon.api.LocalApi` (routes, bearer
+* ``Ingress`` (CPU): the daemon's own :class:`~lowkeyd.serving.api.LocalApi` (routes, bearer
   token, 413, 429 with Retry-After, OpenAPI), on a :class:`~lowkeyd.cluster.intake.Intake`
   whose resource is a :class:`~lowkeyd.pipeline.PhotoProtector`: photos are decoded and
   encoded here, by the pipeline itself, and only the pixels go to the models, through a
@@ -33,8 +33,8 @@ from lowkeyd.cluster.drain import Draining
 from lowkeyd.cluster.idempotency import Answer, AnswerBook, IdempotentUploads, Reused
 from lowkeyd.cluster.intake import Intake, released
 from lowkeyd.cluster.settings import ServeSettings
-from lowkeyd.daemon.worker import WorkerStopped
 from lowkeyd.engine.presets import Preset
+from lowkeyd.serving.worker import WorkerStopped
 
 if TYPE_CHECKING:
     from lowkeyd.engine.cloak import CloakResult
@@ -79,24 +79,20 @@ class CloakModel:
             self._attacking -= len(items)
 
     def _cloak(self, items: Sequence[tuple[np.ndarray, bool]]) -> list[CloakResult]:
-        results: list[CloakResult] = [None] * len(items)  # type: ignore[list-item] - every slot is filled below
-        for luma_only in (False, True):  # grayscale photos get their own batch, as in the pipeline
-            group = [i for i, item in enumerate(items) if item[1] == luma_only]
-            if group:
-                for i, result in zip(group, self.cloaker.cloak_batch([items[i][0] for i in group], luma_only=luma_only),
-                                     strict=True):
-                    results[i] = result
-        return results
+        from lowkeyd.pipeline import colour_groups
+
+        results: dict[int, CloakResult] = {}
+        for luma_only, group in colour_groups([gray for _, gray in items]):
+            results.update(zip(group, self.cloaker.cloak_batch([items[i][0] for i in group], luma_only=luma_only),
+                               strict=True))
+        return [results[i] for i in range(len(items))]
 
 
 class ServeCloaker:
-    """What :class:`~lowkeyd.pipeline.PhotoProtector` needs of a cloaker, done by the model replicas.
+    """A :class:`~lowkeyd.pipeline.CloakEngine` whose attack the model replicas run.
 
-    It has no detector: the ingress never looks for faces itself (``protect_bytes`` does not).
+    Not a local engine: the ingress never looks for faces itself, the replicas do.
     """
-
-    detector = None
-    models: tuple[()] = ()
 
     def __init__(
         self, model: DeploymentHandle, preset: Preset, description: dict[str, Any], native: threading.Lock
@@ -193,25 +189,24 @@ class Ingress:
     """One ingress replica: the daemon's API on an intake of photos for the model replicas."""
 
     async def __init__(self, model: DeploymentHandle, ledger: DeploymentHandle, settings: ServeSettings) -> None:
-        from lowkeyd.daemon.api.routes import BearerAuth, JobRoot, LocalApi
-        from lowkeyd.daemon.memory import pixel_limit
-        from lowkeyd.daemon.outbox import Outbox
         from lowkeyd.pipeline import PhotoProtector
+        from lowkeyd.serving.api.routes import BearerAuth, JobRoot, LocalApi
+        from lowkeyd.serving.jobs import Protector
+        from lowkeyd.serving.memory import pixel_limit
+        from lowkeyd.serving.outbox import Outbox
 
-        self.intake: Intake[PhotoProtector] = Intake(None, queue_size=settings.queue_size,
-                                                     concurrency=settings.concurrency)
+        native = threading.Lock()
         protection = settings.protection
-        cloaker = ServeCloaker(model, protection.preset, await model.describe.remote(), self.intake.native)
-        self.intake.resource = PhotoProtector(  # type: ignore[arg-type] - a cloaker by interface
-            cloaker, protection, max_pixels=pixel_limit(protection.max_megapixels)
-        )
+        cloaker = ServeCloaker(model, protection.preset, await model.describe.remote(), native)
+        protector: Protector = PhotoProtector(cloaker, protection, max_pixels=pixel_limit(protection.max_megapixels))
+        self.intake = Intake(protector, native=native, queue_size=settings.queue_size, concurrency=settings.concurrency)
         self._model = model
         self._ledger = ledger
         self._cloaker = cloaker
         self._settings = settings
         api = LocalApi(
-            self.intake,  # type: ignore[arg-type] - the worker interface LocalApi uses
-            Outbox(settings.outbox) if settings.outbox is not None else None,  # type: ignore[arg-type]
+            self.intake,
+            Outbox(settings.outbox) if settings.outbox is not None else None,
             queue_size=settings.queue_size,
             roots=[JobRoot(name, path) for name, path in settings.job_roots],
             max_upload_bytes=settings.max_upload_bytes,

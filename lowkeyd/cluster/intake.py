@@ -1,7 +1,7 @@
-"""The daemon's worker interface over a thread pool: photos in one ingress replica run side by side.
+"""A :class:`~lowkeyd.serving.worker.JobQueue` over a thread pool: photos in one ingress replica run side by side.
 
-:class:`~lowkeyd.daemon.api.LocalApi` hands its jobs to a worker (``submit``, ``has_room``,
-``busy``, ``resource``). In the daemon that worker is one thread on the resident models; in
+:class:`~lowkeyd.serving.api.LocalApi` hands its jobs to a job queue. In the daemon that is
+one worker thread on the resident models; in
 the service the models are elsewhere (the model replicas) and a job is mostly decoding,
 waiting for the replicas and encoding, so many run at once: that is what lets the model
 replicas batch faces from different requests. The bound is kept (a full intake is a 429).
@@ -19,23 +19,24 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from lowkeyd.daemon.worker import Job, QueueFull
+from lowkeyd.serving.worker import Job, QueueFull
 
 R = TypeVar("R")
 T = TypeVar("T")
 
 
 class Intake(Generic[R]):
-    def __init__(self, resource: R | None, *, queue_size: int, concurrency: int) -> None:
-        self.resource: R | None = resource
+    def __init__(self, resource: R, *, native: threading.Lock, queue_size: int, concurrency: int) -> None:
+        """``native``: the lock on photo decoding and encoding, which ``resource`` lets go of while it waits."""
+        self.resource = resource
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="lowkeyd-intake")
         self._queue_size = queue_size
         self._capacity = queue_size + concurrency  # waiting plus running, as the daemon's queue and its batch
         self._count = 0
         self._lock = threading.Lock()
-        self.native = threading.Lock()  # decoding and encoding: one job at a time (see the module's docstring)
+        self.native = native  # decoding and encoding: one job at a time (see the module's docstring)
 
     def submit(self, job: Job[R, T]) -> Future[T]:
         """Run ``job`` on a free thread; :class:`QueueFull` when as many wait as the queue takes."""
@@ -49,9 +50,9 @@ class Intake(Generic[R]):
 
     def _run(self, job: Job[R, T]) -> T:
         with self.native:
-            return job.run(self.resource)  # type: ignore[arg-type] - set at construction
+            return job.run(self.resource)
 
-    def _done(self, _: Future[object]) -> None:
+    def _done(self, _: Future[Any]) -> None:
         with self._lock:
             self._count -= 1
 

@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from lowkeyd.engine.presets import Preset
 from lowkeyd.errors import ConfigError, LowkeydError
-from lowkeyd.paths import config_dir
+from lowkeyd.paths import config_dir, is_within
 from lowkeyd.settings import BelowTargetPolicy, Device, NoFacePolicy, ProtectionSettings
 
 CONFIG_NAME = "config.yaml"
@@ -59,11 +59,6 @@ def _expand(value: Any, info: ValidationInfo) -> Any:
 def _problem(kind: str, message: str) -> PydanticCustomError:
     # A custom error keeps the message as written (no "Value error, " prefix in what the user reads).
     return PydanticCustomError(kind, message)
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    """``path`` is ``folder`` or inside it (both absolute and resolved)."""
-    return path == folder or folder in path.parents
 
 
 class _Folder(_Section):
@@ -130,7 +125,7 @@ class WorkConfig(_Section):
     # Photos handed to the engine together when a burst arrives.
     batch_size: int = Field(default=8, ge=1)
     # Largest photo taken, in megapixels; larger ones fail with a clear message. Unset: a photo may peak at
-    # an eighth of the machine's memory and half of what the models leave available (lowkeyd.daemon.memory).
+    # an eighth of the machine's memory and half of what the models leave available (lowkeyd.serving.memory).
     max_megapixels: float | None = Field(default=None, gt=0)
     # torch CPU threads; unset: $LOWKEYD_THREADS, else the cores other processes leave idle.
     threads: int | None = Field(default=None, ge=1)

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lowkeyd.daemon.config import SourceConfig
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.outbox import Outbox
 from lowkeyd.daemon.state import FileKey, FileRecord, StateDB
+from lowkeyd.serving.jobs import Published
+from lowkeyd.serving.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

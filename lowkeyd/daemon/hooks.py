@@ -30,6 +30,7 @@ from typing import Any
 
 from lowkeyd.daemon.state import StateError, connect
 from lowkeyd.paths import state_dir
+from lowkeyd.serving.jobs import Published
 
 log = logging.getLogger(__name__)
 
@@ -54,43 +55,6 @@ PENDING, OK, FAILED = "pending", "ok", "failed"
 
 def default_hooks_path() -> Path:
     return state_dir() / HOOKS_NAME
-
-
-@dataclass(frozen=True)
-class Published:
-    """A photo that has just appeared in the outbox, and where it came from."""
-
-    output: Path
-    outbox: Path
-    source: Path  # the original photo
-    source_name: str  # the name of its source (or API job root) in the config
-    status: str  # the pipeline's outcome: cloaked, no_face or already_cloaked
-    faces: int
-    faces_too_small: int
-    preset: str
-    seconds: float
-    # published, removed (the original was deleted: ``output`` is gone) or renamed (from ``previous``).
-    event: str = "published"
-    previous: Path | None = None
-
-    def environment(self) -> dict[str, str]:
-        env = {
-            "LOWKEYD_EVENT": self.event,
-            "LOWKEYD_OUTPUT": str(self.output),
-            "LOWKEYD_OUTPUT_REL": self.output.relative_to(self.outbox).as_posix(),
-            "LOWKEYD_OUTBOX": str(self.outbox),
-            "LOWKEYD_SOURCE": str(self.source),
-            "LOWKEYD_SOURCE_NAME": self.source_name,
-            "LOWKEYD_STATUS": self.status,
-            "LOWKEYD_FACES": str(self.faces),
-            "LOWKEYD_FACES_TOO_SMALL": str(self.faces_too_small),
-            "LOWKEYD_PRESET": self.preset,
-            "LOWKEYD_SECONDS": f"{self.seconds:.3f}",
-        }
-        if self.previous is not None:
-            env["LOWKEYD_PREVIOUS_OUTPUT"] = str(self.previous)
-            env["LOWKEYD_PREVIOUS_OUTPUT_REL"] = self.previous.relative_to(self.outbox).as_posix()
-        return env
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
 
-# What held publishing back, which says what lets it go on: room, the outbox back, or time.
-Cause = Literal["space", "missing", "error"]
+from lowkeyd.serving.outbox import Cause
 
 FIRST_WAIT = 30.0
 LONGEST_WAIT = 900.0

@@ -21,13 +21,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
+from lowkeyd.engine.presets import Preset
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.photo import Photo, write_bytes
+from lowkeyd.serving.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
 
 if TYPE_CHECKING:
     from lowkeyd.daemon.config import RemoteConfig
@@ -36,32 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Named:
-    name: str
-
-
-class RemoteEngine:
-    """Stands where the local :class:`~lowkeyd.engine.cloak.Cloaker` would: no detector, no models here.
-
-    With it a :class:`~lowkeyd.pipeline.PhotoProtector` still reads photos and publishes lowkeyd's own
-    output as it is; every other photo counts as one with faces, for the remote to cloak.
-    """
-
-    detector = None
-    models: tuple[()] = ()
-
-    def __init__(self, preset: str, url: str) -> None:
-        self.preset = _Named(preset)
-        self.device = f"remote {url}"
-
-
 def read_remote_token(config: RemoteConfig) -> str:
     """``$LOWKEYD_API_TOKEN``, else the token file, else the default one ``lowkeyd serve`` uses on this machine.
 
     Never created here: it is the service's secret.
     """
-    from lowkeyd.daemon.api.server import default_token_path
+    from lowkeyd.serving.api.server import default_token_path
 
     token = os.environ.get(TOKEN_ENV)
     if token is None:
@@ -84,7 +64,7 @@ def remote_client(config: RemoteConfig) -> DaemonClient:
 
 
 class RemoteProtector:
-    """The part of :class:`~lowkeyd.pipeline.PhotoProtector` the daemon uses, with the attack done remotely."""
+    """A :class:`~lowkeyd.serving.jobs.Protector` whose attack a remote lowkeyd runs."""
 
     def __init__(
         self,
@@ -95,11 +75,11 @@ class RemoteProtector:
         retry_seconds: float,
         load_local: Callable[[], PhotoProtector],
     ) -> None:
-        """``rules``: a protector on a :class:`RemoteEngine`, for reading and for lowkeyd's own output."""
+        """``rules``: a protector without a cloaker, for reading and for lowkeyd's own output."""
         self.client = client
         self._rules = rules
-        self.cloaker = rules.cloaker
         self.max_pixels = rules.max_pixels
+        self.device = f"remote {client.where}"
         self._fallback = fallback
         self._retry_seconds = retry_seconds
         self._load_local = load_local
@@ -180,7 +160,7 @@ class RemoteProtector:
 
 def remote_protector(
     config: RemoteConfig,
-    rules: Callable[[RemoteEngine], PhotoProtector],
+    rules: Callable[[Preset], PhotoProtector],
     load_local: Callable[[], PhotoProtector],
 ) -> RemoteProtector:
     """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
@@ -195,7 +175,8 @@ def remote_protector(
         raise ConfigError(f"remote: {exc}") from None
     log.info("cloaking on the remote lowkeyd at %s (preset %s)", config.url, preset)
     return RemoteProtector(
-        client, rules(RemoteEngine(preset, config.url)), fallback=config.fallback,
+        # The remote's preset as far as its name goes, like the outcomes it sends (outcome_of).
+        client, rules(Preset.model_construct(name=preset)), fallback=config.fallback,
         retry_seconds=config.retry_seconds, load_local=load_local,
     )
 

@@ -24,16 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from lowkeyd.daemon.api.client import default_socket_path
-from lowkeyd.daemon.api.routes import JobRoot, LocalApi
-from lowkeyd.daemon.api.server import ApiServer, TcpListener, load_token
-from lowkeyd.daemon.candidate import Refused, hash_and_pixels, inspect
+from lowkeyd.daemon.candidate import inspect
 from lowkeyd.daemon.config import DaemonConfig
 from lowkeyd.daemon.follow import Follower
-from lowkeyd.daemon.hooks import HookLog, Published, PublishHook
-from lowkeyd.daemon.jobs import FileJob, TriageJob, finish
-from lowkeyd.daemon.memory import pixel_limit, release_free_memory
-from lowkeyd.daemon.outbox import Outbox, transient_cause
+from lowkeyd.daemon.hooks import HookLog, PublishHook
 from lowkeyd.daemon.pause import PublishPause
 from lowkeyd.daemon.state import (
     FINISHED,
@@ -47,14 +41,20 @@ from lowkeyd.daemon.status_page import StatusPage
 from lowkeyd.daemon.system import systemd
 from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.daemon.worker import QueueFull, Worker, WorkerStopped, lower_priority
 from lowkeyd.errors import LowkeydError
 from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo import Photo
 from lowkeyd.pipeline import PhotoProtector
+from lowkeyd.serving.api.client import default_socket_path
+from lowkeyd.serving.api.routes import JobRoot, LocalApi
+from lowkeyd.serving.api.server import ApiServer, TcpListener, load_token
+from lowkeyd.serving.jobs import FileJob, Protector, Published, TriageJob, finish
+from lowkeyd.serving.memory import pixel_limit, release_free_memory
+from lowkeyd.serving.outbox import Cause, Outbox, transient_cause
+from lowkeyd.serving.reading import Refused, hash_and_pixels
+from lowkeyd.serving.worker import QueueFull, Worker, WorkerStopped, lower_priority
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.pause import Cause
     from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class _Pending:
     pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
 
 
-def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> PhotoProtector:
+def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> Protector:
     """The models, loaded once for the daemon's lifetime; ``is_own_output`` as for :class:`PhotoProtector`.
 
     With ``remote:`` a remote service cloaks instead (the models are loaded here only for ``fallback: local``).
@@ -116,19 +116,26 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
     if config.remote is not None:
         from lowkeyd.daemon.remote import remote_protector
 
-        return remote_protector(  # type: ignore[return-value] - the interface the daemon uses
+        return remote_protector(
             config.remote,
-            lambda engine: PhotoProtector(  # type: ignore[arg-type]
-                engine, settings, max_pixels=pixel_limit(settings.max_megapixels), is_own_output=is_own_output
+            lambda preset: PhotoProtector(
+                None, settings.model_copy(update={"preset": preset}),
+                max_pixels=pixel_limit(settings.max_megapixels), is_own_output=is_own_output,
             ),
-            lambda: load_protector(config.model_copy(update={"remote": None}), is_own_output),
+            lambda: _load_models(config, is_own_output),
         )
+    return _load_models(config, is_own_output)
+
+
+def _load_models(config: DaemonConfig, is_own_output: Callable[[str], bool] | None) -> PhotoProtector:
+    """The models here (with ``remote:``, only once the remote is down and ``fallback: local``)."""
+    settings = config.protection
     protector = PhotoProtector.load(settings, threads=config.work.threads, is_own_output=is_own_output)
     # Only now: the largest photo taken depends on the memory the models left.
     protector.max_pixels = pixel_limit(settings.max_megapixels)
     log.info(
         "models loaded on %s (preset %s); photos up to %.0f megapixels",
-        protector.cloaker.device, protector.preset.name, protector.max_pixels / 1e6,
+        protector.device, protector.preset.name, protector.max_pixels / 1e6,
     )
     return protector
 
@@ -136,21 +143,17 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.worker: Worker[PhotoProtector] = Worker(
+        self.worker: Worker[Protector] = Worker(
             # The state database (open before the worker starts) knows which contents lowkeyd published.
             lambda: load_protector(config, lambda sha256: self.state.is_own_output(sha256)),
             queue_size=config.work.queue_size, batch_size=config.work.batch_size
         )
         # The fast lane, on the same resident models: each watched photo is read here once; one that needs
         # no attack is published at once, one with a face is passed on, pixels and all, to the worker.
-        self.fast: Worker[PhotoProtector] = Worker(
-            lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
-        )
+        self.fast: Worker[Protector] = Worker(self._loaded, queue_size=config.work.queue_size, batch_size=1)
         # Photos over LARGE_PIXELS (or whose header does not say) are read in a lane of their own: one takes
         # a minute or more, and the photos behind it in the fast lane would wait that long.
-        self.large: Worker[PhotoProtector] = Worker(
-            lambda: self.worker.resource, queue_size=config.work.queue_size, batch_size=1
-        )
+        self.large: Worker[Protector] = Worker(self._loaded, queue_size=config.work.queue_size, batch_size=1)
         self._lanes = (self.fast, self.large)
         self._queued_pixels = 0  # decoded pixels waiting in the worker's queue (under _publishing)
         self.settling = Settling(config.watch.settle_seconds, {s.name: s.path for s in config.sources})
@@ -174,6 +177,11 @@ class Daemon:
         self.page: StatusPage | None = None
 
     # ---- lifecycle
+
+    def _loaded(self) -> Protector:
+        """The worker's models, for the lanes (started once the worker has loaded them)."""
+        assert self.worker.resource is not None
+        return self.worker.resource
 
     def stop(self) -> None:
         self._stop.set()
@@ -473,7 +481,7 @@ class Daemon:
         """The fast lane is done with a photo: finished there, or passed on to be cloaked."""
         photo = None if future.cancelled() or future.exception() is not None else future.result()
         if not isinstance(photo, Photo):
-            self._finish(pending, future)  # type: ignore[arg-type] - an Outcome, a failure or a cancellation
+            self._finish(pending, future)  # an Outcome, a failure or a cancellation
             return
         with self._publishing:
             if self._stopping:
@@ -496,7 +504,7 @@ class Daemon:
                 return
         cloaked.add_done_callback(lambda f: self._finish(pending, f))
 
-    def _finish(self, pending: _Pending, future: Future[Outcome]) -> None:
+    def _finish(self, pending: _Pending, future: Future[Outcome] | Future[Outcome | Photo]) -> None:
         with self._publishing:
             self._queued_pixels -= pending.pixels
             pending.pixels = 0
@@ -512,7 +520,7 @@ class Daemon:
             self.notifier.photo_done(outcome.status, outcome.faces_cloaked)
             log.info("%s/%s: %s", pending.source, pending.rel_path, outcome.message)
 
-    def _publish(self, pending: _Pending, future: Future[Outcome]) -> Outcome | None:
+    def _publish(self, pending: _Pending, future: Future[Outcome] | Future[Outcome | Photo]) -> Outcome | None:
         """Publish and record a finished job; None when there is nothing to publish (failed, cancelled, stale)."""
         source, rel_path, job = pending.source, pending.rel_path, pending.job
         if future.cancelled():
@@ -548,6 +556,7 @@ class Daemon:
             log.info("%s/%s changed while it was cloaked; it will be done again", source, rel_path)
             return None
         outcome = future.result()
+        assert not isinstance(outcome, Photo)  # the fast lane hands a photo to the worker, never here
         published = False
 
         def record(written: Path | None) -> None:

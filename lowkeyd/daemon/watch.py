@@ -35,10 +35,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from lowkeyd.daemon.candidate import Refused, inspect, is_complete
-from lowkeyd.daemon.config import SourceConfig, is_within
+from lowkeyd.daemon.candidate import inspect
+from lowkeyd.daemon.config import SourceConfig
 from lowkeyd.daemon.ignore import SourceFilter, is_ignored_folder
 from lowkeyd.daemon.state import FileKey
+from lowkeyd.paths import is_within
+from lowkeyd.serving.reading import Refused, is_complete
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lowkeyd.daemon.api.client import STATUS_PAGE_LOGIN
-from lowkeyd.daemon.candidate import Refused, inspect
+from lowkeyd.daemon.candidate import inspect
 from lowkeyd.daemon.state import FileRecord, StateDB, Status
 from lowkeyd.daemon.status_page.auth import COOKIE, SESSION_SECONDS, Gate, read_form
 from lowkeyd.daemon.status_page.images import (
@@ -41,10 +40,12 @@ from lowkeyd.daemon.status_page.journal import Journal, PhotoDetail
 from lowkeyd.daemon.status_page.records import FILTERS, Records, local_midnight
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.paths import state_dir
+from lowkeyd.serving.api.client import STATUS_PAGE_LOGIN
+from lowkeyd.serving.reading import Refused
 
 if TYPE_CHECKING:
-    from lowkeyd.daemon.worker import Worker
     from lowkeyd.pipeline import Outcome
+    from lowkeyd.serving.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The local HTTP API: other tools hand the running daemon a photo and get the protected one back.
 
-Every request's work goes through the daemon's one :class:`~lowkeyd.daemon.worker.Worker`,
+Every request's work goes through the daemon's one :class:`~lowkeyd.serving.worker.Worker`,
 on the models already loaded for the watched folders, so a photo takes seconds
 instead of a model load. The worker's queue is bounded and the API never waits
 for room in it: a full queue is answered at once with 429 and a Retry-After,
@@ -12,7 +12,7 @@ timeout is answered 504 (its job is dropped if it has not started).
 format; the JSON summary (faces, preset, similarity per ensemble member) is in the
 ``X-Lowkeyd-Summary`` response header. ``POST /v1/jobs`` cloaks a file under one of
 the configured job roots into the outbox, like a watched photo. The OpenAPI
-description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.daemon.api.openapi`).
+description is at ``/v1/openapi.json`` (see :mod:`lowkeyd.serving.api.openapi`).
 """
 
 from __future__ import annotations
@@ -43,19 +43,18 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lowkeyd import __version__
-from lowkeyd.daemon.config import is_within
-from lowkeyd.daemon.api.openapi import openapi_document
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.jobs import BytesJob, FileJob, finish
-from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.worker import Job, QueueFull, Worker, WorkerStopped
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import LowkeydError, PhotoError
+from lowkeyd.paths import is_within
 from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
+from lowkeyd.serving.api.openapi import openapi_document
+from lowkeyd.serving.jobs import BytesJob, FileJob, Protector, Published, finish
+from lowkeyd.serving.outbox import Outbox
+from lowkeyd.serving.worker import Job, JobQueue, QueueFull, WorkerStopped
 
 if TYPE_CHECKING:
-    from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +187,17 @@ class _JobBook:
 
 
 class LocalApi:
-    """The API's state and its Starlette app; the daemon owns the worker, outbox and hook it is given.
+    """The API's state and its Starlette app; the daemon (or an ingress replica) owns the worker, outbox and hook
+    it is given.
 
-    ``preset`` names the attack the worker's models run, as the daemon's config resolved it.
+    ``preset`` names the attack the worker's models run, as the daemon's config resolved it. ``outbox`` is None
+    only without job roots (lowkeyd serve without one): ``POST /v1/jobs`` then refuses every path.
     """
 
     def __init__(
         self,
-        worker: Worker[PhotoProtector],
-        outbox: Outbox,
+        worker: JobQueue[Protector],
+        outbox: Outbox | None,
         *,
         queue_size: int,
         roots: Sequence[JobRoot] = (),
@@ -257,7 +258,7 @@ class LocalApi:
         message = f"the queue is full ({self.queue_size} photos waiting); try again later"
         return _error(429, message, self._retry_after())
 
-    def _submit(self, job: Job[PhotoProtector, Any]) -> Future[Any]:
+    def _submit(self, job: Job[Protector, Any]) -> Future[Any]:
         if self.worker.resource is None:
             raise _error(503, "lowkeyd is still loading its models", retry_after="10")
         try:
@@ -348,31 +349,33 @@ class LocalApi:
         if not isinstance(payload, dict) or set(payload) != {"path"} or not isinstance(payload["path"], str):
             raise _error(400, 'expected JSON: {"path": "/absolute/path/to/photo.jpg"}')
         path, root, rel = self._resolve(payload["path"])
+        outbox = self.outbox
+        assert outbox is not None  # a root was found, and roots come with an outbox
         self._refuse_when_full()
         job = ApiJob(uuid.uuid4().hex, path, root.name)
-        dest = self.outbox.destination(root.name, rel)
-        work = FileJob(path, self.outbox.stage(dest), dest, root.name, lambda: setattr(job, "status", "running"))
+        dest = outbox.destination(root.name, rel)
+        work = FileJob(path, outbox.stage(dest), dest, root.name, lambda: setattr(job, "status", "running"))
         self.jobs.add(job)
         try:
             future = self._submit(work)
         except HTTPException:
-            self.outbox.discard(work.staged)
+            outbox.discard(work.staged)
             self.jobs.remove(job.id)
             raise
-        future.add_done_callback(lambda f: self._finish_job(job, work, f))
+        future.add_done_callback(lambda f: self._finish_job(job, work, outbox, f))
         return JSONResponse(job.view(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    def _finish_job(self, job: ApiJob, work: FileJob, future: Future[Outcome]) -> None:
+    def _finish_job(self, job: ApiJob, work: FileJob, outbox: Outbox, future: Future[Outcome]) -> None:
         """Publish a finished job's photo (in the worker thread, like the daemon's own)."""
         try:
             if future.cancelled():
                 raise WorkerStopped("lowkeyd stopped before the job ran")
             outcome = future.result()
             self._timed(outcome.seconds)
-            job.output = finish(work, outcome, self.outbox, hook=self.on_published)
+            job.output = finish(work, outcome, outbox, hook=self.on_published)
             job.summary = summarise(outcome)
         except Exception as exc:
-            self.outbox.discard(work.staged)
+            outbox.discard(work.staged)
             if not isinstance(exc, LowkeydError):
                 log.error("API job %s (%s): unexpected error", job.id, job.path, exc_info=exc)
             job.error = str(exc) or type(exc).__name__
@@ -398,7 +401,7 @@ class LocalApi:
             "started": self._started,
             "ready": resource is not None,
             "preset": self.preset,
-            "device": None if resource is None else str(resource.cloaker.device),
+            "device": None if resource is None else resource.device,
             "queue": {"busy": self.worker.busy, "size": self.queue_size},
             "jobs": self.jobs.counts(),
         }

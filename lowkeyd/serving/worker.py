@@ -19,9 +19,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from lowkeyd.errors import LowkeydError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Job(ABC, Generic[R, T]):
     def run(self, resource: R) -> T: ...
 
     @classmethod
-    def run_batch(cls, resource: R, jobs: Sequence[Job[R, T]]) -> list[T | BaseException]:
+    def run_batch(cls, resource: R, jobs: Sequence[Self]) -> list[T | BaseException]:
         """One result or exception per job, in order; one job's failure must not fail the others."""
         results: list[T | BaseException] = []
         for job in jobs:
@@ -60,12 +63,34 @@ class Job(ABC, Generic[R, T]):
         return results
 
 
+class JobQueue(Protocol[R]):
+    """Where the local API hands its jobs: the daemon's :class:`Worker`, or the intake of an ingress replica of
+    ``lowkeyd serve``, whose jobs run side by side."""
+
+    @property
+    def resource(self) -> R | None:
+        """What the jobs run on; None until it is loaded."""
+        ...
+
+    @property
+    def busy(self) -> int:
+        """Jobs waiting or running."""
+        ...
+
+    def has_room(self) -> bool: ...
+
+    def submit(self, job: Job[R, T]) -> Future[T]:
+        """Queue ``job``; :class:`QueueFull` when there is no room, :class:`WorkerStopped` when it takes no more."""
+        ...
+
+
 class Worker(Generic[R]):
     def __init__(self, load: Callable[[], R], *, queue_size: int, batch_size: int) -> None:
         self._load = load
         self._queue_size = queue_size
         self._batch_size = batch_size
-        self._waiting: collections.deque[tuple[Job[R, object], Future[object]]] = collections.deque()
+        # Any: each future's result type is its own job's.
+        self._waiting: collections.deque[tuple[Job[R, Any], Future[Any]]] = collections.deque()
         self._running = 0  # jobs in the batch being run
         self._changed = threading.Condition()
         self._stopping = False
@@ -87,7 +112,7 @@ class Worker(Generic[R]):
                 raise WorkerStopped("lowkeyd is shutting down")
             if len(self._waiting) >= self._queue_size:
                 raise QueueFull(f"the queue is full ({self._queue_size} photos waiting); try again later")
-            self._waiting.append((job, future))  # type: ignore[arg-type]
+            self._waiting.append((job, future))
             self._changed.notify_all()
         return future
 
@@ -140,7 +165,7 @@ class Worker(Generic[R]):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _next_batch(self) -> list[tuple[Job[R, object], Future[object]]] | None:
+    def _next_batch(self) -> list[tuple[Job[R, Any], Future[Any]]] | None:
         with self._changed:
             while (self._paused or not self._waiting) and not self._stopping:
                 self._changed.wait()

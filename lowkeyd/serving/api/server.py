@@ -23,18 +23,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from lowkeyd.daemon.api.routes import LocalApi
-from lowkeyd.daemon.api.client import API_SOCKET_NAME, TOKEN_ENV
 from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.paths import config_dir
-
-if TYPE_CHECKING:
-    from lowkeyd.daemon.status_page import StatusPage
+from lowkeyd.serving.api.client import API_SOCKET_NAME, TOKEN_ENV
+from lowkeyd.serving.api.routes import LocalApi
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +140,17 @@ class TcpListener:
     token: str
 
 
+class Page(Protocol):
+    """A browser page served beside the API on a loopback port of its own (the daemon's status page)."""
+
+    host: str
+    port: int
+
+    def serving_at(self, host: str, port: int) -> None: ...
+
+    def app(self) -> ASGIApp: ...
+
+
 class ApiServer:
     """The API on its listeners, in a thread; :meth:`start` binds (errors reach the caller), :meth:`stop` unbinds."""
 
@@ -153,7 +161,7 @@ class ApiServer:
         socket_path: Path | None = None,
         tcp: TcpListener | None = None,
         max_connections: int = 64,
-        page: StatusPage | None = None,
+        page: Page | None = None,
     ) -> None:
         self.api = api
         self.page = page

@@ -34,23 +34,44 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
-from lowkeyd.daemon.candidate import content_hash
-from lowkeyd.daemon.config import is_within
-from lowkeyd.daemon.mounts import is_mount_point, same_mount
-from lowkeyd.daemon.pause import Cause
 from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import private_folder, state_dir
+from lowkeyd.paths import is_within, private_folder, state_dir
 from lowkeyd.photo.atomic import fsync_directory
-
-if TYPE_CHECKING:
-    from lowkeyd.daemon.state import StateDB
+from lowkeyd.serving.mounts import is_mount_point, same_mount
+from lowkeyd.serving.reading import content_hash
 
 log = logging.getLogger(__name__)
 
 # Hidden, so the daemon's own watcher and most sync clients leave it alone (and the shipped ignore lists name it).
 STAGING_NAME = ".lowkeyd-staging"
+
+
+# What held publishing back, which says what lets it go on: room, the outbox back, or time.
+Cause = Literal["space", "missing", "error"]
+
+
+class Copy(Protocol):
+    """What lowkeyd wrote at a path in the outbox."""
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def sha256(self) -> str | None: ...
+
+
+class Ledger(Protocol):
+    """Where the outbox keeps what lowkeyd has in it (the daemon's state database)."""
+
+    def published_at(self, path: Path) -> Copy | None: ...
+
+    def is_own_output(self, sha256: str) -> bool: ...
+
+    def record_published(self, path: Path, size: int, sha256: str, *, wanted: Path | None, moved_from: Path | None) -> None: ...
+
+    def forget_published(self, path: Path) -> None: ...
 
 
 class OutboxUnavailable(LowkeydError):
@@ -97,7 +118,7 @@ def _claim(src: Path, dest: Path) -> bool:
 
 
 class Outbox:
-    def __init__(self, root: Path, ledger: StateDB | None = None) -> None:
+    def __init__(self, root: Path, ledger: Ledger | None = None) -> None:
         """``ledger`` keeps what lowkeyd has in the outbox; without one it takes no file there for its own."""
         self.root = root
         self._ledger = ledger

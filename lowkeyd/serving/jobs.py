@@ -1,7 +1,7 @@
 """The work the daemon hands its resident models, and what happens to a photo once it is cloaked.
 
 The watched folders and the local API queue the same jobs on the same
-:class:`~lowkeyd.daemon.worker.Worker`; :func:`finish` is the one way a
+:class:`~lowkeyd.serving.worker.Worker`; :func:`finish` is the one way a
 cloaked file reaches the outbox and the publish hook, whoever asked for it.
 """
 
@@ -10,22 +10,86 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from lowkeyd.daemon.hooks import Published
-from lowkeyd.daemon.outbox import Outbox
-from lowkeyd.daemon.worker import Job
 from lowkeyd.photo import Photo
+from lowkeyd.serving.outbox import Outbox
+from lowkeyd.serving.worker import Job
 
 if TYPE_CHECKING:
-    from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.errors import LowkeydError
+    from lowkeyd.pipeline import Outcome
+
+
+class Protector(Protocol):
+    """What the jobs run on: a :class:`~lowkeyd.pipeline.PhotoProtector` (on the daemon's resident models, or
+    on the model replicas of ``lowkeyd serve``), or the daemon's protector that has a remote lowkeyd cloak."""
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The largest photo it takes, in pixels (None: the photo layer's own limit)."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where the attack runs, in words."""
+        ...
+
+    def read(self, src: Path, *, follow_symlinks: bool = True) -> Photo: ...
+
+    def protect_without_attack(self, photo: Photo, dest: Path) -> Outcome | None:
+        """Write ``photo`` to ``dest`` when it needs no attack; None when it needs one."""
+        ...
+
+    def protect_files(
+        self, jobs: Sequence[tuple[Path | Photo, Path]], *, follow_symlinks: bool = True
+    ) -> list[Outcome | LowkeydError]: ...
+
+    def protect_bytes(self, data: bytes) -> tuple[bytes | None, Outcome]: ...
+
+
+@dataclass(frozen=True)
+class Published:
+    """A photo that has just appeared in the outbox, and where it came from."""
+
+    output: Path
+    outbox: Path
+    source: Path  # the original photo
+    source_name: str  # the name of its source (or API job root) in the config
+    status: str  # the pipeline's outcome: cloaked, no_face or already_cloaked
+    faces: int
+    faces_too_small: int
+    preset: str
+    seconds: float
+    # published, removed (the original was deleted: ``output`` is gone) or renamed (from ``previous``).
+    event: str = "published"
+    previous: Path | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "LOWKEYD_EVENT": self.event,
+            "LOWKEYD_OUTPUT": str(self.output),
+            "LOWKEYD_OUTPUT_REL": self.output.relative_to(self.outbox).as_posix(),
+            "LOWKEYD_OUTBOX": str(self.outbox),
+            "LOWKEYD_SOURCE": str(self.source),
+            "LOWKEYD_SOURCE_NAME": self.source_name,
+            "LOWKEYD_STATUS": self.status,
+            "LOWKEYD_FACES": str(self.faces),
+            "LOWKEYD_FACES_TOO_SMALL": str(self.faces_too_small),
+            "LOWKEYD_PRESET": self.preset,
+            "LOWKEYD_SECONDS": f"{self.seconds:.3f}",
+        }
+        if self.previous is not None:
+            env["LOWKEYD_PREVIOUS_OUTPUT"] = str(self.previous)
+            env["LOWKEYD_PREVIOUS_OUTPUT_REL"] = self.previous.relative_to(self.outbox).as_posix()
+        return env
 
 
 @dataclass
-class FileJob(Job["PhotoProtector", "Outcome"]):
+class FileJob(Job["Protector", "Outcome"]):
     """Cloak one source file into a staging path; :func:`finish` publishes it to ``dest`` once it is complete.
 
-    A burst of them is one :meth:`PhotoProtector.protect_files` call, so the
+    A burst of them is one :meth:`Protector.protect_files` call, so the
     faces of several photos share the engine's batches. ``photo``, when the
     fast lane has already decoded the file, is used instead of reading it again.
     """
@@ -37,14 +101,14 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
     on_start: Callable[[], None] | None = None
     photo: Photo | None = None
 
-    def run(self, resource: PhotoProtector) -> Outcome:
+    def run(self, resource: Protector) -> Outcome:
         result = self.run_batch(resource, [self])[0]
         if isinstance(result, BaseException):
             raise result
         return result
 
     @classmethod
-    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+    def run_batch(cls, resource: Protector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
         sources: list[Path | Photo] = []
         for job in jobs:
             if job.on_start is not None:
@@ -56,7 +120,7 @@ class FileJob(Job["PhotoProtector", "Outcome"]):
 
 
 @dataclass
-class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
+class TriageJob(Job["Protector", "Outcome | Photo"]):
     """The fast lane: read a watched photo once and write it at once when it needs no attack.
 
     Returns the outcome, or the decoded photo when it has a face to cloak (for a :class:`FileJob`).
@@ -64,7 +128,7 @@ class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
 
     job: FileJob
 
-    def run(self, resource: PhotoProtector) -> Outcome | Photo:
+    def run(self, resource: Protector) -> Outcome | Photo:
         if self.job.on_start is not None:
             self.job.on_start()
         photo = resource.read(self.job.src, follow_symlinks=False)
@@ -72,12 +136,12 @@ class TriageJob(Job["PhotoProtector", "Outcome | Photo"]):
 
 
 @dataclass
-class BytesJob(Job["PhotoProtector", "tuple[bytes | None, Outcome]"]):
+class BytesJob(Job["Protector", "tuple[bytes | None, Outcome]"]):
     """Cloak a photo given as bytes; the result is bytes in the same format (None when the no-face policy skips it)."""
 
     data: bytes
 
-    def run(self, resource: PhotoProtector) -> tuple[bytes | None, Outcome]:
+    def run(self, resource: Protector) -> tuple[bytes | None, Outcome]:
         return resource.protect_bytes(self.data)
 
 
