@@ -30,6 +30,7 @@ from lowkeyd.errors import ConfigError, LowkeydError
 from lowkeyd.photo import Photo, write_bytes
 
 if TYPE_CHECKING:
+    from lowkeyd.daemon.api.wire import Summary
     from lowkeyd.daemon.config import RemoteConfig
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
@@ -151,7 +152,7 @@ class RemoteProtector:
         outcome.seconds = time.perf_counter() - start
         return outcome
 
-    def _send(self, data: bytes) -> tuple[bytes | None, dict] | None:
+    def _send(self, data: bytes) -> tuple[bytes | None, Summary] | None:
         """The remote's answer; None when it is down and ``fallback: local``. Waits for it otherwise."""
         down_since = None
         while True:
@@ -186,7 +187,7 @@ def remote_protector(
     """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
     client = remote_client(config)
     try:
-        preset = str(client.status().get("preset") or "remote")
+        preset = client.status().preset
     except DaemonUnavailable as exc:
         log.warning("the remote lowkeyd does not answer yet (%s)", exc)
         preset = "remote"
