@@ -10,18 +10,24 @@ test_api_daemon.py.
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from lowkeyd.errors import ConfigError
-from lowkeyd.serving.api.client import DaemonClient, DaemonUnavailable, find_daemon
-from lowkeyd.serving.api.routes import JobRoot, LocalApi
+from lowkeyd.engine.presets import PRESETS, Preset
+from lowkeyd.errors import ConfigError, LowkeydError
+from lowkeyd.pipeline import Outcome
+from lowkeyd.serving.api.client import DaemonClient, DaemonUnavailable, find_daemon, outcome_of
+from lowkeyd.serving.api.routes import JobRoot, LocalApi, summarise
 from lowkeyd.serving.api.server import ApiError, ApiServer, TcpListener, bind_unix_socket, load_token
+from lowkeyd.serving.api.wire import SUMMARY_HEADER, Summary
 from lowkeyd.serving.outbox import Outbox
 from lowkeyd.serving.worker import Worker
 
@@ -196,6 +202,11 @@ def test_openapi_describes_the_limits_and_the_token(server: ApiServer) -> None:
     assert set(on_socket["paths"]) == {"/v1/cloak", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/status", "/v1/openapi.json"}
     assert "security" not in on_socket
     assert str(LIMIT) in on_socket["paths"]["/v1/cloak"]["post"]["description"]
+    # The summary's schema is its model's: every knob of the attack is described, and nothing else is allowed.
+    preset = on_socket["components"]["schemas"]["Preset"]
+    assert set(preset["properties"]) == set(Preset.model_fields) and preset["additionalProperties"] is False
+    summary = on_socket["components"]["schemas"]["Summary"]
+    assert summary["properties"]["preset_settings"]["$ref"] == "#/components/schemas/Preset"
     on_tcp = httpx.get(f"{tcp_url(server)}/v1/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert on_tcp["security"] == [{"bearer": []}]
 
@@ -211,11 +222,11 @@ def test_the_client_finds_the_daemon_on_its_socket_and_over_tcp(
 ) -> None:
     client = find_daemon()
     assert client is not None
-    assert client.status()["queue"] == {"busy": 0, "size": 4}
+    assert (client.status().queue.busy, client.status().queue.size) == (0, 4)
     monkeypatch.setenv("LOWKEYD_URL", tcp_url(server))
     monkeypatch.setenv("LOWKEYD_API_TOKEN", TOKEN)
     remote = find_daemon()
-    assert remote is not None and remote.status()["ready"] is False
+    assert remote is not None and remote.status().ready is False
 
 
 def test_the_token_file_is_created_private_and_reused(dirs: Path) -> None:
@@ -246,3 +257,88 @@ def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
             server.start()
         # Nothing half-started is left behind.
         assert not (dirs / "runtime" / "api.sock").exists()
+
+
+class _FixedAnswer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's ``answer``: (status, headers, body)."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_server() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A real HTTP server that is not this version's lowkeyd: it sends what each test sets, as another version might."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FixedAnswer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _summary_of_a_photo_without_faces() -> dict:
+    outcome = Outcome("no_face", 0, 0, 0.2, None, "no face found", PRESETS["default"])
+    return summarise(outcome).model_dump(mode="json")
+
+
+def _cloak_with_summary(server: http.server.ThreadingHTTPServer, summary: str | None) -> tuple[bytes | None, Summary]:
+    server.answer = (200, {} if summary is None else {SUMMARY_HEADER: summary}, b"photo bytes")  # type: ignore[attr-defined]
+    with DaemonClient(url="http://{}:{}".format(*server.server_address)) as client:
+        return client.cloak_bytes(b"a photo")
+
+
+def test_the_client_validates_the_summary_into_the_preset_that_ran(
+    other_server: http.server.ThreadingHTTPServer,
+) -> None:
+    sent = _summary_of_a_photo_without_faces()
+    cloaked, summary = _cloak_with_summary(other_server, json.dumps(sent))
+    assert cloaked == b"photo bytes" and summary.model_dump(mode="json") == sent
+    outcome = outcome_of(summary, None)
+    assert type(outcome.preset) is Preset and outcome.preset == PRESETS["default"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # A knob this version does not know, and one out of its range: neither is a preset this version can describe.
+        (lambda s: s["preset_settings"].update(new_knob=1), "preset_settings.new_knob: Extra inputs are not permitted"),
+        (lambda s: s["preset_settings"].update(steps=5000), "preset_settings.steps: Input should be less than or equal to 1000"),
+        (lambda s: s.pop("faces_cloaked"), "faces_cloaked: Field required"),
+        (lambda s: s.update(status="half_done"), "status: Input should be 'cloaked', 'no_face' or 'already_cloaked'"),
+    ],
+)
+def test_a_summary_this_version_cannot_read_is_a_one_line_error(
+    other_server: http.server.ThreadingHTTPServer, change: Callable[[dict], object], problem: str
+) -> None:
+    summary = _summary_of_a_photo_without_faces()
+    change(summary)
+    with pytest.raises(LowkeydError) as raised:
+        _cloak_with_summary(other_server, json.dumps(summary))
+    assert str(raised.value) == (
+        f"the lowkeyd daemon on http://127.0.0.1:{other_server.server_address[1]} sent a summary this lowkeyd "
+        f"cannot read: {problem}"
+    )
+
+
+def test_a_reply_that_is_not_the_api_s_is_a_one_line_error(other_server: http.server.ThreadingHTTPServer) -> None:
+    for summary, problem in [(None, "answered without its X-Lowkeyd-Summary header"), ("{not json", "cannot read: Invalid JSON: ")]:
+        with pytest.raises(LowkeydError, match=problem) as raised:
+            _cloak_with_summary(other_server, summary)
+        assert "\n" not in str(raised.value)
+    other_server.answer = (200, {"Content-Type": "text/html"}, b"<html>a router's login page</html>")  # type: ignore[attr-defined]
+    with DaemonClient(url="http://{}:{}".format(*other_server.server_address)) as client, \
+            pytest.raises(LowkeydError, match="sent a status this lowkeyd cannot read: Invalid JSON") as raised:
+        client.status()
+    assert "\n" not in str(raised.value)

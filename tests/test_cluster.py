@@ -626,7 +626,7 @@ def test_a_daemon_with_remote_waits_while_it_is_down_then_publishes_through_it(
         # The daemon's own API hands its requests on too.
         with DaemonClient(socket_path=tmp_path / "runtime" / "api.sock") as client:
             cloaked, summary = client.cloak_bytes(face_photo(1))
-        assert cloaked == local_output[1] and summary["faces_cloaked"] == 1
+        assert cloaked == local_output[1] and summary.faces_cloaked == 1
     finally:
         stop_daemon(daemon.process)
         forwarder.close()

@@ -30,6 +30,7 @@ from lowkeyd.photo import Photo, write_bytes
 from lowkeyd.serving.api.client import TOKEN_ENV, DaemonBusy, DaemonClient, DaemonUnavailable, outcome_of
 
 if TYPE_CHECKING:
+    from lowkeyd.serving.api.wire import Summary
     from lowkeyd.daemon.config import RemoteConfig
     from lowkeyd.pipeline import Outcome, PhotoProtector
 
@@ -131,7 +132,7 @@ class RemoteProtector:
         outcome.seconds = time.perf_counter() - start
         return outcome
 
-    def _send(self, data: bytes) -> tuple[bytes | None, dict] | None:
+    def _send(self, data: bytes) -> tuple[bytes | None, Summary] | None:
         """The remote's answer; None when it is down and ``fallback: local``. Waits for it otherwise."""
         down_since = None
         while True:
@@ -166,7 +167,7 @@ def remote_protector(
     """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
     client = remote_client(config)
     try:
-        preset = str(client.status().get("preset") or "remote")
+        preset = client.status().preset
     except DaemonUnavailable as exc:
         log.warning("the remote lowkeyd does not answer yet (%s)", exc)
         preset = "remote"

@@ -12,16 +12,16 @@ e.g. a GPU box on the LAN.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from lowkeyd.engine.presets import Preset
+from lowkeyd.serving.api.wire import SUMMARY_HEADER, Job, Status, Summary, first_problem
 from lowkeyd.errors import EngineError, LowkeydError, PhotoError
 from lowkeyd.paths import runtime_dir
 from lowkeyd.photo.atomic import atomic_write
@@ -30,13 +30,15 @@ from lowkeyd.pipeline import Outcome
 API_SOCKET_NAME = "api.sock"
 URL_ENV = "LOWKEYD_URL"
 TOKEN_ENV = "LOWKEYD_API_TOKEN"
-SUMMARY_HEADER = "X-Lowkeyd-Summary"
 # A retried upload with the same key is not cloaked twice where the server keeps answers (lowkeyd serve).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 STATUS_PAGE_LOGIN = "/v1/status-page/login"
 # Waiting for room in a busy daemon's queue: at most this many tries, each after its Retry-After.
 BUSY_TRIES = 5
 MAX_RETRY_WAIT = 60.0
+
+
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class DaemonUnavailable(LowkeydError):
@@ -138,10 +140,22 @@ class DaemonClient:
             raise EngineError(message)
         raise LowkeydError(f"the lowkeyd daemon answered {response.status_code}: {message}")
 
-    def status(self) -> dict[str, Any]:
-        return self._check(self._request("GET", "/v1/status")).json()
+    def _read(self, model: type[Answer], sent: str | bytes, what: str) -> Answer:
+        """An answer validated: a daemon of another version may send what this one cannot read."""
+        try:
+            return model.model_validate_json(sent)
+        except ValidationError as exc:
+            raise LowkeydError(
+                f"the lowkeyd daemon on {self.where} sent {what} this lowkeyd cannot read: {first_problem(exc)}"
+            ) from None
 
-    def cloak_bytes(self, data: bytes, *, timeout: float | None = None) -> tuple[bytes | None, dict[str, Any]]:
+    def _json(self, model: type[Answer], what: str, method: str, path: str, **kwargs: Any) -> Answer:
+        return self._read(model, self._check(self._request(method, path, **kwargs)).content, what)
+
+    def status(self) -> Status:
+        return self._json(Status, "a status", "GET", "/v1/status")
+
+    def cloak_bytes(self, data: bytes, *, timeout: float | None = None) -> tuple[bytes | None, Summary]:
         """The cloaked photo (same format; None when the daemon's no-face policy skips it) and its summary.
 
         Waits (as the daemon's Retry-After says) while the queue is full, a few times, then raises :class:`DaemonBusy`.
@@ -159,15 +173,17 @@ class DaemonClient:
         else:
             raise DaemonBusy(f"the lowkeyd daemon on {self.where} stayed busy: {_error_message(response)}")
         self._check(response)
-        summary = json.loads(response.headers[SUMMARY_HEADER])
-        return (None if response.status_code == 204 else response.content), summary
+        sent = response.headers.get(SUMMARY_HEADER)
+        if sent is None:
+            raise LowkeydError(f"the lowkeyd daemon on {self.where} answered without its {SUMMARY_HEADER} header")
+        return (None if response.status_code == 204 else response.content), self._read(Summary, sent, "a summary")
 
-    def submit_job(self, path: Path) -> dict[str, Any]:
+    def submit_job(self, path: Path) -> Job:
         """Queue ``path`` (under one of the daemon's job roots) to be cloaked into the outbox."""
-        return self._check(self._request("POST", "/v1/jobs", json={"path": str(path)})).json()
+        return self._json(Job, "a job", "POST", "/v1/jobs", json={"path": str(path)})
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self._request("GET", f"/v1/jobs/{job_id}")).json()
+    def job(self, job_id: str) -> Job:
+        return self._json(Job, "a job", "GET", f"/v1/jobs/{job_id}")
 
     def status_page_login(self) -> str:
         """A one-time URL that signs a browser in to the daemon's status page."""
@@ -213,17 +229,15 @@ class DaemonProtector:
         return outcome_of(summary, None if cloaked is None else dest)
 
 
-def outcome_of(summary: dict[str, Any], written: Path | None, sha256: str | None = None) -> Outcome:
+def outcome_of(summary: Summary, written: Path | None, sha256: str | None = None) -> Outcome:
     """The :class:`~lowkeyd.pipeline.Outcome` an API summary describes (without per-face reports)."""
     return Outcome(
-        status=summary["status"],
-        faces_cloaked=summary["faces_cloaked"],
-        faces_too_small=summary["faces_too_small"],
-        seconds=summary["seconds"],
+        status=summary.status,
+        faces_cloaked=summary.faces_cloaked,
+        faces_too_small=summary.faces_too_small,
+        seconds=summary.seconds,
         written=written,
-        message=summary["message"],
-        # Validated by the daemon that ran it, so taken as sent: a daemon of another version (other knobs, or
-        # none sent) still answers, its preset named and its settings as far as this version knows them.
-        preset=Preset.model_construct(**summary.get("preset_settings", {"name": summary["preset"]})),
+        message=summary.message,
+        preset=summary.preset_settings,
         sha256=sha256,
     )

@@ -1,143 +1,36 @@
 """The OpenAPI 3.1 description of the local API, served at ``/v1/openapi.json``.
 
-Written out rather than generated: it is the contract other tools code
-against, and the API tests check the server against it (schemathesis).
+The paths are written out: they are the contract other tools code against, and the API
+tests check the server against it (schemathesis). The schemas of the answers are those of
+the models the server serialises and the client validates (:mod:`lowkeyd.serving.api.wire`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lowkeyd import __version__
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+from lowkeyd import __version__
+from lowkeyd.serving.api.wire import Error, Job, Status, Summary
+
 _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}
 }
+# The answers' models (Summary for its header) and every model inside them, each once, named by its class.
+_REFS, _DEFS = models_json_schema(
+    [(model, "serialization") for model in (Error, Summary, Job, Status)], ref_template="#/components/schemas/{model}"
+)
+
+
+def _json(description: str, model: type[BaseModel], **extra: Any) -> dict[str, Any]:
+    schema = _REFS[model, "serialization"]
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
 
 
 def _error(description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ERROR}}, **extra}
-
-
-def _similarities() -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": {"type": "number"}}
-
-
-_FACE = {
-    "type": "object",
-    "required": ["box", "size", "status", "similarity", "thresholds", "protected_against", "lpips"],
-    "properties": {
-        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
-                "description": "x0, y0, x1, y1 in photo pixels"},
-        "size": {"type": "number", "description": "face size in pixels"},
-        "status": {"type": "string", "enum": ["cloaked", "too_small"]},
-        "similarity": {**_similarities(),
-                       "description": "ensemble member -> cosine similarity of the cloaked face to the original"},
-        "thresholds": {**_similarities(), "description": "ensemble member -> its match threshold"},
-        "protected_against": {"type": "object", "additionalProperties": {"type": "boolean"}},
-        "lpips": {"type": ["number", "null"], "description": "perceptual change of the face (LPIPS)"},
-    },
-}
-
-# One group of faces in a holdout estimate: mean over folds, the worst fold and its 95% interval, per measure.
-_ESTIMATE_GROUP = {
-    "faces": {"type": "integer"},
-    **{
-        f"{measure}{suffix}": schema
-        for measure in ("self_social", "cross_social")
-        for suffix, schema in (
-            # null where the group has nothing to measure (no other photo of its people, for cross_social)
-            ("", {"type": ["number", "null"]}),
-            ("_worst_fold", {"type": ["number", "null"]}),
-            ("_worst_fold_interval", {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}),
-        )
-    },
-}
-
-_SUMMARY = {
-    "type": "object",
-    "required": ["status", "message", "faces_cloaked", "faces_too_small", "preset", "preset_settings", "seconds",
-                 "protected_against", "faces"],
-    "properties": {
-        "status": {"type": "string", "enum": ["cloaked", "no_face", "already_cloaked"]},
-        "message": {"type": "string"},
-        "faces_cloaked": {"type": "integer", "minimum": 0},
-        "faces_too_small": {"type": "integer", "minimum": 0},
-        "preset": {"type": "string"},
-        "preset_settings": {
-            "type": "object",
-            "description": "every setting of the attack that ran (the preset's, with the daemon's attack: overrides)",
-        },
-        "seconds": {"type": "number"},
-        "protected_against": {
-            "type": "object",
-            "additionalProperties": {"type": "boolean"},
-            "description": "attack member -> every cloaked face is past its match threshold (white-box: the "
-            "attack optimised against these very models)",
-        },
-        "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
-        "holdout_estimate": {
-            "type": ["object", "null"],
-            "description": "what `lowkeyd bench --holdout` measured on the varied test set for this preset: the "
-            "fraction of faces a recogniser left out of the attack fails to match after resize + JPEG against their "
-            "own original (self_social) and the person's other photos (cross_social); each as the mean over folds "
-            "and the worst fold with its Wilson 95% interval, for every face and, in categories, for this photo's "
-            "kinds of face (black-and-white, small); null for a preset not measured with its present settings",
-            "properties": {
-                "preset": {"type": "string"},
-                "folds": {"type": "integer"},
-                **_ESTIMATE_GROUP,
-                "categories": {"type": "object", "additionalProperties": {"type": "object", "properties": _ESTIMATE_GROUP}},
-            },
-        },
-    },
-}
-
-_JOB = {
-    "type": "object",
-    "required": ["id", "status", "path", "root", "created", "finished", "output", "summary", "error"],
-    "properties": {
-        "id": {"type": "string"},
-        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-        "path": {"type": "string", "description": "the source file, symlinks resolved"},
-        "root": {"type": "string", "description": "the job root's name; the outbox folder it is published in"},
-        "created": {"type": "number", "description": "Unix time"},
-        "finished": {"type": ["number", "null"]},
-        "output": {"type": ["string", "null"], "description": "the published photo in the outbox"},
-        "summary": {"oneOf": [{"$ref": "#/components/schemas/Summary"}, {"type": "null"}]},
-        "error": {"type": ["string", "null"]},
-    },
-}
-
-_STATUS = {
-    "type": "object",
-    "required": ["version", "pid", "started", "ready", "preset", "device", "queue", "jobs"],
-    "properties": {
-        "version": {"type": "string"},
-        "pid": {"type": "integer"},
-        "started": {"type": "number"},
-        "ready": {"type": "boolean", "description": "the models are loaded"},
-        "preset": {"type": "string"},
-        "device": {"type": ["string", "null"]},
-        "queue": {
-            "type": "object",
-            "required": ["busy", "size"],
-            "properties": {"busy": {"type": "integer"}, "size": {"type": "integer"}},
-        },
-        "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "files": {
-            "type": "object",
-            "additionalProperties": {"type": "integer"},
-            "description": "watched files per state (queued, done, failed...) and done ones per outcome",
-        },
-        "hooks": {
-            "type": ["object", "null"],
-            "additionalProperties": {"type": "integer"},
-            "description": "publish hook runs: ok, failed, pending; null without a hook",
-        },
-    },
-}
+    return _json(description, Error, **extra)
 
 
 def openapi_document(
@@ -227,14 +120,12 @@ def openapi_document(
                         },
                     },
                     "responses": {
-                        "202": {
-                            "description": "queued",
-                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
-                            "links": {
-                                "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}}
-                            },
-                        },
+                        "202": _json(
+                            "queued",
+                            Job,
+                            headers={"Location": {"required": True, "schema": {"type": "string"}}},
+                            links={"GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}}},
+                        ),
                         "400": _error("not the expected JSON, or not an absolute path"),
                         **unauthorised,
                         "403": _error("the path is not under a job root"),
@@ -252,10 +143,7 @@ def openapi_document(
                     "summary": "A job's state and, once done, its output and summary",
                     "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {
-                        "200": {
-                            "description": "the job",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
-                        },
+                        "200": _json("the job", Job),
                         **unauthorised,
                         "404": _error("no such job (ids do not survive a restart)"),
                     },
@@ -266,10 +154,7 @@ def openapi_document(
                     "operationId": "getStatus",
                     "summary": "The daemon: models, queue, jobs, and what the daemon reports about its folders",
                     "responses": {
-                        "200": {
-                            "description": "status",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
-                        },
+                        "200": _json("status", Status),
                         **unauthorised,
                     },
                 }
@@ -289,8 +174,7 @@ def openapi_document(
             },
         },
         "components": {
-            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                        "Face": _FACE, "Summary": _SUMMARY, "Job": _JOB, "Status": _STATUS},
+            "schemas": _DEFS["$defs"],
         },
     }
     if bearer:

@@ -28,13 +28,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -48,6 +49,7 @@ from lowkeyd.errors import LowkeydError, PhotoError
 from lowkeyd.paths import is_within
 from lowkeyd.photo import is_photo_path
 from lowkeyd.photo.formats import SUPPORTED_LIST
+from lowkeyd.serving.api import wire
 from lowkeyd.serving.api.openapi import openapi_document
 from lowkeyd.serving.jobs import BytesJob, FileJob, Protector, Published, finish
 from lowkeyd.serving.outbox import Outbox
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUMMARY_HEADER = "X-Lowkeyd-Summary"
 # A job request is a path in JSON; anything bigger is not one.
 MAX_JSON_BYTES = 64 * 1024
 # Finished jobs remembered for GET /v1/jobs/{id}; the oldest are forgotten first.
@@ -75,40 +76,43 @@ class JobRoot:
     path: Path  # resolved
 
 
-def summarise(outcome: Outcome) -> dict[str, Any]:
-    """The JSON summary of one photo's outcome, as the API reports it."""
+def summarise(outcome: Outcome) -> wire.Summary:
+    """The summary of one photo's outcome, as the API reports it."""
     faces = [
-        {
-            "box": [round(v, 1) for v in face.box],
-            "size": round(face.size, 1),
-            "status": face.status,
-            "similarity": {m: round(s, 4) for m, s in face.similarity.items()},
-            "thresholds": dict(face.thresholds),
-            "protected_against": face.protected_against,
-            "lpips": None if face.lpips is None else round(face.lpips, 4),
-        }
+        wire.Face(
+            box=tuple(round(v, 1) for v in face.box),
+            size=round(face.size, 1),
+            status=face.status,
+            similarity={m: round(s, 4) for m, s in face.similarity.items()},
+            thresholds=face.thresholds,
+            protected_against=face.protected_against,
+            lpips=None if face.lpips is None else round(face.lpips, 4),
+        )
         for face in outcome.faces
     ]
     members = sorted({m for face in outcome.faces if face.status == "cloaked" for m in face.similarity})
     estimate = transfer_estimate(outcome.preset, face_sizes=[face.size for face in outcome.faces])
-    return {
-        "status": outcome.status,
-        "message": outcome.message,
-        "faces_cloaked": outcome.faces_cloaked,
-        "faces_too_small": outcome.faces_too_small,
-        "preset": outcome.preset.name,
+    return wire.Summary(
+        status=outcome.status,
+        message=outcome.message,
+        faces_cloaked=outcome.faces_cloaked,
+        faces_too_small=outcome.faces_too_small,
+        preset=outcome.preset.name,
         # The preset's every setting, overrides applied: the name says which preset, this what it ran.
-        "preset_settings": outcome.preset.model_dump(mode="json"),
-        "seconds": round(outcome.seconds, 3),
+        preset_settings=outcome.preset,
+        seconds=round(outcome.seconds, 3),
         # Per ensemble member: is every cloaked face past that member's match threshold?
-        "protected_against": {
+        protected_against={
             m: all(f.protected_against[m] for f in outcome.faces if f.status == "cloaked") for m in members
         },
-        "faces": faces,
+        faces=faces,
         # Every member above is white-box; what an unseen recogniser does is the holdout bench's estimate.
-        # Per group (every face, and the photo's own kinds of face): mean over folds, the worst fold and its 95% interval.
-        "holdout_estimate": None if estimate is None else estimate.as_dict(),
-    }
+        holdout_estimate=None if estimate is None else wire.HoldoutEstimate.model_validate(estimate.as_dict()),
+    )
+
+
+def _json(model: BaseModel, status_code: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
 def _media_type(data: bytes) -> str:
@@ -126,7 +130,7 @@ def _error(status: int, message: str, retry_after: str | None = None) -> HTTPExc
 
 async def _json_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return _json(wire.Error(error=exc.detail), exc.status_code, exc.headers)
 
 
 JobStatus = Literal["queued", "running", "done", "failed"]
@@ -141,21 +145,21 @@ class ApiJob:
     status: JobStatus = "queued"
     finished: float | None = None
     output: Path | None = None
-    summary: dict[str, Any] | None = None
+    summary: wire.Summary | None = None
     error: str | None = None
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status,
-            "path": str(self.path),
-            "root": self.root,
-            "created": self.created,
-            "finished": self.finished,
-            "output": None if self.output is None else str(self.output),
-            "summary": self.summary,
-            "error": self.error,
-        }
+    def view(self) -> wire.Job:
+        return wire.Job(
+            id=self.id,
+            status=self.status,
+            path=str(self.path),
+            root=self.root,
+            created=self.created,
+            finished=self.finished,
+            output=None if self.output is None else str(self.output),
+            summary=self.summary,
+            error=self.error,
+        )
 
 
 class _JobBook:
@@ -316,7 +320,8 @@ class LocalApi:
         except LowkeydError as exc:  # the engine's: a face that could not be protected is never returned
             raise _error(422, str(exc)) from None
         self._timed(outcome.seconds)
-        headers = {SUMMARY_HEADER: json.dumps(summarise(outcome))}
+        # json.dumps: its ASCII escapes keep any text in the summary a valid header value.
+        headers = {wire.SUMMARY_HEADER: json.dumps(summarise(outcome).model_dump(mode="json"))}
         if cloaked is None:
             return Response(status_code=204, headers=headers)
         return Response(cloaked, media_type=_media_type(cloaked), headers=headers)
@@ -363,7 +368,7 @@ class LocalApi:
             self.jobs.remove(job.id)
             raise
         future.add_done_callback(lambda f: self._finish_job(job, work, outbox, f))
-        return JSONResponse(job.view(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        return _json(job.view(), 202, {"Location": f"/v1/jobs/{job.id}"})
 
     def _finish_job(self, job: ApiJob, work: FileJob, outbox: Outbox, future: Future[Outcome]) -> None:
         """Publish a finished job's photo (in the worker thread, like the daemon's own)."""
@@ -391,23 +396,23 @@ class LocalApi:
         job = self.jobs.get(request.path_params["job_id"])
         if job is None:
             raise _error(404, "no such job (job ids do not survive a restart of lowkeyd)")
-        return JSONResponse(job.view())
+        return _json(job.view())
 
     async def _get_status(self, request: Request) -> Response:
         resource = self.worker.resource
-        report: dict[str, Any] = {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started": self._started,
-            "ready": resource is not None,
-            "preset": self.preset,
-            "device": None if resource is None else resource.device,
-            "queue": {"busy": self.worker.busy, "size": self.queue_size},
-            "jobs": self.jobs.counts(),
-        }
-        if self._status is not None:
-            report.update(self._status())
-        return JSONResponse(report)
+        report = wire.Status(
+            version=__version__,
+            pid=os.getpid(),
+            started=self._started,
+            ready=resource is not None,
+            preset=self.preset,
+            device=None if resource is None else resource.device,
+            queue=wire.Queue(busy=self.worker.busy, size=self.queue_size),
+            jobs=self.jobs.counts(),
+            **({} if self._status is None else self._status()),
+        )
+        # What the daemon did not report (a service has no watched files) is left out rather than sent as null.
+        return JSONResponse(report.model_dump(mode="json", exclude_unset=True))
 
 
 class BearerAuth:
@@ -424,9 +429,7 @@ class BearerAuth:
             scheme, _, credentials = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected):
                 message = "missing bearer token" if not given else "wrong bearer token"
-                response = JSONResponse(
-                    {"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="lowkeyd"'}
-                )
+                response = _json(wire.Error(error=message), 401, {"WWW-Authenticate": 'Bearer realm="lowkeyd"'})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
