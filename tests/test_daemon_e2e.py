@@ -164,7 +164,7 @@ def rows() -> dict[str, dict]:
     """The state database's rows by path, read-only, as `lowkeyd status` reads it."""
     import sqlite3
 
-    from lowkeyd.daemon.state import default_state_path
+    from lowkeyd.daemon.store import default_state_path
 
     with sqlite3.connect(f"{default_state_path().as_uri()}?mode=ro", uri=True) as db:
         db.row_factory = sqlite3.Row
@@ -411,7 +411,7 @@ def test_links_out_of_the_folder_fifos_and_devices_are_refused_once_and_hold_not
         assert daemon.log().count(f"service: cam/{name}:") == 1, f"{name} reported once, not at every rescan"
     assert status_report()["running"], "the heartbeat went on"
     assert daemon.log().count("desktop notifications are off: no D-Bus session bus") == 1, "said once"
-    for name in ("state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"):
+    for name in ("state.sqlite3", "state.sqlite3-wal"):
         path = env / "state" / name
         assert not path.exists() or stat.S_IMODE(path.stat().st_mode) == 0o600, name
     assert daemon.stop() == 0, "SIGTERM stops it"

@@ -16,7 +16,8 @@ import pytest
 from lowkeyd.cli import main
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.daemon.service import single_instance
-from lowkeyd.daemon.state import FileKey, StateDB, StateError, Status
+from lowkeyd.daemon.state import FileKey, StateDB, Status
+from lowkeyd.daemon.store import StateError
 from lowkeyd.serving.outbox import STAGING_NAME, Outbox, OutboxUnavailable
 from lowkeyd.serving.reading import content_hash
 
@@ -285,7 +286,8 @@ def test_state_files_are_the_users_alone(state_dir: Path, photo: Path) -> None:
     finally:
         os.umask(old)
     files = [p for p in state_dir.iterdir() if p.name.endswith((".sqlite3", "-wal", "-shm"))]
-    assert {p.name for p in files} >= {"state.sqlite3", "state.sqlite3-wal", "hooks.sqlite3"}
+    assert {p.name for p in files} >= {"state.sqlite3", "state.sqlite3-wal"}
+    assert not {p.name for p in files} & {"hooks.sqlite3", "status-page.sqlite3"}, "one file for all of it"
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
     db.close()
     hooks.close()

@@ -73,7 +73,7 @@ def test_the_command_gets_the_photo_and_its_metadata_in_the_environment(tmp_path
         tmp_path / "hook",
         f'env | grep ^LOWKEYD_ | sort > "{seen}"\ncat "$LOWKEYD_OUTPUT" > "{seen}.photo"\n',
     )
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook(command, log)
     runner.published(published(outbox))
     assert runner.wait_idle(20)
@@ -91,7 +91,7 @@ def test_the_command_gets_the_photo_and_its_metadata_in_the_environment(tmp_path
 
 
 def test_failures_are_recorded_with_the_commands_message_and_reported(tmp_path: Path, outbox: Path) -> None:
-    path = tmp_path / "hooks.sqlite3"
+    path = tmp_path / "state.sqlite3"
     log = HookLog(path)
     failing = hook(script(tmp_path / "hook", 'echo "upload refused: quota exceeded" >&2\nexit 3\n'), log)
     failing.published(published(outbox))
@@ -114,7 +114,7 @@ def test_a_hook_past_its_timeout_is_killed_with_its_children(tmp_path: Path, out
     child_pid = tmp_path / "child.pid"
     # The shell starts a child (as a script calling rclone would); killing only the shell would leave it running.
     command = script(tmp_path / "hook", f'sleep 60 &\necho $! > "{child_pid}"\nwait\n')
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook(command, log, timeout=1)
     runner.published(published(outbox))
     # Long before the child's 60 s sleep would end on its own: only the timeout's kill ends the run.
@@ -137,7 +137,7 @@ def _alive(pid: int) -> bool:
 
 def test_publishing_never_waits_for_the_hook(tmp_path: Path, outbox: Path) -> None:
     started, gate = tmp_path / "started", tmp_path / "gate"
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook(gated(tmp_path / "hook", started, gate), log, timeout=300)
     # No hook can finish before the gate opens, and it opens only once all five published() calls are back.
     publisher = threading.Thread(target=lambda: [runner.published(published(outbox, f"{i}.jpg")) for i in range(5)])
@@ -156,7 +156,7 @@ def test_publishing_never_waits_for_the_hook(tmp_path: Path, outbox: Path) -> No
 
 def test_runs_cut_short_by_a_stop_run_again_on_the_next_start(tmp_path: Path, outbox: Path) -> None:
     runs, started = tmp_path / "runs", tmp_path / "started"
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     # Never opened: the running hook is cut short by the stop.
     first = hook(gated(tmp_path / "slow", started, tmp_path / "gate"), log, timeout=300)
     first.published(published(outbox, "a.jpg"))
@@ -176,7 +176,7 @@ def test_runs_cut_short_by_a_stop_run_again_on_the_next_start(tmp_path: Path, ou
 
 def test_a_photo_gone_from_the_outbox_is_a_failure_not_a_run(tmp_path: Path, outbox: Path) -> None:
     ran = tmp_path / "ran"
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     event = published(outbox)
     log.add(event.environment())
     event.output.unlink()
@@ -189,8 +189,11 @@ def test_a_photo_gone_from_the_outbox_is_a_failure_not_a_run(tmp_path: Path, out
     assert failure.error == "the photo is no longer in the outbox"
 
 
-def test_no_hook_log_means_nothing_to_report(tmp_path: Path) -> None:
-    assert hook_report(tmp_path / "hooks.sqlite3") is None
+def test_no_hook_run_means_nothing_to_report(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    assert hook_report(path) is None
+    HookLog(path).close()
+    assert hook_report(path) is None, "a state database the hook never ran in"
 
 
 RCLONE_HOOK = Path(__file__).resolve().parent.parent / "service" / "rclone" / "lowkeyd-rclone-upload"
@@ -200,7 +203,7 @@ RCLONE_HOOK = Path(__file__).resolve().parent.parent / "service" / "rclone" / "l
 def test_the_rclone_hook_uploads_each_photo_into_its_folder_on_the_remote(tmp_path: Path, outbox: Path) -> None:
     # A local folder is a remote like any other to rclone; no rclone.conf is needed for it.
     remote = tmp_path / "remote"
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook([str(RCLONE_HOOK), f"{remote}/Photos"], log)
     photos = [published(outbox, "a.jpg"), published(outbox, "b.jpg")]
     top = outbox / "c.jpg"
@@ -220,7 +223,7 @@ def test_the_rclone_hook_uploads_each_photo_into_its_folder_on_the_remote(tmp_pa
 
 
 def test_the_rclone_hook_without_a_destination_fails_with_its_reason(tmp_path: Path, outbox: Path) -> None:
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook([str(RCLONE_HOOK)], log)
     runner.published(published(outbox))
     assert runner.wait_idle(20)
@@ -267,7 +270,7 @@ def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path, outbox: 
     command = script(tmp_path / "hook", "head -c 200000000 /dev/zero | tr '\\0' x\necho\necho 'the reason' >&2\nexit 2\n")
     event = published(outbox)
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, command[0], str(event.output), str(outbox), str(tmp_path / "hooks.sqlite3")],
+        [sys.executable, "-c", _MEMORY_PROBE, command[0], str(event.output), str(outbox), str(tmp_path / "state.sqlite3")],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -304,7 +307,7 @@ def test_the_rclone_hook_never_shows_a_partial_file_and_mirrors_removals_and_ren
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    log = HookLog(tmp_path / "hooks.sqlite3")
+    log = HookLog(tmp_path / "state.sqlite3")
     runner = hook([str(RCLONE_HOOK), f"{remote}/Photos"], log, timeout=300)
     photo = Published(big, outbox, Path("/photos/big.jpg"), "cam", "cloaked", 1, 0, "default", 1.0)
     runner.published(photo)

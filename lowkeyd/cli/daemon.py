@@ -103,7 +103,8 @@ def _pid_alive(pid: int) -> bool:
 def status_report() -> dict[str, Any]:
     """What ``lowkeyd status`` shows, from the state database (read-only)."""
     from lowkeyd.daemon.hooks import hook_report
-    from lowkeyd.daemon.state import StateDB, default_state_path
+    from lowkeyd.daemon.state import StateDB
+    from lowkeyd.daemon.store import default_state_path
 
     path = default_state_path()
     if not path.exists():

@@ -6,10 +6,10 @@ path and what lowkeyd knows about it in ``LOWKEYD_*`` environment variables.
 
 Hooks run in their own threads, so a slow upload never holds up cloaking,
 and each run has a timeout after which its whole process group is killed
-(a shell script's children too). Every run is recorded in ``hooks.sqlite3``
-in the state dir: a run still pending when the daemon stops or dies is run
-again on the next start (so each published photo is handed on, at least
-once), and failures are what ``lowkeyd status`` shows.
+(a shell script's children too). Every run is recorded in the state
+database: a run still pending when the daemon stops or dies is run again on
+the next start (so each published photo is handed on, at least once), and
+failures are what ``lowkeyd status`` shows.
 """
 
 from __future__ import annotations
@@ -28,33 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowkeyd.daemon.state import StateError, connect
-from lowkeyd.paths import state_dir
+from lowkeyd.daemon.store import Store, default_state_path
 from lowkeyd.serving.jobs import Published
 
 log = logging.getLogger(__name__)
 
-HOOKS_NAME = "hooks.sqlite3"
 # How much of a failed command's output is kept: enough for its error message.
 _OUTPUT_TAIL = 600
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hook_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    output TEXT NOT NULL,
-    env TEXT NOT NULL,
-    status TEXT NOT NULL,
-    exit_code INTEGER,
-    error TEXT,
-    queued REAL NOT NULL,
-    finished REAL
-);
-CREATE INDEX IF NOT EXISTS hook_runs_by_status ON hook_runs (status, finished);
-"""
 PENDING, OK, FAILED = "pending", "ok", "failed"
-
-
-def default_hooks_path() -> Path:
-    return state_dir() / HOOKS_NAME
 
 
 @dataclass(frozen=True)
@@ -64,31 +45,12 @@ class HookFailure:
     finished: float
 
 
-class HookLog:
+class HookLog(Store):
     """The record of hook runs; safe to share between threads."""
-
-    def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
-        self.path = path or default_hooks_path()
-        self._db = connect(self.path, readonly=readonly, what="the hook log")
-        if not readonly:
-            try:
-                with self._db:
-                    self._db.executescript(_SCHEMA)
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot open the hook log {self.path}: {exc}") from None
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        with self._lock, self._db:
-            return self._db.execute(sql, params)
 
     def add(self, env: dict[str, str]) -> int:
         """A run about to be queued; it stays pending until :meth:`finish`."""
-        cursor = self._execute(
+        cursor = self._write(
             "INSERT INTO hook_runs (output, env, status, queued) VALUES (?, ?, ?, ?)",
             (env["LOWKEYD_OUTPUT"], json.dumps(env), PENDING, time.time()),
         )
@@ -96,42 +58,45 @@ class HookLog:
         return cursor.lastrowid
 
     def finish(self, run_id: int, *, exit_code: int | None, error: str | None) -> None:
-        self._execute(
+        self._write(
             "UPDATE hook_runs SET status = ?, exit_code = ?, error = ?, finished = ? WHERE id = ?",
             (FAILED if error else OK, exit_code, error, time.time(), run_id),
         )
 
     def pending(self) -> list[tuple[int, dict[str, str]]]:
-        rows = self._execute("SELECT id, env FROM hook_runs WHERE status = ? ORDER BY id", (PENDING,)).fetchall()
+        rows = self._query("SELECT id, env FROM hook_runs WHERE status = ? ORDER BY id", (PENDING,))
         return [(run_id, json.loads(env)) for run_id, env in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self._execute("SELECT status, COUNT(*) FROM hook_runs GROUP BY status").fetchall()
-        return {OK: 0, FAILED: 0, PENDING: 0, **dict(rows)}
+        rows = self._query("SELECT status, COUNT(*) FROM hook_runs GROUP BY status")
+        return {OK: 0, FAILED: 0, PENDING: 0, **{status: n for status, n in rows}}
 
     def recent_failures(self, limit: int = 5) -> list[HookFailure]:
-        rows = self._execute(
+        rows = self._query(
             "SELECT output, error, finished FROM hook_runs WHERE status = ? ORDER BY finished DESC LIMIT ?",
             (FAILED, limit),
-        ).fetchall()
+        )
         return [HookFailure(*row) for row in rows]
 
 
 def hook_report(path: Path | None = None) -> dict[str, Any] | None:
     """What ``lowkeyd status`` shows about the publish hook; None when it never ran."""
-    path = path or default_hooks_path()
+    path = path or default_state_path()
     if not path.exists():
         return None
     hooks = HookLog(path, readonly=True)
     try:
-        return {
-            "counts": hooks.counts(),
-            "recent_failures": [
-                {"output": f.output, "error": f.error, "finished": f.finished} for f in hooks.recent_failures()
-            ],
-        }
+        counts, failures = hooks.counts(), hooks.recent_failures()
+    except sqlite3.OperationalError:  # read-only, from a database the daemon has not upgraded yet
+        return None
     finally:
         hooks.close()
+    if not any(counts.values()):
+        return None
+    return {
+        "counts": counts,
+        "recent_failures": [{"output": f.output, "error": f.error, "finished": f.finished} for f in failures],
+    }
 
 
 def _tail(output: bytes) -> str:

@@ -13,80 +13,12 @@ from __future__ import annotations
 import enum
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from lowkeyd.errors import LowkeydError
-from lowkeyd.paths import private_folder, state_dir
-
-STATE_NAME = "state.sqlite3"
-_SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    source TEXT NOT NULL,
-    rel_path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    status TEXT NOT NULL,
-    outcome TEXT,
-    faces INTEGER,
-    faces_too_small INTEGER,
-    seconds REAL,
-    output TEXT,
-    duplicate_of TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    next_attempt REAL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (source, rel_path)
-);
-CREATE INDEX IF NOT EXISTS files_by_hash ON files (sha256, status);
-CREATE INDEX IF NOT EXISTS files_by_status ON files (status, next_attempt);
-CREATE TABLE IF NOT EXISTS history (
-    source TEXT NOT NULL,
-    rel_path TEXT NOT NULL,
-    event TEXT NOT NULL,
-    detail TEXT,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_file ON history (source, rel_path, at);
--- What lowkeyd published, by content: a file carrying lowkeyd's XMP marker is taken as already
--- cloaked only when its hash is here (anyone can write the marker). Kept after its row is replaced:
--- an older output copied back into a watched folder is still lowkeyd's.
-CREATE TABLE IF NOT EXISTS outputs (
-    sha256 TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
--- Each file lowkeyd has in the outbox now, by path, with its size and content hash: a file there
--- is replaced, moved or removed only while it is still this one (the user may have put their own
--- in its place). ``wanted`` is the name it was meant to have when a file of the user's had that one.
--- Rows from before version 2 have no size or hash: see StateDB.published_at.
-CREATE TABLE IF NOT EXISTS published (
-    path TEXT PRIMARY KEY,
-    size INTEGER,
-    sha256 TEXT,
-    wanted TEXT,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS daemon (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    pid INTEGER NOT NULL,
-    started REAL NOT NULL,
-    heartbeat REAL NOT NULL,
-    waiting INTEGER NOT NULL DEFAULT 0,
-    message TEXT
-);
-"""
-
-
-def default_state_path() -> Path:
-    return state_dir() / STATE_NAME
+from lowkeyd.daemon.store import Store
 
 
 class Status(str, enum.Enum):
@@ -162,67 +94,15 @@ class DaemonInfo:
     message: str | None
 
 
-class StateError(LowkeydError):
-    """The state database cannot be opened or is not lowkeyd's."""
-
-
-def connect(path: Path, *, readonly: bool, what: str) -> sqlite3.Connection:
-    """A connection the daemon's threads can share; read-only ones never create the file."""
-    try:
-        if readonly:
-            return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        private_folder(path.parent)
-        # Its user's alone, whatever the umask: it names every photo. SQLite gives its -wal and -shm
-        # files the database file's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        # WAL lets `lowkeyd status` read while the daemon writes.
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
-    except (sqlite3.Error, OSError) as exc:
-        raise StateError(f"cannot open {what} {path}: {exc}") from None
-
-
-class StateDB:
-    """The state database; safe to share between the daemon's threads."""
+class StateDB(Store):
+    """What the daemon records of each source file and of what it published; safe to share between threads."""
 
     def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
-        self.path = path or default_state_path()
-        self._db = connect(self.path, readonly=readonly, what="the state database")
+        super().__init__(path, readonly=readonly)
         if not readonly:
-            try:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._migrate()
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot open the state database {self.path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > _SCHEMA_VERSION:
-            raise StateError(f"{self.path} was written by a newer lowkeyd (schema {version})")
-        with self._db:
-            self._db.executescript(_SCHEMA)
-            if version < 2:
-                # Copies published before the ledger existed: known by path only, until they are checked.
-                self._db.execute(
-                    "INSERT OR IGNORE INTO published (path, at) SELECT output, updated FROM files WHERE output IS NOT NULL"
-                )
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
-
-    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        with self._lock, self._db:
-            return self._db.execute(sql, params).rowcount
+            # Written at every step of every photo: in WAL a crash of lowkeyd still loses nothing, and a
+            # power cut at most the last steps, which are done again.
+            self._write("PRAGMA synchronous=NORMAL")
 
     # ---- reading
 
@@ -359,16 +239,16 @@ class StateDB:
     ) -> None:
         """Finished. ``key``/``sha256`` create the row when it was never queued (a recognised duplicate);
         ``output_sha256``, the content hash of the published ``output``, makes it known as lowkeyd's."""
-        with self._lock, self._db:
+        with self._transaction() as db:
             if output is not None and output_sha256 is not None:
-                self._db.execute("INSERT OR REPLACE INTO outputs (sha256, at) VALUES (?, ?)", (output_sha256, time.time()))
+                db.execute("INSERT OR REPLACE INTO outputs (sha256, at) VALUES (?, ?)", (output_sha256, time.time()))
             if key is not None and sha256 is not None:
-                self._db.execute(
+                db.execute(
                     """INSERT OR REPLACE INTO files (source, rel_path, size, mtime_ns, inode, sha256, status, updated)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                     (source, rel_path, key.size, key.mtime_ns, key.inode, sha256, Status.DONE.value, time.time()),
                 )
-            self._db.execute(
+            db.execute(
                 """UPDATE files SET status = ?, outcome = ?, faces = ?, faces_too_small = ?, seconds = ?,
                    output = ?, duplicate_of = ?, error = NULL, next_attempt = NULL, updated = ?
                    WHERE source = ? AND rel_path = ?""",
@@ -385,7 +265,7 @@ class StateDB:
                     rel_path,
                 ),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
                 (source, rel_path, "published" if output else outcome, None if output is None else str(output), time.time()),
             )
@@ -394,8 +274,8 @@ class StateDB:
         self, source: str, rel_path: str, error: str, *, max_attempts: int, backoff_seconds: float
     ) -> FileRecord:
         """One more failed attempt: scheduled for a retry, or failed for good after the last one."""
-        with self._lock, self._db:
-            row = self._db.execute(
+        with self._transaction() as db:
+            row = db.execute(
                 "SELECT attempts FROM files WHERE source = ? AND rel_path = ?", (source, rel_path)
             ).fetchone()
             attempts = (row[0] if row else 0) + 1
@@ -404,7 +284,7 @@ class StateDB:
                 status, next_attempt = Status.FAILED, None
             else:
                 status, next_attempt = Status.RETRY, now + backoff_seconds * 2 ** (attempts - 1)
-            self._db.execute(
+            db.execute(
                 """UPDATE files SET status = ?, attempts = ?, error = ?, next_attempt = ?, outcome = NULL,
                    output = NULL, updated = ? WHERE source = ? AND rel_path = ?""",
                 (status.value, attempts, error, next_attempt, now, source, rel_path),
@@ -428,7 +308,7 @@ class StateDB:
                 "UPDATE files SET status = ?, attempts = 0, next_attempt = ?, updated = ? "
                 "WHERE source = ? AND rel_path = ? AND status = ?",
                 (Status.RETRY.value, time.time(), time.time(), source, rel_path, Status.FAILED.value),
-            )
+            ).rowcount
         )
 
     def interrupted(self) -> list[FileRecord]:
@@ -466,10 +346,10 @@ class StateDB:
 
     def record_published(self, path: Path, size: int, sha256: str, *, wanted: Path | None, moved_from: Path | None) -> None:
         """lowkeyd now has this file at ``path`` in the outbox (moved from ``moved_from``, which it no longer has)."""
-        with self._lock, self._db:
+        with self._transaction() as db:
             if moved_from is not None:
-                self._db.execute("DELETE FROM published WHERE path = ?", (str(moved_from),))
-            self._db.execute(
+                db.execute("DELETE FROM published WHERE path = ?", (str(moved_from),))
+            db.execute(
                 "INSERT OR REPLACE INTO published (path, size, sha256, wanted, at) VALUES (?, ?, ?, ?, ?)",
                 (str(path), size, sha256, None if wanted is None else str(wanted), time.time()),
             )
@@ -496,12 +376,12 @@ class StateDB:
     def mark_gone(self, source: str, rel_path: str, *, output: Path | None, event: str, detail: str | None) -> None:
         """The original is gone; ``output`` is the cloaked copy still in the outbox (None once removed or moved)."""
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute(
+        with self._transaction() as db:
+            db.execute(
                 "UPDATE files SET status = ?, output = ?, updated = ? WHERE source = ? AND rel_path = ?",
                 (Status.GONE.value, None if output is None else str(output), now, source, rel_path),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
                 (source, rel_path, event, detail, now),
             )

@@ -161,7 +161,7 @@ class StatusPage:
         self.worker = worker
         self.roots = roots
         self.outbox = outbox
-        self.journal = journal or Journal()
+        self.journal = journal or Journal(state.path)
         self.records = Records(state.path)
         self.pictures = PictureCache(cache or state_dir() / CACHE_NAME)
         self.host = host
