@@ -58,8 +58,9 @@ class CloakModel:
 
         protection = settings.protection
         self.cloaker = Cloaker(protection.preset, protection.device, threads=settings.replica_threads)
-        self.cloak.set_max_batch_size(settings.batch_size)
-        self.cloak.set_batch_wait_timeout_s(settings.batch_wait)
+        # serve.batch adds these setters at run time; Ray's annotations give the wrapped coroutine's type.
+        self.cloak.set_max_batch_size(settings.batch_size)  # type: ignore[attr-defined]
+        self.cloak.set_batch_wait_timeout_s(settings.batch_wait)  # type: ignore[attr-defined]
         self._attacking = 0  # photos in the attack now
         self._batches: collections.Counter[int] = collections.Counter()  # batches run, by size
 
@@ -188,7 +189,10 @@ class _LedgerBook:
 class Ingress:
     """One ingress replica: the daemon's API on an intake of photos for the model replicas."""
 
-    async def __init__(self, model: DeploymentHandle, ledger: DeploymentHandle, settings: ServeSettings) -> None:
+    # Serve awaits an async constructor (it needs the model replicas' answer); Python's typing has no such thing.
+    async def __init__(  # type: ignore[misc]
+        self, model: DeploymentHandle, ledger: DeploymentHandle, settings: ServeSettings
+    ) -> None:
         from lowkeyd.pipeline import PhotoProtector
         from lowkeyd.serving.api.routes import BearerAuth, JobRoot, LocalApi
         from lowkeyd.serving.jobs import Protector
@@ -272,15 +276,15 @@ def _model_options(settings: ServeSettings) -> dict[str, Any]:
 
 def build_app(settings: ServeSettings) -> Any:
     """The bound application, for ``serve.run(build_app(settings), name=APP_NAME, route_prefix="/")``."""
-    model = serve.deployment(CloakModel, name="CloakModel", **_model_options(settings))
+    # Ray annotates serve.deployment as the decorator it also is: used as one, the types follow.
+    model = serve.deployment(name="CloakModel", **_model_options(settings))(CloakModel)
     ledger = serve.deployment(
-        Ledger, name="Ledger", num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
-    )
+        name="Ledger", num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
+    )(Ledger)
     # Every photo is let through to the API's own bounds (its 429 with Retry-After, before the upload is read);
     # Serve's queue in front of the ingress only holds what the replicas' request slots cannot (status polls,
     # uploads being refused), and past that Serve answers 503 itself.
     ingress = serve.deployment(
-        serve.ingress()(Ingress),
         name="Ingress",
         num_replicas=settings.ingress_count,
         max_ongoing_requests=settings.queue_size + settings.concurrency + 64,
@@ -288,7 +292,7 @@ def build_app(settings: ServeSettings) -> Any:
         # The stop drains it first (Draining); Serve's own wait is only a backstop.
         graceful_shutdown_timeout_s=settings.grace + 15,
         ray_actor_options={"num_cpus": 0},
-    )
+    )(serve.ingress()(Ingress))
     lease = settings.timeout + 60
     return ingress.bind(model.bind(settings), ledger.bind(settings.keep_answers_bytes, lease, settings.ingress_count),
                         settings)

@@ -13,7 +13,7 @@ import ipaddress
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -246,8 +246,12 @@ def _overrides_of(preset: type[Preset]) -> type[Preset]:
     )
 
 
-# ``attack:`` in the config: single fields of the chosen preset, e.g. {steps: 30}.
-AttackSettings = _overrides_of(Preset)
+# ``attack:`` in the config: single fields of the chosen preset, e.g. {steps: 30}. A type checker
+# cannot follow a model built at run time; to it, the overrides are a Preset, which they subclass.
+if TYPE_CHECKING:
+    AttackSettings = Preset
+else:
+    AttackSettings = _overrides_of(Preset)
 
 
 class RemoteConfig(_Section):
