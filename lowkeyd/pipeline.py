@@ -16,6 +16,7 @@ applies the same rules:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -39,6 +40,10 @@ Status = Literal["cloaked", "no_face", "already_cloaked"]
 NoFacePolicy = Literal["copy", "skip"]
 # A face the budget let past every member's threshold but not to the preset's target margin.
 BelowTargetPolicy = Literal["publish", "hold"]
+
+
+class HeldBelowTarget(EngineError):
+    """Not published under ``below_target: hold``: a face is short of the preset's target margin."""
 
 
 @dataclass
@@ -113,6 +118,13 @@ class PhotoProtector:
     def preset(self) -> Preset:
         """The attack this protector runs."""
         return self.cloaker.preset
+
+    def with_preset(self, preset: Preset, *, below_target: BelowTargetPolicy) -> PhotoProtector:
+        """This protector running ``preset`` on the same resident models (nothing is loaded again)."""
+        other = copy.copy(self)
+        other.cloaker = self.cloaker.with_preset(preset)
+        other.below_target = below_target
+        return other
 
     # -- public ----------------------------------------------------------------------
 
@@ -231,13 +243,13 @@ class PhotoProtector:
             return encode_photo(photo, photo.rgb, strip_gps=self.strip_gps, marker=photo.cloak_marker if self.mark else None)
         return encode_photo(photo, result.rgb, strip_gps=self.strip_gps, marker=self._marker(result) if self.mark else None)
 
-    def _held(self, photo: Photo, result: CloakResult) -> EngineError | None:
+    def _held(self, photo: Photo, result: CloakResult) -> HeldBelowTarget | None:
         """Under ``below_target: hold``, an error for a photo with a face short of the preset's target."""
         if self.below_target != "hold":
             return None
         for face in result.faces:
             if face.status == "cloaked" and face.below_target:
-                return EngineError(
+                return HeldBelowTarget(
                     f"{photo.name}: held: a {face.size:.0f} px face is short of the preset's target margin for "
                     f"{', '.join(face.below_target)} within the visibility budget; not published (preset strong "
                     "allows twice the change, or below_target: publish publishes it as it is)"

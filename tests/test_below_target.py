@@ -15,7 +15,11 @@ import pytest
 
 from daemon_fixtures import face_photo
 from lowkeyd.cli.daemon import status_report
+from lowkeyd.daemon.api.client import STATUS_PAGE_LOGIN
+from lowkeyd.engine.presets import get_preset, stronger
+from lowkeyd.photo import read_photo
 from test_fail_closed import PHOTO_SECONDS, Daemon, files_under, running_daemon
+from test_status_page import By, Chrome, _button, _click, _follow, _heading, _text, chrome  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +38,8 @@ def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
         "work": {"nice": 0, "idle_priority": False, "batch_size": 1},
         "watch": {"settle_seconds": 1, "rescan_interval": 0},
         "retry": {"max_attempts": 1, "backoff_seconds": 1},
+        # The published copy names the preset it was cloaked with.
+        "mark_published": True,
     }
     yield from running_daemon(tmp_path, config)
 
@@ -59,3 +65,35 @@ def test_publish_writes_the_copy_and_says_it_is_short_of_the_target(daemon: Daem
     line = next(x for x in daemon.log().splitlines() if "short of the target margin" in x)
     assert "1 face cloaked; past all 4 attack members" in line, line
     assert _row("face.jpg") is None
+
+
+@pytest.mark.parametrize("daemon", ["hold"], indirect=True)
+def test_cloak_stronger_on_the_status_page_publishes_a_held_photo_with_twice_the_budget(
+    daemon: Daemon, chrome: Chrome  # noqa: F811 - the fixture imported above
+) -> None:
+    original = face_photo(0)
+    photo = daemon.base / "src" / "face.jpg"
+    photo.write_bytes(original)
+    daemon.wait_for(lambda: (_row("face.jpg") or {}).get("status") == "held", PHOTO_SECONDS, "face.jpg held")
+    with daemon.api() as api:
+        link = api.post(STATUS_PAGE_LOGIN).json()["url"]  # what `lowkeyd open` hands the browser
+    _follow(chrome, link)
+    held = chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=failures]").text
+    assert "cam/face.jpg" in held and "short of the preset's target margin" in held, held
+    chrome.get(link.split("/login")[0] + "/photo/cam/face.jpg")
+    assert "Why it was held back" in _text(chrome) and "held back" in chrome.find_element(By.CSS_SELECTOR, ".badge").text
+
+    _click(chrome, _button(chrome, "Cloak stronger"))
+    assert _heading(chrome) == "cam/face.jpg", "the form returns to the photo's page"
+    daemon.wait_for(lambda: "cam/face.jpg" in files_under(daemon.out), PHOTO_SECONDS, "face.jpg published")
+    preset = stronger(get_preset("default", **SHORT_OF_TARGET))
+    assert preset.budget == 2 * SHORT_OF_TARGET["budget"] and preset.name.startswith("strong(")
+    assert read_photo(daemon.out / "cam" / "face.jpg").cloak_marker["preset"] == preset.name
+    assert photo.read_bytes() == original, "the original is only read"
+    assert _row("face.jpg") is None
+
+    chrome.refresh()
+    page = _text(chrome)
+    assert f"Preset\n{preset.name}" in page and "Why it was held back" not in page, page
+    assert "still matches" not in page and "no match" in page, "every attack member is past its threshold"
+    assert "short of the target margin" in page or "cloaked" in page

@@ -109,6 +109,34 @@ def test_failures_back_off_then_fail_for_good(state_dir: Path, photo: Path) -> N
     assert db.get("cam", "a.jpg").attempts == 0
 
 
+def test_a_held_photo_waits_for_its_user_then_is_due_once_for_the_stronger_cloak(state_dir: Path, photo: Path) -> None:
+    db = StateDB()
+    key, sha = FileKey.of(photo), content_hash(photo)
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_held("cam", "a.jpg", "held: a face is short of the target", preset="default")
+    held = db.get("cam", "a.jpg")
+    assert held.status is Status.HELD and held.outcome == "default" and held.output is None
+    assert db.is_settled("cam", "a.jpg", key) and db.due_retries(now=time.time() + 10**6) == []
+    assert [(e.rel_path, e.status) for e in db.recent_errors()] == [("a.jpg", Status.HELD)]
+    assert db.counts() == {"held": 1} and db.finished_with_hash(sha) is None, "nothing to reuse: never published"
+    assert not db.retry_now("cam", "a.jpg"), "a retry would only hold it again"
+
+    assert db.cloak_stronger("cam", "a.jpg", "strong")
+    assert not db.cloak_stronger("cam", "a.jpg", "strong"), "asked for once"
+    assert db.is_settled("cam", "a.jpg", key), "a look at the file meanwhile does not cloak it as usual"
+    assert [(r.rel_path, r.status) for r in db.due_retries()] == [("a.jpg", Status.STRONGER)]
+    # Queued, then put back unstarted (a full queue, a shutdown): still asked for.
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.release("cam", "a.jpg", stronger=True)
+    assert [(r.rel_path, r.status) for r in db.due_retries()] == [("a.jpg", Status.STRONGER)]
+
+    # The stronger cloak could not protect it either: held by that preset, which is not asked for again.
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_held("cam", "a.jpg", "a face still matches", preset="strong")
+    assert not db.cloak_stronger("cam", "a.jpg", "strong")
+    assert [event for event, _ in db.history("cam", "a.jpg")] == ["held", "held"]
+
+
 def test_files_deleted_while_queued_are_forgotten_and_leave_the_counts(state_dir: Path, photo: Path) -> None:
     db = StateDB()
     src = photo.parent
