@@ -129,7 +129,7 @@ _STATUS = {
         "files": {
             "type": "object",
             "additionalProperties": {"type": "integer"},
-            "description": "watched files per state (queued, done, failed...) and done ones per outcome",
+            "description": "watched files per state (queued, done, failed, held: short of the target under below_target: hold...) and done ones per outcome",
         },
         "hooks": {
             "type": ["object", "null"],
