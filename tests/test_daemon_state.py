@@ -265,6 +265,8 @@ def test_status_command_reports_counts_queue_and_errors(
     db.mark_queued("cam", "d.jpg", key, sha)
     db.mark_failure("cam", "d.jpg", "not a photo: cannot identify image file", max_attempts=1, backoff_seconds=1)
     db.mark_queued("cam", "e.jpg", key, sha)
+    db.mark_queued("cam", "f.jpg", key, sha)
+    db.mark_held("cam", "f.jpg", "held: a face is short of the target", preset="default")
     db.heartbeat(waiting=0, message="3 done, 1 in the queue", started=time.time() - 60)
 
     assert main(["status"]) == 0
@@ -273,14 +275,15 @@ def test_status_command_reports_counts_queue_and_errors(
     assert "photos done: 3 (2 cloaked, 1 no face)" in out
     assert "faces cloaked: 3" in out and "queued: 1" in out and "failed: 1" in out
     assert "cam/d.jpg (1 attempt(s), gave up): not a photo: cannot identify image file" in out
+    assert "held: 1" in out and "cam/f.jpg (0 attempt(s), held back, not published): held: a face is short" in out
 
     db.clear_daemon()
     assert main(["status", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["running"] is False and report["daemon"] is None
-    assert report["counts"] == {"done": 3, "done:cloaked": 2, "done:no_face": 1, "failed": 1, "queued": 1}
+    assert report["counts"] == {"done": 3, "done:cloaked": 2, "done:no_face": 1, "failed": 1, "held": 1, "queued": 1}
     assert report["faces_cloaked"] == 3
-    assert [(e["path"], e["status"]) for e in report["recent_errors"]] == [("d.jpg", "failed")]
+    assert [(e["path"], e["status"]) for e in report["recent_errors"]] == [("f.jpg", "held"), ("d.jpg", "failed")]
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(state_dir: Path, tmp_path: Path) -> None:
