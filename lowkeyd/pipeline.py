@@ -28,7 +28,7 @@ from lowkeyd import __version__
 from lowkeyd.engine.transfer import transfer_estimate
 from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.photo import Photo, encode_photo, read_photo, write_bytes
-from lowkeyd.settings import ProtectionSettings
+from lowkeyd.settings import BelowTargetPolicy, ProtectionSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SETTINGS = ProtectionSettings()
 
 Status = Literal["cloaked", "no_face", "already_cloaked"]
+
+
+class HeldBelowTarget(EngineError):
+    """Not published under ``below_target: hold``: a face is short of the preset's target margin."""
 
 
 @dataclass
@@ -85,6 +89,10 @@ class LocalEngine(CloakEngine, Protocol):
 
     @property
     def models(self) -> tuple[FaceEmbedder, ...]: ...
+
+    def with_preset(self, preset: Preset) -> LocalEngine:
+        """The same resident models running ``preset``."""
+        ...
 
 
 def colour_groups(grayscale: Sequence[bool]) -> Iterator[tuple[bool, list[int]]]:
@@ -138,6 +146,15 @@ class PhotoProtector:
     def device(self) -> str:
         """Where the attack runs, in words."""
         return "elsewhere (a remote lowkeyd)" if self.cloaker is None else str(self.cloaker.device)
+
+    def with_preset(self, preset: Preset, *, below_target: BelowTargetPolicy) -> PhotoProtector:
+        """This protector running ``preset`` on the same resident models (nothing is loaded again)."""
+        if not isinstance(self.cloaker, LocalEngine):
+            raise EngineError("another preset runs only on models resident here")
+        settings = self.settings.model_copy(update={"preset": preset, "below_target": below_target})
+        return PhotoProtector(
+            self.cloaker.with_preset(preset), settings, max_pixels=self.max_pixels, is_own_output=self.is_own_output
+        )
 
     # -- public ----------------------------------------------------------------------
 
@@ -259,13 +276,13 @@ class PhotoProtector:
             return encode_photo(photo, photo.rgb, strip_gps=self.settings.strip_gps, marker=photo.cloak_marker if mark else None)
         return encode_photo(photo, result.rgb, strip_gps=self.settings.strip_gps, marker=self._marker(result) if mark else None)
 
-    def _held(self, photo: Photo, result: CloakResult) -> EngineError | None:
+    def _held(self, photo: Photo, result: CloakResult) -> HeldBelowTarget | None:
         """Under ``below_target: hold``, an error for a photo with a face short of the preset's target."""
         if self.settings.below_target != "hold":
             return None
         for face in result.faces:
             if face.status == "cloaked" and face.below_target:
-                return EngineError(
+                return HeldBelowTarget(
                     f"{photo.name}: held: a {face.size:.0f} px face is short of the preset's target margin for "
                     f"{', '.join(face.below_target)} within the visibility budget; not published (preset strong "
                     "allows twice the change, or below_target: publish publishes it as it is)"

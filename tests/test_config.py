@@ -12,7 +12,7 @@ import yaml
 
 from lowkeyd.cli import main
 from lowkeyd.daemon.config import DaemonConfig, load_config
-from lowkeyd.engine.presets import get_preset
+from lowkeyd.engine.presets import PRESETS, get_preset, stronger
 from lowkeyd.errors import ConfigError
 from lowkeyd.settings import ProtectionSettings
 
@@ -160,6 +160,19 @@ def test_attack_overrides_reach_the_preset(folders: Path) -> None:
     # Only the fields given change; the rest are the named preset's.
     assert preset == get_preset("strong", steps=3, target=None)
     assert preset.name == "strong(steps=3,target=None)" and preset.flip == get_preset("strong").flip
+
+
+def test_cloak_stronger_runs_the_configured_attack_with_twice_its_budget(folders: Path) -> None:
+    """What the status page's "Cloak stronger" runs on a held photo: the default's is ``strong`` itself."""
+    base = "sources: [{path: camera}]\noutbox: out\n"
+    assert stronger(load_config(write_config(folders, base)).attack_preset) is PRESETS["strong"]
+    custom = load_config(write_config(folders, base + "attack: {steps: 8, budget: 1.5}\n")).attack_preset
+    wider = stronger(custom)
+    assert wider == get_preset("default", steps=8, budget=3.0).model_copy(update={"name": wider.name})
+    assert wider.name == "strong(budget=3.0,steps=8)"
+    # Doubling stops at the widest budget; a preset there already has nothing stronger.
+    assert stronger(get_preset("default", budget=3.0)).budget == 4.0
+    assert stronger(get_preset("strong", budget=4.0)) is None and stronger(PRESETS["paper"]) is None
 
 
 def test_check_config_command(folders: Path, capsys: pytest.CaptureFixture[str]) -> None:

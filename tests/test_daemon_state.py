@@ -110,6 +110,34 @@ def test_failures_back_off_then_fail_for_good(state_dir: Path, photo: Path) -> N
     assert db.get("cam", "a.jpg").attempts == 0
 
 
+def test_a_held_photo_waits_for_its_user_then_is_due_once_for_the_stronger_cloak(state_dir: Path, photo: Path) -> None:
+    db = StateDB()
+    key, sha = FileKey.of(photo), content_hash(photo)
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_held("cam", "a.jpg", "held: a face is short of the target", preset="default")
+    held = db.get("cam", "a.jpg")
+    assert held.status is Status.HELD and held.outcome == "default" and held.output is None
+    assert db.is_settled("cam", "a.jpg", key) and db.due_retries(now=time.time() + 10**6) == []
+    assert [(e.rel_path, e.status) for e in db.recent_errors()] == [("a.jpg", Status.HELD)]
+    assert db.counts() == {"held": 1} and db.finished_with_hash(sha) is None, "nothing to reuse: never published"
+    assert not db.retry_now("cam", "a.jpg"), "a retry would only hold it again"
+
+    assert db.cloak_stronger("cam", "a.jpg", "strong")
+    assert not db.cloak_stronger("cam", "a.jpg", "strong"), "asked for once"
+    assert db.is_settled("cam", "a.jpg", key), "a look at the file meanwhile does not cloak it as usual"
+    assert [(r.rel_path, r.status) for r in db.due_retries()] == [("a.jpg", Status.STRONGER)]
+    # Queued, then put back unstarted (a full queue, a shutdown): still asked for.
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.release("cam", "a.jpg", stronger=True)
+    assert [(r.rel_path, r.status) for r in db.due_retries()] == [("a.jpg", Status.STRONGER)]
+
+    # The stronger cloak could not protect it either: held by that preset, which is not asked for again.
+    db.mark_queued("cam", "a.jpg", key, sha)
+    db.mark_held("cam", "a.jpg", "a face still matches", preset="strong")
+    assert not db.cloak_stronger("cam", "a.jpg", "strong")
+    assert [event for event, _ in db.history("cam", "a.jpg")] == ["held", "held"]
+
+
 def test_files_deleted_while_queued_are_forgotten_and_leave_the_counts(state_dir: Path, photo: Path) -> None:
     db = StateDB()
     src = photo.parent
@@ -238,6 +266,8 @@ def test_status_command_reports_counts_queue_and_errors(
     db.mark_queued("cam", "d.jpg", key, sha)
     db.mark_failure("cam", "d.jpg", "not a photo: cannot identify image file", max_attempts=1, backoff_seconds=1)
     db.mark_queued("cam", "e.jpg", key, sha)
+    db.mark_queued("cam", "f.jpg", key, sha)
+    db.mark_held("cam", "f.jpg", "held: a face is short of the target", preset="default")
     db.heartbeat(waiting=0, message="3 done, 1 in the queue", started=time.time() - 60)
 
     assert main(["status"]) == 0
@@ -246,14 +276,15 @@ def test_status_command_reports_counts_queue_and_errors(
     assert "photos done: 3 (2 cloaked, 1 no face)" in out
     assert "faces cloaked: 3" in out and "queued: 1" in out and "failed: 1" in out
     assert "cam/d.jpg (1 attempt(s), gave up): not a photo: cannot identify image file" in out
+    assert "held: 1" in out and "cam/f.jpg (0 attempt(s), held back, not published): held: a face is short" in out
 
     db.clear_daemon()
     assert main(["status", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["running"] is False and report["daemon"] is None
-    assert report["counts"] == {"done": 3, "done:cloaked": 2, "done:no_face": 1, "failed": 1, "queued": 1}
+    assert report["counts"] == {"done": 3, "done:cloaked": 2, "done:no_face": 1, "failed": 1, "held": 1, "queued": 1}
     assert report["faces_cloaked"] == 3
-    assert [(e["path"], e["status"]) for e in report["recent_errors"]] == [("d.jpg", "failed")]
+    assert [(e["path"], e["status"]) for e in report["recent_errors"]] == [("f.jpg", "held"), ("d.jpg", "failed")]
 
 
 def test_a_second_daemon_on_the_same_state_is_refused(state_dir: Path, tmp_path: Path) -> None:

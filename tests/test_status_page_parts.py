@@ -1,17 +1,27 @@
-"""The status page's parts without a daemon: its sign-in tokens, redirects and pictures, on real photos."""
+"""The status page's parts without a daemon: its sign-in tokens, redirects, pictures and held photos, on real photos."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from lowkeyd.daemon.status_page.app import _back
+from lowkeyd.serving.reading import content_hash
+from lowkeyd.daemon.state import FileKey, StateDB, Status
+from lowkeyd.daemon.status_page.app import StatusPage, _back
 from lowkeyd.daemon.status_page.auth import Gate
+from lowkeyd.daemon.status_page.journal import Journal
+from lowkeyd.serving.worker import Worker
+from lowkeyd.engine.presets import PRESETS, Preset
 from lowkeyd.daemon.status_page.images import (
     PictureCache,
     PictureUnavailable,
@@ -96,3 +106,75 @@ def test_the_picture_cache_is_private_and_bounded(tmp_path: Path) -> None:
         im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)  # the file changed: a picture of it as it is now
     assert cache.get("thumb", photo, None, None).data != first.data
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def _page_with_a_held_photo(tmp_path: Path, stronger: Preset | None) -> StatusPage:
+    """The page on a state database holding one photo, held back by the default preset."""
+    photo = tmp_path / "src" / "face.jpg"
+    photo.parent.mkdir()
+    shutil.copy(DATA / "obama.jpg", photo)
+    state = StateDB(tmp_path / "state.sqlite3")
+    state.mark_queued("cam", "face.jpg", FileKey.of(photo), content_hash(photo))
+    state.mark_held("cam", "face.jpg", "face.jpg: held: a 212 px face is short of the target margin", preset="default")
+    page = StatusPage(
+        state=state, worker=Worker(lambda: None, queue_size=1, batch_size=1), roots={"cam": photo.parent},
+        outbox=tmp_path / "out", journal=Journal(tmp_path / "journal.sqlite3"), cache=tmp_path / "cache", stronger=stronger,
+    )
+    page.serving_at("127.0.0.1", 8123)
+    return page
+
+
+@asynccontextmanager
+async def _signed_in(page: StatusPage) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A client with a session on ``page``, and its CSRF token."""
+    transport = httpx.ASGITransport(page.app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8123") as client:
+        assert (await client.get("/login", params={"token": page.gate.new_login()})).status_code == 200
+        yield client, re.search(r'name="csrf" value="([^"]+)"', (await client.get("/")).text).group(1)
+
+
+def test_a_held_photo_is_offered_the_stronger_cloak_once(tmp_path: Path) -> None:
+    page = _page_with_a_held_photo(tmp_path, PRESETS["strong"])
+
+    async def scenario() -> None:
+        async with _signed_in(page) as (client, csrf):
+            overview = (await client.get("/")).text
+            assert "1 held back" in overview and 'aria-label="Cloak stronger cam/face.jpg"' in overview
+            assert "Retry cam/face.jpg" not in overview, "a retry would only hold it again"
+            photo = (await client.get("/photo/cam/face.jpg")).text
+            assert "Why it was held back" in photo and "short of the target margin" in photo
+            assert "<dt>Held back by preset</dt><dd><code>default</code>" in photo and "preset <code>strong</code>" in photo
+            assert "/photo/cam/face.jpg" in (await client.get("/photos", params={"status": "held"})).text
+
+            form = {"csrf": csrf, "source": "cam", "path": "face.jpg", "back": "/photo/cam/face.jpg"}
+            assert (await client.post("/stronger", data={**form, "csrf": "x"})).status_code == 403
+            assert page.state.get("cam", "face.jpg").status is Status.HELD
+            asked = await client.post("/stronger", data=form)
+            assert asked.status_code == 303 and asked.headers["location"] == "/photo/cam/face.jpg"
+            assert [(r.rel_path, r.status) for r in page.state.due_retries()] == [("face.jpg", Status.STRONGER)]
+            assert (await client.post("/stronger", data=form)).status_code == 409, "asked for once"
+            assert "to be cloaked stronger" in (await client.get("/")).text
+
+            # Strong could not protect it either: held by strong, which is not offered again.
+            page.state.mark_held("cam", "face.jpg", "face.jpg: a 212 px face still matches its original for dlib", preset="strong")
+            photo = (await client.get("/photo/cam/face.jpg")).text
+            assert "could not protect it either" in photo and "still matches" in photo and "Cloak stronger cam" not in photo
+            assert (await client.post("/stronger", data=form)).status_code == 409
+
+    asyncio.run(scenario())
+    page.close()
+
+
+def test_without_a_stronger_cloak_none_is_offered(tmp_path: Path) -> None:
+    page = _page_with_a_held_photo(tmp_path, None)
+
+    async def scenario() -> None:
+        async with _signed_in(page) as (client, csrf):
+            assert "Cloak stronger cam" not in (await client.get("/")).text
+            assert "no stronger cloak here" in (await client.get("/photo/cam/face.jpg")).text
+            refused = await client.post("/stronger", data={"csrf": csrf, "source": "cam", "path": "face.jpg"})
+            assert refused.status_code == 409 and "cannot be cloaked stronger here" in refused.text
+
+    asyncio.run(scenario())
+    assert page.state.get("cam", "face.jpg").status is Status.HELD
+    page.close()

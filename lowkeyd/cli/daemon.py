@@ -176,7 +176,7 @@ def _status(args: argparse.Namespace) -> int:
     detail = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(outcomes.items()))
     print(f"photos done: {counts.get('done', 0)}" + (f" ({detail})" if detail else ""))
     print(f"faces cloaked: {report['faces_cloaked']}")
-    for status in ("queued", "processing", "retry", "failed"):
+    for status in ("queued", "processing", "retry", "failed", "held"):
         if counts.get(status):
             print(f"{status}: {counts[status]}")
     events = report["events"]
@@ -196,7 +196,9 @@ def _status(args: argparse.Namespace) -> int:
     if report["recent_errors"]:
         print("recent errors:")
         for e in report["recent_errors"]:
-            when = "gave up" if e["status"] == "failed" else f"retry in {_duration(max(0, e['next_attempt'] - time.time()))}"
+            when = {"failed": "gave up", "held": "held back, not published"}.get(e["status"]) or (
+                f"retry in {_duration(max(0, e['next_attempt'] - time.time()))}"
+            )
             print(f"  {e['source']}/{e['path']} ({e['attempts']} attempt(s), {when}): {e['error']}")
     hooks = report["hooks"]
     if hooks is not None:

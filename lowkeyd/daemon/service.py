@@ -41,14 +41,15 @@ from lowkeyd.daemon.status_page import StatusPage
 from lowkeyd.daemon.system import systemd
 from lowkeyd.daemon.system.notify import Notifier
 from lowkeyd.daemon.watch import FolderWatcher, Settling, scan
-from lowkeyd.errors import LowkeydError
+from lowkeyd.engine.presets import stronger
+from lowkeyd.errors import EngineError, LowkeydError
 from lowkeyd.paths import private_folder, state_dir
 from lowkeyd.photo import Photo
-from lowkeyd.pipeline import PhotoProtector
+from lowkeyd.pipeline import HeldBelowTarget, PhotoProtector
 from lowkeyd.serving.api.client import default_socket_path
 from lowkeyd.serving.api.routes import JobRoot, LocalApi
 from lowkeyd.serving.api.server import ApiServer, TcpListener, load_token
-from lowkeyd.serving.jobs import FileJob, Protector, Published, TriageJob, finish
+from lowkeyd.serving.jobs import FileJob, Protector, Published, StrongerJob, TriageJob, finish
 from lowkeyd.serving.memory import pixel_limit, release_free_memory
 from lowkeyd.serving.outbox import Cause, Outbox, transient_cause
 from lowkeyd.serving.reading import Refused, hash_and_pixels
@@ -105,6 +106,11 @@ class _Pending:
     key: FileKey  # the file as it was queued: if it differs afterwards, the result is stale
     job: FileJob
     pixels: int = 0  # decoded pixels it holds in the cloaking queue (see Daemon._triaged)
+
+    @property
+    def stronger(self) -> bool:
+        """A held photo cloaked stronger at its user's request: put back, it stays asked for."""
+        return isinstance(self.job, StrongerJob)
 
 
 def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | None = None) -> Protector:
@@ -166,6 +172,8 @@ class Daemon:
         self._publishing = threading.Lock()
         self._stopping = False
         self._roots = {source.name: source.path for source in config.sources}
+        # What "Cloak stronger" runs on a held photo; none where a remote lowkeyd cloaks (its preset is its own).
+        self.stronger = None if config.remote is not None else stronger(config.attack_preset)
         self._in_flight: dict[tuple[str, str], _Pending] = {}
         self._pause = PublishPause()
         self._started = time.time()
@@ -261,7 +269,10 @@ class Daemon:
                     self._consider(source, path)
                 for record in self.state.due_retries():
                     if record.source in self._roots and self.worker.room():
-                        self._consider(record.source, self._roots[record.source] / record.rel_path, retry=True)
+                        self._consider(
+                            record.source, self._roots[record.source] / record.rel_path, retry=True,
+                            stronger=record.status is Status.STRONGER,
+                        )
                 self.follower.apply_due(settled=len(self.settling) == 0 and reading == 0)
             self.notifier.flush(idle=self.worker.busy + self._reading() == 0 and len(self.settling) == 0)
             now = time.monotonic()
@@ -287,7 +298,7 @@ class Daemon:
                 log.info("%d photo(s) left unfinished, to be done on the next start", len(self._in_flight))
             for pending in self._in_flight.values():
                 self.outbox.discard(pending.job.staged)
-                self.state.release(pending.source, pending.rel_path)
+                self.state.release(pending.source, pending.rel_path, stronger=pending.stronger)
             self._in_flight.clear()
         if self.hook is not None:
             self.hook.stop(grace=HOOK_STOP_GRACE)
@@ -305,7 +316,9 @@ class Daemon:
         api = self.config.api
         if not api.enabled:
             return None
-        self.page = StatusPage(state=self.state, worker=self.worker, roots=self._roots, outbox=self.outbox.root)
+        self.page = StatusPage(
+            state=self.state, worker=self.worker, roots=self._roots, outbox=self.outbox.root, stronger=self.stronger
+        )
         local = LocalApi(
             self.worker,
             self.outbox,
@@ -346,6 +359,8 @@ class Daemon:
             parts.append(f"{waiting} settling")
         if failed := counts.get(Status.FAILED.value, 0):
             parts.append(f"{failed} failed")
+        if held := counts.get(Status.HELD.value, 0):
+            parts.append(f"{held} held")
         return ", ".join(parts)
 
     def _forget_vanished(self) -> None:
@@ -382,7 +397,8 @@ class Daemon:
 
     # ---- deciding
 
-    def _consider(self, source: str, path: Path, *, retry: bool = False) -> None:
+    def _consider(self, source: str, path: Path, *, retry: bool = False, stronger: bool = False) -> None:
+        """Decide what a file needs and queue it; ``stronger``: a held photo whose user asked for a stronger cloak."""
         rel = PurePosixPath(path.relative_to(self._roots[source]).as_posix())
         rel_path = str(rel)
         if (source, rel_path) in self._in_flight:
@@ -411,12 +427,21 @@ class Daemon:
                 or self._reuse(earlier, source, rel_path, key, sha256, dest)
             ):
                 return
+            if stronger and self.stronger is None:
+                self._record_held(source, rel_path, "no stronger cloak here (a remote lowkeyd cloaks, or the attack "
+                                  "has the widest budget already)", self.config.attack_preset.name)
+                return
             self.state.mark_queued(source, rel_path, key, sha256)
-            job = FileJob(real, self.outbox.stage(dest), dest, source, lambda: self.state.mark_processing(source, rel_path))
+            staged, started = self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path)
+            job = (
+                StrongerJob(real, staged, dest, source, started, preset=self.stronger)
+                if stronger and self.stronger is not None
+                else FileJob(real, staged, dest, source, started)
+            )
         except (OSError, LowkeydError) as exc:
             if (cause := transient_cause(exc)) is None:
                 raise
-            self._hold(source, rel_path, key.size, cause, exc)
+            self._hold(source, rel_path, key.size, cause, exc, stronger=stronger)
             return
         pending = _Pending(source, rel_path, key, job)
         # In flight before it is submitted: a job finishing at once must find itself there to leave.
@@ -427,7 +452,7 @@ class Daemon:
         except QueueFull:  # the intake is sized to the queue's room: only a race brings this; the next event brings it back
             del self._in_flight[(source, rel_path)]
             self.outbox.discard(job.staged)
-            self.state.release(source, rel_path)
+            self.state.release(source, rel_path, stronger=stronger)
             return
         future.add_done_callback(lambda f: self._triaged(pending, f))
 
@@ -499,7 +524,7 @@ class Daemon:
                 self._queued_pixels -= pending.pixels
                 self._in_flight.pop((pending.source, pending.rel_path), None)
                 self.outbox.discard(pending.job.staged)
-                self.state.release(pending.source, pending.rel_path)
+                self.state.release(pending.source, pending.rel_path, stronger=pending.stronger)
                 self.settling.add(pending.source, self._roots[pending.source] / pending.rel_path)
                 return
         cloaked.add_done_callback(lambda f: self._finish(pending, f))
@@ -525,7 +550,7 @@ class Daemon:
         source, rel_path, job = pending.source, pending.rel_path, pending.job
         if future.cancelled():
             self.outbox.discard(job.staged)
-            self.state.release(source, rel_path)
+            self.state.release(source, rel_path, stronger=pending.stronger)
             return None
         error = future.exception()
         watched = self._roots[source] / rel_path  # job.src is resolved
@@ -535,7 +560,12 @@ class Daemon:
                 self._forget_deleted(source, rel_path)
                 return None
             if (cause := transient_cause(error)) is not None:
-                self._hold(source, rel_path, pending.key.size, cause, error)
+                self._hold(source, rel_path, pending.key.size, cause, error, stronger=pending.stronger)
+                return None
+            # A stronger cloak that cannot protect the photo either leaves it held, with the reason.
+            if isinstance(error, HeldBelowTarget) or (isinstance(job, StrongerJob) and isinstance(error, EngineError)):
+                preset = job.preset if isinstance(job, StrongerJob) else self.config.attack_preset
+                self._record_held(source, rel_path, str(error), preset.name)
                 return None
             if not isinstance(error, LowkeydError):
                 log.error("%s/%s: unexpected error", source, rel_path, exc_info=error)
@@ -581,7 +611,7 @@ class Daemon:
             if published:
                 raise
             if (cause := transient_cause(exc)) is not None:
-                self._hold(source, rel_path, pending.key.size, cause, exc)
+                self._hold(source, rel_path, pending.key.size, cause, exc, stronger=pending.stronger)
             else:
                 self._record_failure(source, rel_path, f"cannot publish: {exc}")
             return None
@@ -592,9 +622,11 @@ class Daemon:
         if self.hook is not None:
             self.hook.published(photo)
 
-    def _hold(self, source: str, rel_path: str, size: int, cause: Cause, error: BaseException) -> None:
+    def _hold(
+        self, source: str, rel_path: str, size: int, cause: Cause, error: BaseException, *, stronger: bool = False
+    ) -> None:
         """Put a photo back, no attempt counted, and pause publishing: the outbox, not the photo, is at fault."""
-        self.state.release(source, rel_path)
+        self.state.release(source, rel_path, stronger=stronger)
         self.settling.add(source, self._roots[source] / rel_path)
         reason = {"space": "the outbox's disk is full", "missing": str(error)}.get(cause) or f"cannot write: {error}"
         # Twice the source's size: a re-encoded photo can come out larger than it went in.
@@ -607,6 +639,12 @@ class Daemon:
         if self._pause.may_resume(unavailable=self.outbox.unavailable() is not None, free=self.outbox.free_bytes()):
             log.info("publishing resumed (%s no more)", self._pause.reason)
             self._pause.resume()
+
+    def _record_held(self, source: str, rel_path: str, reason: str, preset: str) -> None:
+        """Keep a photo back, unpublished, until its user asks for a stronger cloak (the status page offers one)."""
+        self.state.mark_held(source, rel_path, reason, preset=preset)
+        log.warning("%s/%s: %s", source, rel_path, reason)
+        self.notifier.photo_failed(f"{source}/{rel_path}", reason)
 
     def _record_failure(self, source: str, rel_path: str, error: str) -> None:
         retry = self.config.retry

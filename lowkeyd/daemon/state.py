@@ -5,7 +5,9 @@ and inode: if those are unchanged since it was finished, it is not touched
 again. Its content hash recognises the same photo under another name (a
 rename, a duplicate), whose finished output is reused instead of cloaking it
 again. Failures are retried with doubling waits; after the last attempt the
-file is marked failed, which is reported and never published.
+file is marked failed, which is reported and never published. A photo held
+back under ``below_target: hold`` is marked held until its user asks for it
+to be cloaked stronger.
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ class Status(str, enum.Enum):
     RETRY = "retry"  # failed, tried again at next_attempt
     DONE = "done"  # finished: see outcome
     FAILED = "failed"  # gave up after the last attempt; never published
+    # Not published: a face short of the target (below_target: hold), or the stronger cloak asked for could not
+    # protect it. outcome names the preset that held it.
+    HELD = "held"
+    STRONGER = "stronger"  # held, and its user asked for a stronger cloak: due at next_attempt
     GONE = "gone"  # the original was deleted or renamed away; output is the cloaked copy kept, if any
 
     def __str__(self) -> str:
         return self.value
 
 
-FINISHED = (Status.DONE, Status.FAILED)
+FINISHED = (Status.DONE, Status.FAILED, Status.HELD)
 # Nothing to do for the file as it is: finished, or waiting for its next retry.
-SETTLED = (*FINISHED, Status.RETRY)
+SETTLED = (*FINISHED, Status.RETRY, Status.STRONGER)
 
 
 @dataclass(frozen=True)
@@ -150,9 +156,10 @@ class StateDB(Store):
         return {event: n for event, n in self._query("SELECT event, COUNT(*) FROM history GROUP BY event")}
 
     def due_retries(self, now: float | None = None) -> list[FileRecord]:
+        """Files due for a retry, or for the stronger cloak their user asked for (their status says which)."""
         rows = self._query(
-            "SELECT * FROM files WHERE status = ? AND next_attempt <= ? ORDER BY next_attempt",
-            (Status.RETRY.value, time.time() if now is None else now),
+            "SELECT * FROM files WHERE status IN (?, ?) AND next_attempt <= ? ORDER BY next_attempt",
+            (Status.RETRY.value, Status.STRONGER.value, time.time() if now is None else now),
         )
         return [FileRecord._from_row(r) for r in rows]
 
@@ -176,8 +183,8 @@ class StateDB(Store):
 
     def recent_errors(self, limit: int = 10) -> list[FileRecord]:
         rows = self._query(
-            "SELECT * FROM files WHERE error IS NOT NULL AND status IN (?, ?) ORDER BY updated DESC LIMIT ?",
-            (Status.FAILED.value, Status.RETRY.value, limit),
+            "SELECT * FROM files WHERE error IS NOT NULL AND status IN (?, ?, ?) ORDER BY updated DESC LIMIT ?",
+            (Status.FAILED.value, Status.HELD.value, Status.RETRY.value, limit),
         )
         return [FileRecord._from_row(r) for r in rows]
 
@@ -212,9 +219,16 @@ class StateDB(Store):
     def mark_processing(self, source: str, rel_path: str) -> None:
         self._set_status(source, rel_path, Status.PROCESSING)
 
-    def release(self, source: str, rel_path: str) -> None:
-        """A job dropped unstarted or abandoned by a clean shutdown: back to queued, no attempt counted."""
-        self._set_status(source, rel_path, Status.QUEUED)
+    def release(self, source: str, rel_path: str, *, stronger: bool = False) -> None:
+        """A job dropped unstarted or abandoned by a clean shutdown: back to queued, no attempt counted;
+        ``stronger``, a stronger cloak its user asked for, stays asked for (due at once)."""
+        if stronger:
+            self._write(
+                "UPDATE files SET status = ?, next_attempt = ?, updated = ? WHERE source = ? AND rel_path = ?",
+                (Status.STRONGER.value, time.time(), time.time(), source, rel_path),
+            )
+        else:
+            self._set_status(source, rel_path, Status.QUEUED)
 
     def _set_status(self, source: str, rel_path: str, status: Status) -> None:
         self._write(
@@ -301,6 +315,33 @@ class StateDB(Store):
             (source, rel_path, key.size, key.mtime_ns, key.inode, Status.FAILED.value, reason, time.time()),
         )
 
+    def mark_held(self, source: str, rel_path: str, reason: str, *, preset: str) -> None:
+        """Not published, by ``preset``: a face short of its target under ``below_target: hold``, or the
+        stronger cloak asked for could not protect it. Kept back until its user asks for a stronger cloak."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                """UPDATE files SET status = ?, outcome = ?, error = ?, next_attempt = NULL, output = NULL, updated = ?
+                   WHERE source = ? AND rel_path = ?""",
+                (Status.HELD.value, preset, reason, now, source, rel_path),
+            )
+            self._db.execute(
+                "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (source, rel_path, "held", reason, now),
+            )
+
+    def cloak_stronger(self, source: str, rel_path: str, preset: str) -> bool:
+        """A held photo its user asked to cloak with ``preset`` (a wider budget): due at once. False when it is
+        not held, or was held by ``preset`` itself (it would only do the same again)."""
+        now = time.time()
+        return bool(
+            self._write(
+                "UPDATE files SET status = ?, next_attempt = ?, updated = ? "
+                "WHERE source = ? AND rel_path = ? AND status = ? AND outcome IS NOT ?",
+                (Status.STRONGER.value, now, now, source, rel_path, Status.HELD.value, preset),
+            )
+        )
+
     def retry_now(self, source: str, rel_path: str) -> bool:
         """A failed file asked for again by its user: due at once, with a fresh set of attempts."""
         return bool(
@@ -317,10 +358,10 @@ class StateDB(Store):
         return [FileRecord._from_row(r) for r in rows]
 
     def unfinished(self) -> list[FileRecord]:
-        """Files queued, being cloaked or waiting for a retry."""
+        """Files queued, being cloaked or waiting for a retry or a stronger cloak."""
         rows = self._query(
-            "SELECT * FROM files WHERE status IN (?, ?, ?)",
-            (Status.QUEUED.value, Status.PROCESSING.value, Status.RETRY.value),
+            "SELECT * FROM files WHERE status IN (?, ?, ?, ?)",
+            (Status.QUEUED.value, Status.PROCESSING.value, Status.RETRY.value, Status.STRONGER.value),
         )
         return [FileRecord._from_row(r) for r in rows]
 
@@ -340,8 +381,8 @@ class StateDB(Store):
     def forget(self, source: str, rel_path: str) -> None:
         """A file that disappeared before it was finished."""
         self._write(
-            "DELETE FROM files WHERE source = ? AND rel_path = ? AND status NOT IN (?, ?)",
-            (source, rel_path, Status.DONE.value, Status.FAILED.value),
+            "DELETE FROM files WHERE source = ? AND rel_path = ? AND status NOT IN (?, ?, ?)",
+            (source, rel_path, *(s.value for s in FINISHED)),
         )
 
     def record_published(self, path: Path, size: int, sha256: str, *, wanted: Path | None, moved_from: Path | None) -> None:

@@ -24,7 +24,8 @@ A preset is a complete set of attack parameters; any field can be overridden
   protects on the varied test set, and what was tried: README, Visibility and
   transfer.
 * ``strong`` - the default with twice the budget (every bound doubled), for
-  photos that matter most; visibly changed at 1:1 on some faces.
+  photos that matter most; visibly changed at 1:1 on some faces. :func:`stronger`
+  gives any preset's counterpart (the status page's "Cloak stronger").
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from lowkeyd.errors import EngineError
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
+
+# The widest visibility budget lowkeyd allows (the paper's, which bounds nothing).
+WIDEST_BUDGET = 4.0
 
 
 class Preset(BaseModel):
@@ -77,7 +81,7 @@ class Preset(BaseModel):
     budget: float = Field(
         1.0,
         gt=0,
-        le=4,
+        le=WIDEST_BUDGET,
         description="the visibility budget, a hard limit on each face's change (lowkeyd.engine.attack.budget): "
         "per pixel a multiple of the luma just-noticeable difference, the change's RMS over the face (which "
         "bounds the photo's PSNR) and the face's LPIPS; 1 is measured to hold the default's visibility targets, "
@@ -149,7 +153,7 @@ _PAPER = Preset(
     dropout=0.0,
     ti_kernel=0,
     # The paper bounds nothing; the widest budget lowkeyd allows is the nearest it gets.
-    budget=4.0,
+    budget=WIDEST_BUDGET,
     chroma_scale=1.0,
     feature_guard=1.0,
     work_face_px=1024,
@@ -189,6 +193,20 @@ def apply_overrides(base: Preset, overrides: Mapping[str, object]) -> Preset:
     # Named by the validated values: one setting has one name, however it was spelled (0 or 0.0, in YAML or --set).
     changes = ",".join(f"{k}={getattr(preset, k)}" for k in sorted(overrides))
     return preset.model_copy(update={"name": f"{base.name}({changes})"})
+
+
+def stronger(preset: Preset) -> Preset | None:
+    """``preset`` with twice its visibility budget (at most the widest), for a photo its user asks to cloak
+    stronger; None when its budget is the widest already.
+
+    ``strong`` itself for the default; otherwise named as :func:`get_preset` names ``strong`` with the
+    settings in which it differs from ``strong``.
+    """
+    if preset.budget >= WIDEST_BUDGET:
+        return None
+    wider = preset.model_copy(update={"budget": min(WIDEST_BUDGET, 2 * preset.budget)})
+    strong = PRESETS["strong"]
+    return get_preset("strong", **{k: v for k, v in wider if k != "name" and v != getattr(strong, k)})
 
 
 def _message(error: ErrorDetails) -> str:

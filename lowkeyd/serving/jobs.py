@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from lowkeyd.photo import Photo
 from lowkeyd.serving.outbox import Outbox
@@ -18,7 +18,8 @@ from lowkeyd.serving.worker import Job
 
 if TYPE_CHECKING:
     from lowkeyd.errors import LowkeydError
-    from lowkeyd.pipeline import Outcome
+    from lowkeyd.engine.presets import Preset
+    from lowkeyd.pipeline import Outcome, PhotoProtector
 
 
 class Protector(Protocol):
@@ -117,6 +118,26 @@ class FileJob(Job["Protector", "Outcome"]):
             job.photo = None  # the pixels live as long as this batch, not as long as the job
         # Sources are resolved paths (a watched file's, or a job root's): one that became a link since is refused.
         return list(resource.protect_files(list(zip(sources, [job.staged for job in jobs], strict=True)), follow_symlinks=False))
+
+
+@dataclass(kw_only=True)
+class StrongerJob(FileJob):
+    """A held photo its user asked to cloak with ``preset``, a wider budget than the daemon's own.
+
+    Published within that budget even where a face stays short of the target: they asked for it,
+    knowing why the photo was held. A face any member still matches is refused all the same.
+    """
+
+    preset: Preset
+
+    @classmethod
+    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        # Asked for one photo at a time: each on a protector of its own preset, sharing the resident models.
+        # The worker batches jobs of one class only.
+        return [
+            FileJob.run_batch(resource.with_preset(job.preset, below_target="publish"), [job])[0]
+            for job in cast("Sequence[StrongerJob]", jobs)
+        ]
 
 
 @dataclass

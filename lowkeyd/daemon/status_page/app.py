@@ -44,8 +44,9 @@ from lowkeyd.serving.api.client import STATUS_PAGE_LOGIN
 from lowkeyd.serving.reading import Refused
 
 if TYPE_CHECKING:
-    from lowkeyd.pipeline import Outcome
+    from lowkeyd.engine.presets import Preset
     from lowkeyd.serving.worker import Worker
+    from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ STATUS_LABELS = {
     "no_face": "no face",
     "already_cloaked": "already cloaked",
     "failed": "failed",
+    "held": "held back",
     "retry": "waiting to retry",
     "waiting": "queued or being cloaked",
 }
@@ -137,13 +139,16 @@ def _status_of(record: FileRecord) -> str:
     """The record's status as the page's filters name it."""
     if record.status is Status.DONE:
         return record.outcome or "cloaked"
-    if record.status in (Status.QUEUED, Status.PROCESSING):
+    if record.status in (Status.QUEUED, Status.PROCESSING, Status.STRONGER):
         return "waiting"
     return record.status.value
 
 
 class StatusPage:
-    """The page's state and app; the daemon gives it its state database, worker and folders."""
+    """The page's state and app; the daemon gives it its state database, worker and folders.
+
+    ``stronger`` is the attack "Cloak stronger" runs on a held photo (None: the daemon has none).
+    """
 
     def __init__(
         self,
@@ -156,8 +161,10 @@ class StatusPage:
         cache: Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        stronger: Preset | None = None,
     ) -> None:
         self.state = state
+        self.stronger = stronger
         self.worker = worker
         self.roots = roots
         self.outbox = outbox
@@ -175,7 +182,7 @@ class StatusPage:
             lstrip_blocks=True,
         )
         self._templates.filters.update(when=_when, duration=_duration, status_of=_status_of, pathq=_path_quote)
-        self._templates.globals.update(labels=STATUS_LABELS, kinds=KINDS)
+        self._templates.globals.update(labels=STATUS_LABELS, kinds=KINDS, stronger=stronger and stronger.name)
 
     # ---- wiring
 
@@ -216,6 +223,7 @@ class StatusPage:
             Route("/photo/{source}/{path:path}", self._photo, methods=["GET"]),
             Route("/picture/{kind}/{source}/{path:path}", self._picture, methods=["GET"]),
             Route("/retry", self._retry, methods=["POST"]),
+            Route("/stronger", self._cloak_stronger, methods=["POST"]),
             Route("/pause", self._pause, methods=["POST"]),
             Route("/resume", self._pause, methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("lowkeyd.daemon.status_page", "static")]), name="static"),
@@ -343,16 +351,32 @@ class StatusPage:
 
     # ---- actions
 
-    async def _retry(self, request: Request) -> Response:
+    async def _photo_action(
+        self, request: Request, act: Callable[[str, str], bool], what: str, refused: str
+    ) -> Response:
+        """A form's action on one photo (its ``source`` and ``path``); ``act`` is False where it does not apply."""
         session = await self._checked(request)
         if isinstance(session, Response):
             return session
         form = await read_form(request)
         source, rel_path = form.get("source", ""), form.get("path", "")
-        if not await run_in_threadpool(self.state.retry_now, source, rel_path):
-            return self._refusal(409, f"{source}/{rel_path} is not a failed photo (retried already?).")
-        log.info("%s/%s: retry asked for on the status page", source, rel_path)
+        if not await run_in_threadpool(act, source, rel_path):
+            return self._refusal(409, f"{source}/{rel_path} {refused}")
+        log.info("%s/%s: %s asked for on the status page", source, rel_path, what)
         return RedirectResponse(_back(form.get("back")), status_code=303)
+
+    async def _retry(self, request: Request) -> Response:
+        return await self._photo_action(request, self.state.retry_now, "retry", "is not a failed photo (retried already?).")
+
+    async def _cloak_stronger(self, request: Request) -> Response:
+        if self.stronger is None:
+            refused = "cannot be cloaked stronger here: a remote lowkeyd cloaks, or the attack has the widest budget already."
+            return await self._photo_action(request, lambda *_: False, "cloak stronger", refused)
+        preset = self.stronger.name
+        return await self._photo_action(
+            request, lambda source, rel_path: self.state.cloak_stronger(source, rel_path, preset),
+            f"cloak stronger (preset {preset})", f"is not a photo held back that preset {preset} has not tried (asked for already?).",
+        )
 
     async def _pause(self, request: Request) -> Response:
         session = await self._checked(request)

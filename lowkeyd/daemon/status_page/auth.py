@@ -4,7 +4,7 @@ The page listens on loopback TCP, which every local user can connect to, so
 the port is no secret and every request is checked. `lowkeyd open` asks the
 daemon, over its API socket (0600: only the daemon's user gets in), for a
 one-time login token; the browser trades it at ``/login`` for a session
-cookie (HttpOnly, SameSite=Strict). The few actions (retry, pause, resume)
+cookie (HttpOnly, SameSite=Strict). The few actions (retry, cloak stronger, pause, resume)
 are POSTs carrying a CSRF token derived from the session, and their Origin,
 when the browser sends one, must be the page's own (``null`` is not: the page's
 Referrer-Policy, in :mod:`.app`, says why). The Host header must name the

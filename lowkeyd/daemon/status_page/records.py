@@ -20,8 +20,9 @@ FILTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "no_face": ("status = ? AND outcome = ?", (Status.DONE.value, "no_face")),
     "already_cloaked": ("status = ? AND outcome = ?", (Status.DONE.value, "already_cloaked")),
     "failed": ("status = ?", (Status.FAILED.value,)),
+    "held": ("status = ?", (Status.HELD.value,)),
     "retry": ("status = ?", (Status.RETRY.value,)),
-    "waiting": ("status IN (?, ?)", (Status.QUEUED.value, Status.PROCESSING.value)),
+    "waiting": ("status IN (?, ?, ?)", (Status.QUEUED.value, Status.PROCESSING.value, Status.STRONGER.value)),
 }
 
 
@@ -74,17 +75,19 @@ class Records(StateDB):
         return Page(records, number, pages, total)
 
     def in_progress(self) -> list[FileRecord]:
-        """Being cloaked first, then waiting in the queue, then waiting for a retry (soonest first)."""
+        """Being cloaked first, then waiting in the queue, then waiting for a retry or a stronger cloak (soonest first)."""
         return self._records(
-            "SELECT * FROM files WHERE status IN (?, ?, ?) ORDER BY "
+            "SELECT * FROM files WHERE status IN (?, ?, ?, ?) ORDER BY "
             "CASE status WHEN ? THEN 0 WHEN ? THEN 1 ELSE 2 END, COALESCE(next_attempt, updated)",
-            (Status.PROCESSING.value, Status.QUEUED.value, Status.RETRY.value,
+            (Status.PROCESSING.value, Status.QUEUED.value, Status.RETRY.value, Status.STRONGER.value,
              Status.PROCESSING.value, Status.QUEUED.value),
         )
 
     def failures(self, limit: int = 50) -> list[FileRecord]:
+        """Photos failed or held back, never published; newest first."""
         return self._records(
-            "SELECT * FROM files WHERE status = ? ORDER BY updated DESC LIMIT ?", (Status.FAILED.value, limit)
+            "SELECT * FROM files WHERE status IN (?, ?) ORDER BY updated DESC LIMIT ?",
+            (Status.FAILED.value, Status.HELD.value, limit),
         )
 
     def totals(self, since: float) -> Totals:

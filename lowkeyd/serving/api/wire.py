@@ -119,7 +119,7 @@ class Status(_Wire):
     queue: Queue
     jobs: dict[str, int]
     files: dict[str, int] | None = Field(
-        None, description="watched files per state (queued, done, failed...) and done ones per outcome"
+        None, description="watched files per state (queued, done, failed, held: short of the target under below_target: hold...) and done ones per outcome"
     )
     hooks: dict[str, int] | None = Field(None, description="publish hook runs: ok, failed, pending; null without a hook")
 
