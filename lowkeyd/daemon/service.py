@@ -173,7 +173,7 @@ class Daemon:
         self._stopping = False
         self._roots = {source.name: source.path for source in config.sources}
         # What "Cloak stronger" runs on a held photo; none where a remote lowkeyd cloaks (its preset is its own).
-        self.stronger = None if config.remote is not None else stronger(config.attack_preset)
+        self.stronger = None if config.remote is not None else stronger(config.protection.preset)
         self._in_flight: dict[tuple[str, str], _Pending] = {}
         self._pause = PublishPause()
         self._started = time.time()
@@ -429,7 +429,7 @@ class Daemon:
                 return
             if stronger and self.stronger is None:
                 self._record_held(source, rel_path, "no stronger cloak here (a remote lowkeyd cloaks, or the attack "
-                                  "has the widest budget already)", self.config.attack_preset.name)
+                                  "has the widest budget already)", self.config.protection.preset.name)
                 return
             self.state.mark_queued(source, rel_path, key, sha256)
             staged, started = self.outbox.stage(dest), lambda: self.state.mark_processing(source, rel_path)
@@ -564,7 +564,7 @@ class Daemon:
                 return None
             # A stronger cloak that cannot protect the photo either leaves it held, with the reason.
             if isinstance(error, HeldBelowTarget) or (isinstance(job, StrongerJob) and isinstance(error, EngineError)):
-                preset = job.preset if isinstance(job, StrongerJob) else self.config.attack_preset
+                preset = job.preset if isinstance(job, StrongerJob) else self.config.protection.preset
                 self._record_held(source, rel_path, str(error), preset.name)
                 return None
             if not isinstance(error, LowkeydError):

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
+from lowkeyd.errors import EngineError
 from lowkeyd.photo import Photo
 from lowkeyd.serving.outbox import Outbox
 from lowkeyd.serving.worker import Job
 
 if TYPE_CHECKING:
-    from lowkeyd.errors import LowkeydError
     from lowkeyd.engine.presets import Preset
-    from lowkeyd.pipeline import Outcome, PhotoProtector
+    from lowkeyd.errors import LowkeydError
+    from lowkeyd.pipeline import Outcome
 
 
 class Protector(Protocol):
@@ -131,7 +132,11 @@ class StrongerJob(FileJob):
     preset: Preset
 
     @classmethod
-    def run_batch(cls, resource: PhotoProtector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+    def run_batch(cls, resource: Protector, jobs: Sequence[FileJob]) -> list[Outcome | BaseException]:
+        from lowkeyd.pipeline import PhotoProtector
+
+        if not isinstance(resource, PhotoProtector):  # a remote cloaks with its own preset: nothing to widen here
+            return [EngineError("cloaking stronger needs the models here") for _ in jobs]
         # Asked for one photo at a time: each on a protector of its own preset, sharing the resident models.
         # The worker batches jobs of one class only.
         return [
