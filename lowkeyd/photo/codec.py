@@ -10,9 +10,10 @@ samples deeper than 8 bits) and writes the cloaked pixels back in the format.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -161,6 +162,24 @@ def stored_image(photo: Photo, rgb: np.ndarray) -> Image.Image:
 def source_image_bytes(image: Image.Image, data: bytes) -> int:
     """The file's size less its EXIF, XMP and ICC: what a size-matched output aims for, plus its own metadata."""
     return len(data) - sum(len(image.info.get(key) or b"") for key in ("exif", "xmp", "icc_profile"))
+
+
+class _Noted(Protocol):
+    notes: list[str]  # what the output will not carry of it, in words
+
+
+_Block = TypeVar("_Block", bound=_Noted)
+
+
+def read_block(parse: Callable[[bytes], _Block], raw: bytes, unreadable: str, dropped: list[str]) -> _Block | None:
+    """A metadata block parsed, its notes added to ``dropped``; None where it cannot be parsed, ``unreadable`` noted."""
+    try:
+        block = parse(raw)
+    except ValueError:
+        dropped.append(unreadable)
+        return None
+    dropped.extend(block.notes)
+    return block
 
 
 def _mode_reason(mode: str) -> str:

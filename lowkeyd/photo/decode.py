@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from lowkeyd.errors import PhotoError
-from lowkeyd.photo.codec import MODES, Codec
+from lowkeyd.photo.codec import MODES, Codec, read_block
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.formats import OPEN_FORMATS, SUPPORTED_LIST, codec_for
 from lowkeyd.photo.model import Photo, SourceEncoding
@@ -250,15 +250,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _read_exif(raw: bytes | None, dropped: list[str]) -> ExifData | None:
-    if not raw:
-        return None
-    try:
-        exif = ExifData.parse(raw)
-    except ValueError:
-        dropped.append("the EXIF block (unreadable)")
-        return None
-    dropped.extend(exif.notes)
-    return exif
+    return read_block(ExifData.parse, raw, "the EXIF block (unreadable)", dropped) if raw else None
 
 
 def _read_xmp(raw: bytes | str | None, dropped: list[str]) -> tuple[Xmp | None, dict[str, str] | None, bool]:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import jpegblocks, jpegscans
-from lowkeyd.photo.codec import Cloaked, Codec, Inspection, stored_image
+from lowkeyd.photo.codec import Cloaked, Codec, Inspection, read_block, stored_image
 from lowkeyd.photo.containers import ADOBE, SOS, JpegLayout, embedded_jpegs, jpeg_layout
 from lowkeyd.photo.exif import EXIF_HEADER
 from lowkeyd.photo.iptc import PHOTOSHOP_HEADER, PhotoshopBlock
@@ -218,13 +218,7 @@ def _photoshop_block(payloads: list[bytes], dropped: list[str]) -> PhotoshopBloc
     """The Photoshop block the APP13 payloads hold, noting what the output leaves out of it; None if unreadable."""
     # Photoshop splits a block over 64 KiB across APP13 segments, each with its own header.
     joined = payloads[0] + b"".join(p.removeprefix(PHOTOSHOP_HEADER) for p in payloads[1:])
-    try:
-        block = PhotoshopBlock.parse(joined)
-    except ValueError:
-        dropped.append("the Photoshop/IPTC block (APP13; unreadable)")
-        return None
-    dropped.extend(block.notes)
-    return block
+    return read_block(PhotoshopBlock.parse, joined, "the Photoshop/IPTC block (APP13; unreadable)", dropped)
 
 
 CODEC = JpegCodec()

@@ -30,7 +30,7 @@ from PIL import Image
 
 from lowkeyd.errors import PhotoError
 from lowkeyd.photo import exif, iptc
-from lowkeyd.photo.codec import Cloaked, Codec, Inspection
+from lowkeyd.photo.codec import Cloaked, Codec, Inspection, read_block
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.model import SourceEncoding
 
@@ -137,12 +137,8 @@ def facts(data: bytes) -> TiffFacts:
     photoshop = None
     resources = found.findKey(exiv2.ExifKey(_IMAGE_RESOURCES))
     if resources != found.end():
-        try:
-            photoshop = iptc.PhotoshopBlock.parse(iptc.PHOTOSHOP_HEADER + bytes(resources.value().data()))
-        except ValueError:
-            notes.append("the Photoshop resources (TIFF ImageResources; unreadable)")
-        else:
-            notes.extend(photoshop.notes)
+        raw = iptc.PHOTOSHOP_HEADER + bytes(resources.value().data())
+        photoshop = read_block(iptc.PhotoshopBlock.parse, raw, "the Photoshop resources (TIFF ImageResources; unreadable)", notes)
         found.erase(found.findKey(exiv2.ExifKey(_IMAGE_RESOURCES)))
     notes.extend(exif.leaks(found))  # the two blocks above are judged on their own
     has_gps = any(datum.groupName() == "GPSInfo" for datum in found) or _iptc_has_location(image.iptcData())
