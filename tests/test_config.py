@@ -165,8 +165,8 @@ def test_attack_overrides_reach_the_preset(folders: Path) -> None:
 def test_cloak_stronger_runs_the_configured_attack_with_twice_its_budget(folders: Path) -> None:
     """What the status page's "Cloak stronger" runs on a held photo: the default's is ``strong`` itself."""
     base = "sources: [{path: camera}]\noutbox: out\n"
-    assert stronger(load_config(write_config(folders, base)).attack_preset) is PRESETS["strong"]
-    custom = load_config(write_config(folders, base + "attack: {steps: 8, budget: 1.5}\n")).attack_preset
+    assert stronger(load_config(write_config(folders, base)).protection.preset) is PRESETS["strong"]
+    custom = load_config(write_config(folders, base + "attack: {steps: 8, budget: 1.5}\n")).protection.preset
     wider = stronger(custom)
     assert wider == get_preset("default", steps=8, budget=3.0).model_copy(update={"name": wider.name})
     assert wider.name == "strong(budget=3.0,steps=8)"

@@ -1,4 +1,4 @@
-"""AVIF coding details Pillow does not keep: chroma subsampling and samples deeper than 8 bits.
+"""AVIF: Pillow's reader and writer, with the coding details Pillow does not keep: chroma subsampling and depth.
 
 Pillow reads and writes AVIF at 8 bits and writes 4:2:0 unless told otherwise: a 4:4:4 source
 would lose the sharpness of its colour edges (up to 59 levels on a saturated edge) and a
@@ -6,17 +6,25 @@ would lose the sharpness of its colour edges (up to 59 levels on a saturated edg
 read and coded by libavif through ``imagecodecs``, which writes no metadata: the output is
 Pillow's 8-bit file, which carries EXIF, XMP, ICC and orientation, with its coded picture,
 AV1 configuration, pixel depth and colour description replaced by the deep encode's
-(:func:`deep_file`).
+(:func:`deep_file`). An AVIF is written upright: Pillow re-serialises (and so mangles) EXIF
+that has an Orientation tag.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+from PIL import Image
 
 from lowkeyd.photo import containers
+from lowkeyd.photo.codec import Cloaked, Codec, Inspection, source_image_bytes
+from lowkeyd.photo.exif import ORIENTATION, ExifData
+from lowkeyd.photo.model import SourceEncoding
+from lowkeyd.photo.sizing import match_size
 
 # The boxes of the picture's own coding, taken from the deep encode; each is the same size in both files.
 _CODING_BOXES = (b"av1C", b"pixi")
@@ -94,3 +102,54 @@ def _coding_spans(data: bytes) -> dict[bytes, tuple[int, int]]:
         if key in _CODING_BOXES + (b"nclx",):
             spans.setdefault(key, (start, end))
     return spans
+
+
+class AvifCodec(Codec):
+    name = "AVIF"
+    label = "AVIF"
+    extensions = (".avif",)
+    exif_without = frozenset({ORIENTATION})
+
+    def inspect(self, image: Image.Image, data: bytes, name: str, dropped: list[str]) -> Inspection:
+        try:
+            found = coding(data)
+        except ValueError:  # Pillow decoded it; the output is then written at Pillow's defaults
+            return Inspection(SourceEncoding(image_bytes=source_image_bytes(image, data)))
+        if found.bits > 8 and not _deep_mode(image):
+            dropped.append(f"the AVIF's {found.bits}-bit depth (with alpha it is written at 8 bits)")
+        return Inspection(SourceEncoding(image_bytes=source_image_bytes(image, data), avif=found))
+
+    def deep_samples(self, image: Image.Image, data: bytes) -> tuple[np.ndarray, int] | None:
+        found = coding(data)
+        if found.bits <= 8 or not _deep_mode(image):
+            return None
+        return samples(data), found.bits
+
+    def kept_orientation(self, orientation: int, exif: ExifData | None, dropped: list[str]) -> int:
+        if exif is not None and exif.has(ORIENTATION):
+            dropped.append("the EXIF Orientation tag (the AVIF is written upright: Pillow rewrites EXIF that has one)")
+        return 1
+
+    def encode(self, cloaked: Cloaked) -> bytes:
+        source = cloaked.photo.encoding.avif
+        # The source's chroma subsampling: Pillow's default 4:2:0 blurs a 4:4:4 source's colour edges.
+        subsampling = {"subsampling": source.subsampling} if source is not None else {}
+        packet = cloaked.packet or b""
+
+        def pillow(quality: int) -> bytes:
+            out = io.BytesIO()
+            cloaked.image.save(out, format="AVIF", quality=quality, xmp=packet, **subsampling, **cloaked.pillow_options())
+            return out.getvalue()
+
+        at = pillow
+        if cloaked.samples is not None and source is not None:  # deeper than 8 bits: Pillow's file lends its metadata boxes
+            at = functools.partial(deep_file, pillow(1), cloaked.samples, source)
+        return match_size(at, cloaked.size_target())[0]
+
+
+def _deep_mode(image: Image.Image) -> bool:
+    """Whether a deep picture keeps its depth: :func:`deep_file` replaces no alpha plane."""
+    return image.mode in ("RGB", "L")
+
+
+CODEC = AvifCodec()

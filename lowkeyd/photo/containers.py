@@ -16,6 +16,7 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 # SOF markers that start a frame; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 SOS = 0xDA
+ADOBE = 0xEE  # APP14, Adobe's: how the scans code colour
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,7 @@ class ExifData:
         ``keep_thumbnail`` (the pixels are the source's) keeps the source's own instead, where it
         shows ``thumbnail_of``. ``without`` names tags (libexiv2 keys) the output leaves out.
         """
-        wanted = {k for k in self.keys if not (strip_gps and (k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER))}
-        wanted -= without
+        wanted = set(self.keys) - without - (_gps_keys(self.keys) if strip_gps else set())
         rebuild_thumbnail = bool(self.thumbnail_size and thumbnail_of)
         if not wanted and not rebuild_thumbnail:
             return None  # e.g. EXIF that held nothing but the GPS position being stripped
@@ -119,13 +118,10 @@ class ExifData:
             return out if len(out) <= max_bytes and wanted <= _keys(out) else None
 
         if rebuild_thumbnail and (kept := fitting(None, keep=True)) is not None:
-            assert thumbnail_of is not None and self.thumbnail_size is not None
-            if keep_thumbnail and _shows(self.thumbnail(), thumbnail_of):
-                return kept
-            for quality in (90, 75, 50):
-                patched = _replace_thumbnail(kept, _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality))
-                if patched is not None:
-                    return patched
+            assert thumbnail_of is not None
+            patched = self._thumbnail_in_place(kept, thumbnail_of, keep=keep_thumbnail)
+            if patched is not None:
+                return patched
         # No room in the old one's place: libexiv2 lays the block out anew around the new thumbnail.
         qualities: tuple[int | None, ...] = (90, 75, 50, None) if rebuild_thumbnail else (None,)
         for fallback in qualities:
@@ -133,6 +129,20 @@ class ExifData:
             if out is not None:
                 return out
         raise ValueError("the EXIF block does not fit in one JPEG segment")
+
+    def _thumbnail_in_place(self, kept: bytes, thumbnail_of: Image.Image, *, keep: bool) -> bytes | None:
+        """``kept`` (the output's block with the source's thumbnail) with a thumbnail of ``thumbnail_of`` in its place.
+
+        With ``keep`` the source's own stays where it shows ``thumbnail_of``. None where no new one fits the old one's place.
+        """
+        assert self.thumbnail_size is not None  # only asked of a block that has a thumbnail
+        if keep and _shows(self.thumbnail(), thumbnail_of):
+            return kept
+        for quality in (90, 75, 50):
+            patched = _replace_thumbnail(kept, _jpeg_thumbnail(thumbnail_of, self.thumbnail_size, quality))
+            if patched is not None:
+                return patched
+        return None
 
 
 def _read(tiff: bytes) -> exiv2.ExifData:
@@ -144,6 +154,11 @@ def _read(tiff: bytes) -> exiv2.ExifData:
     except exiv2.Exiv2Error as exc:
         raise ValueError(f"EXIF is unreadable: {exc}") from exc
     return image.exifData()
+
+
+def _gps_keys(keys: frozenset[str]) -> set[str]:
+    """The GPS tags among ``keys``, with the pointer to their IFD."""
+    return {k for k in keys if k.startswith("Exif.GPSInfo.") or k == _GPS_POINTER}
 
 
 def _keys(exif: bytes) -> set[str]:

@@ -1,22 +1,24 @@
-"""The photo formats lowkeyd reads and writes, and the file extensions that go with them."""
+"""The photo formats lowkeyd reads and writes: their codecs, and the file extensions that go with them."""
 
 from __future__ import annotations
 
 from pathlib import PurePath
 
-# Pillow format name -> extensions (lower case) a file of that format may carry.
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
-    "PNG": (".png",),
-    "WEBP": (".webp",),
-    "HEIF": (".heic", ".heif", ".hif"),
-    "AVIF": (".avif",),
-    "TIFF": (".tif", ".tiff"),
-}
-PHOTO_EXTENSIONS = frozenset(ext for exts in EXTENSIONS.values() for ext in exts)
-# Human names for messages.
-LABELS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF", "AVIF": "AVIF", "TIFF": "TIFF"}
-SUPPORTED_LIST = "JPEG, PNG, HEIC/HEIF, WebP, AVIF and TIFF"
+from lowkeyd.photo import avif, heif, jpeg, png, tiff, webp
+from lowkeyd.photo.codec import Codec
+
+# In the order Pillow tries them. HEIF comes before AVIF: both plugins accept the generic "mif1" brand.
+CODECS: tuple[Codec, ...] = (jpeg.CODEC, png.CODEC, heif.CODEC, webp.CODEC, avif.CODEC, tiff.CODEC)
+# The formats Pillow may open a photo as.
+OPEN_FORMATS = tuple(codec.name for codec in CODECS)
+PHOTO_EXTENSIONS = frozenset(ext for codec in CODECS for ext in codec.extensions)
+SUPPORTED_LIST = ", ".join(codec.label for codec in CODECS[:-1]) + f" and {CODECS[-1].label}"
+_BY_NAME = {name: codec for codec in CODECS for name in (codec.name, *codec.aliases)}
+
+
+def codec_for(pillow_format: str) -> Codec:
+    """The codec of a format as Pillow names it (an opened image's ``format``, or :attr:`Photo.format`)."""
+    return _BY_NAME[pillow_format]
 
 
 def is_photo_path(path: PurePath | str) -> bool:

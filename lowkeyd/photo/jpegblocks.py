@@ -20,15 +20,13 @@ import jpeglib
 import numpy as np
 
 from lowkeyd.photo import jpegscans
-from lowkeyd.photo.containers import SOF_MARKERS, jpeg_layout
-from lowkeyd.photo.jpeg import image_data, segment
+from lowkeyd.photo.containers import ADOBE, SOF_MARKERS, jpeg_layout
 
 # JFIF's full-range YCbCr, the colour transform of every YCbCr JPEG.
 _TO_YCC = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float64
 )
 _YCC_OFFSET = np.array([0.0, 128.0, 128.0])
-_ADOBE = 0xEE  # APP14: how the scans code colour
 
 
 @functools.cache
@@ -57,7 +55,7 @@ def _pad(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def reencode(source: bytes, before: np.ndarray, after: np.ndarray) -> bytes | None:
-    """:func:`~lowkeyd.photo.jpeg.image_data` of ``source`` with the changed MCUs re-quantised, or None if none changed.
+    """``source`` as libjpeg writes it with the changed MCUs re-quantised, or None if none changed.
 
     ``before`` is the source as decoded and ``after`` the cloaked pixels, both in stored
     orientation: (H, W, 3) RGB for a colour JPEG, (H, W) for a grayscale one, (H, W, 4) as
@@ -95,20 +93,7 @@ def reencode(source: bytes, before: np.ndarray, after: np.ndarray) -> bytes | No
         out = Path(folder) / "out.jpg"
         jpeg.write_dct(str(out), flags=["OPTIMIZE_CODING"])
         jpegscans.restore(out, jpegscans.scan_mode(source))
-        return _with_adobe(source, out.read_bytes())
-
-
-def _with_adobe(source: bytes, written: bytes) -> bytes:
-    """:func:`image_data` of ``written``, led by the source's Adobe segment where libjpeg wrote none.
-
-    libjpeg writes Adobe's APP14 for CMYK and YCCK only; a YCbCr photo that had one keeps it.
-    """
-    def adobe(data: bytes) -> list[bytes]:
-        return [p for m, p in jpeg_layout(data).segments if m == _ADOBE and p.startswith(b"Adobe")]
-
-    kept = adobe(source)
-    picture = image_data(written)
-    return segment(_ADOBE, kept[0]) + picture if kept and not adobe(written) else picture
+        return out.read_bytes()
 
 
 def _coded_planes(source: bytes, pixels: np.ndarray) -> list[np.ndarray]:
@@ -135,7 +120,7 @@ def _colour_transform(source: bytes) -> tuple[bool, bool]:
     components = 0
     ids: tuple[int, ...] = ()
     for marker, payload in jpeg_layout(source).segments:
-        if marker == _ADOBE and payload.startswith(b"Adobe") and len(payload) >= 12:
+        if marker == ADOBE and payload.startswith(b"Adobe") and len(payload) >= 12:
             return payload[11] != 0, True
         if marker in SOF_MARKERS and len(payload) >= 6:
             components = payload[5]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowkeyd.photo.avif import AvifCoding
 from lowkeyd.photo.exif import ExifData
 from lowkeyd.photo.iptc import PhotoshopBlock
 from lowkeyd.photo.samples import Samples
 from lowkeyd.photo.xmp import Xmp
+
+if TYPE_CHECKING:  # the AVIF codec builds a SourceEncoding: a runtime import would go round in a circle
+    from lowkeyd.photo.avif import AvifCoding
 
 
 @dataclass(frozen=True)

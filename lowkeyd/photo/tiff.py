@@ -27,8 +27,13 @@ import exiv2
 import imagecodecs
 import numpy as np
 import tifffile
+from PIL import Image
 
+from lowkeyd.errors import PhotoError
 from lowkeyd.photo import exif, iptc
+from lowkeyd.photo.codec import Cloaked, Codec, Inspection, read_block
+from lowkeyd.photo.exif import ExifData
+from lowkeyd.photo.model import SourceEncoding
 
 # tifffile logs what it repairs in a damaged file; lowkeyd reports what matters in its own words.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -78,6 +83,15 @@ def _page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
     if len(tif.pages) != 1:
         raise ValueError(f"the TIFF holds {len(tif.pages)} pages; lowkeyd cloaks single-page TIFFs")
     page = tif.pages.first
+    reasons = _storage_reasons(page) + _sample_reasons(page)
+    if reasons:
+        raise ValueError(f"a TIFF with {', '.join(reasons)}; lowkeyd writes back 8/16-bit grayscale or RGB TIFFs"
+                         " (uncompressed, LZW or Deflate)")
+    return page
+
+
+def _storage_reasons(page: tifffile.TiffPage) -> list[str]:
+    """What in the way the page stores its picture lowkeyd does not write back, in words."""
     reasons = []
     if page.subifds:
         reasons.append("sub-images (SubIFDs)")
@@ -89,6 +103,12 @@ def _page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
         reasons.append(f"{_named(page.photometric)} colour")
     if page.planarconfig != 1:
         reasons.append("separate colour planes")
+    return reasons
+
+
+def _sample_reasons(page: tifffile.TiffPage) -> list[str]:
+    """What in the page's samples and their layout lowkeyd does not write back, in words."""
+    reasons = []
     if page.dtype not in (np.uint8, np.uint16) or page.bitspersample not in (8, 16):
         reasons.append(f"{page.bitspersample}-bit {page.dtype} samples")
     colours = 3 if page.photometric == 2 else 1
@@ -100,10 +120,7 @@ def _page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
     missing = [name for name in _layout_tags(page) if name not in page.tags]
     if missing:
         reasons.append(f"no {' or '.join(missing)} (the writer needs them)")
-    if reasons:
-        raise ValueError(f"a TIFF with {', '.join(reasons)}; lowkeyd writes back 8/16-bit grayscale or RGB TIFFs"
-                         " (uncompressed, LZW or Deflate)")
-    return page
+    return reasons
 
 
 def _named(code: int) -> str:
@@ -123,12 +140,8 @@ def facts(data: bytes) -> TiffFacts:
     photoshop = None
     resources = found.findKey(exiv2.ExifKey(_IMAGE_RESOURCES))
     if resources != found.end():
-        try:
-            photoshop = iptc.PhotoshopBlock.parse(iptc.PHOTOSHOP_HEADER + bytes(resources.value().data()))
-        except ValueError:
-            notes.append("the Photoshop resources (TIFF ImageResources; unreadable)")
-        else:
-            notes.extend(photoshop.notes)
+        raw = iptc.PHOTOSHOP_HEADER + bytes(resources.value().data())
+        photoshop = read_block(iptc.PhotoshopBlock.parse, raw, "the Photoshop resources (TIFF ImageResources; unreadable)", notes)
         found.erase(found.findKey(exiv2.ExifKey(_IMAGE_RESOURCES)))
     notes.extend(exif.leaks(found))  # the two blocks above are judged on their own
     has_gps = any(datum.groupName() == "GPSInfo" for datum in found) or _iptc_has_location(image.iptcData())
@@ -269,3 +282,41 @@ def with_metadata(
     except exiv2.Exiv2Error as exc:
         raise ValueError(f"libexiv2 cannot write the TIFF's metadata: {exc}") from exc
     return bytes(image.io().mmap())
+
+
+class TiffCodec(Codec):
+    """Read and written by tifffile and libexiv2; Pillow only opens the file and reads its EXIF."""
+
+    name = "TIFF"
+    label = "TIFF"
+    extensions = (".tif", ".tiff")
+
+    def refusal(self, image: Image.Image) -> str | None:
+        return None  # the pages are counted and the samples judged by tifffile (Pillow's count can fail on a damaged page)
+
+    def inspect(self, image: Image.Image, data: bytes, name: str, dropped: list[str]) -> Inspection:
+        try:
+            check(data)
+            found = facts(data)
+        except ValueError as exc:
+            raise PhotoError(f"{name}: {exc}") from exc
+        dropped.extend(found.notes)
+        return Inspection(SourceEncoding(photoshop=found.photoshop, tiff_gps=found.has_gps))
+
+    def samples(self, image: Image.Image, data: bytes) -> tuple[np.ndarray, int] | None:
+        return samples(data)  # always tifffile's: the output is written back in its layout
+
+    def kept_orientation(self, orientation: int, exif: ExifData | None, dropped: list[str]) -> int:
+        return orientation  # the file's own Orientation tag stays
+
+    def encode(self, cloaked: Cloaked) -> bytes:
+        """The source file with only the changed strips or tiles compressed again, its metadata edited by libexiv2."""
+        assert cloaked.samples is not None  # a TIFF's samples are always kept
+        pixels = with_pixels(cloaked.photo.source_bytes, cloaked.source_samples, cloaked.samples)
+        return with_metadata(
+            pixels, strip_gps=cloaked.strip_gps, xmp=cloaked.packet, photoshop=cloaked.photoshop(),
+            person_names=cloaked.person_names,
+        )
+
+
+CODEC = TiffCodec()
