@@ -215,7 +215,7 @@ def _pixels(
     return _pillow_pixels(image, upright, dropped)
 
 
-def _deep_mode_pixels(image: Image.Image, upright: int | None) -> tuple[np.ndarray, None, bool, Samples]:
+def _deep_mode_pixels(image: Image.Image, upright: Image.Transpose | None) -> tuple[np.ndarray, None, bool, Samples]:
     """A CMYK or 16-bit grayscale image Pillow decoded: its samples kept, their 8-bit view cloaked."""
     stored = image if upright is None else image.transpose(upright)
     array = np.array(stored)
@@ -224,7 +224,7 @@ def _deep_mode_pixels(image: Image.Image, upright: int | None) -> tuple[np.ndarr
     return np.array(eight.convert("RGB")), None, MODES[image.mode][0], samples
 
 
-def _pillow_pixels(image: Image.Image, upright: int | None, dropped: list[str]) -> tuple[np.ndarray, np.ndarray | None, bool, None]:
+def _pillow_pixels(image: Image.Image, upright: Image.Transpose | None, dropped: list[str]) -> tuple[np.ndarray, np.ndarray | None, bool, None]:
     """The 8-bit pixels Pillow decoded, converted only as far as lowkeyd needs them."""
     grayscale, has_alpha = MODES[image.mode]
     if image.mode == "P":

@@ -167,7 +167,8 @@ class JpegCodec(Codec):
     def inspect(self, image: Image.Image, data: bytes, name: str, dropped: list[str]) -> Inspection:
         mpo = image.format == "MPO"
         if mpo:
-            dropped.append(f"{image.n_frames - 1} MPF secondary image(s) (depth map, HDR gain map or second view)")
+            frames: int = getattr(image, "n_frames", 1)  # Pillow sets it on multi-frame formats only
+            dropped.append(f"{frames - 1} MPF secondary image(s) (depth map, HDR gain map or second view)")
         try:
             layout = jpeg_layout(data)
         except ValueError:
