@@ -6,6 +6,7 @@ import io
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,21 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log()[-4000:]}")
         time.sleep(0.2)
+
+
+@dataclass
+class RunningDaemon:
+    """A ``lowkeyd run`` process a test started in ``base`` (its folders, log and state under it)."""
+
+    base: Path
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def log(self) -> str:
+        return (self.base / "daemon.log").read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_until(condition, timeout, what, self.process, self.log)
 
 
 def api_ready(socket_path: Path) -> bool:

@@ -18,15 +18,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from daemon_fixtures import api_ready, face_photo, faceless_photo, job_result, stop_daemon, wait_until
+from daemon_fixtures import RunningDaemon, api_ready, face_photo, faceless_photo, job_result, stop_daemon, wait_until
 from lowkeyd.cli.daemon import status_report
 
 pytestmark = pytest.mark.slow
@@ -85,12 +84,7 @@ def test_lowkeyd_cloak_writes_no_photo_whose_face_still_matches(tmp_path: Path) 
 # --- a real daemon -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    base: Path
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-
+class Daemon(RunningDaemon):
     @property
     def out(self) -> Path:
         return self.base / "out"
@@ -99,12 +93,6 @@ class Daemon:
     def published_calls(self) -> list[str]:
         calls = self.base / "hook-calls"
         return calls.read_text().splitlines() if calls.exists() else []
-
-    def log(self) -> str:
-        return (self.base / "daemon.log").read_text(errors="replace")
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        wait_until(condition, timeout, what, self.process, self.log)
 
     @property
     def socket_path(self) -> Path:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NoReturn
@@ -35,11 +34,11 @@ import pytest
 import yaml
 from daemon_fixtures import (
     FAST_ATTACK,
+    RunningDaemon,
     face_photo,
     faceless_photo,
     jpeg_bytes,
     stop_daemon,
-    wait_until,
 )
 from PIL import Image
 
@@ -89,21 +88,10 @@ def geotagged_landscape() -> bytes:
         return jpeg_bytes(im, exif=exif)
 
 
-@dataclass
-class Daemon:
-    base: Path
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-
+class Daemon(RunningDaemon):
     @property
     def src(self) -> Path:
         return self.base / "src"
-
-    def log(self) -> str:
-        return (self.base / "daemon.log").read_text(errors="replace")
-
-    def wait_for(self, condition, timeout: float, what: str) -> None:
-        wait_until(condition, timeout, what, self.process, self.log)
 
     @property
     def state_path(self) -> Path:
