@@ -339,7 +339,7 @@ class StateDB(Store):
                 "UPDATE files SET status = ?, next_attempt = ?, updated = ? "
                 "WHERE source = ? AND rel_path = ? AND status = ? AND outcome IS NOT ?",
                 (Status.STRONGER.value, now, now, source, rel_path, Status.HELD.value, preset),
-            )
+            ).rowcount
         )
 
     def retry_now(self, source: str, rel_path: str) -> bool:
