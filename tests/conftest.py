@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import chromium
 import numpy as np
 import pytest
 import torch
@@ -64,3 +65,9 @@ def assert_identity_sanity(similarity: dict[tuple[str, str], float]) -> None:
 @pytest.fixture(scope="session")
 def detector():
     return _detector()
+
+
+@pytest.fixture
+def chrome(tmp_path: Path):
+    """Headless Chromium (``chromium.open_chrome``), quit after the test."""
+    yield from chromium.open_chrome(tmp_path / "profile")

@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import chromium
 import pytest
 
+from chromium import By, Chrome
 from daemon_fixtures import face_photo
 from lowkeyd.cli.daemon import status_report
 from lowkeyd.serving.api.client import STATUS_PAGE_LOGIN
 from lowkeyd.engine.presets import get_preset, stronger
 from lowkeyd.photo import read_photo
 from test_fail_closed import Daemon, files_under, running_daemon
-from test_status_page import By, Chrome, _button, _click, _follow, _heading, _text, chrome  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def test_publish_writes_the_copy_and_says_it_is_short_of_the_target(daemon: Daem
 
 @pytest.mark.parametrize("daemon", ["hold"], indirect=True)
 def test_hold_publishes_nothing_until_cloak_stronger_on_the_status_page_publishes_twice_the_budget(
-    daemon: Daemon, chrome: Chrome  # noqa: F811 - the fixture imported above
+    daemon: Daemon, chrome: Chrome
 ) -> None:
     original = face_photo(0)
     photo = daemon.base / "src" / "face.jpg"
@@ -77,13 +78,13 @@ def test_hold_publishes_nothing_until_cloak_stronger_on_the_status_page_publishe
 
     with daemon.api() as api:
         link = api.post(STATUS_PAGE_LOGIN).json()["url"]  # what `lowkeyd open` hands the browser
-    _follow(chrome, link)
+    chromium.follow(chrome, link)
     held = chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=failures]").text
     assert "cam/face.jpg" in held and "short of the preset's target margin" in held, held
     chrome.get(link.split("/login")[0] + "/photo/cam/face.jpg")
-    assert "Why it was held back" in _text(chrome) and chrome.find_element(By.CSS_SELECTOR, ".badge").text == "held back"
-    _click(chrome, _button(chrome, "Cloak stronger"))
-    assert _heading(chrome) == "cam/face.jpg", "the form returns to the photo's page"
+    assert "Why it was held back" in chromium.text(chrome) and chrome.find_element(By.CSS_SELECTOR, ".badge").text == "held back"
+    chromium.click(chrome, chromium.button(chrome, "Cloak stronger"))
+    assert chromium.heading(chrome) == "cam/face.jpg", "the form returns to the photo's page"
 
     daemon.wait_for(lambda: "cam/face.jpg" in files_under(daemon.out), PHOTO_SECONDS, "face.jpg published")
     # The configured attack with twice its budget: strong, with the test's own step settings.
@@ -93,7 +94,7 @@ def test_hold_publishes_nothing_until_cloak_stronger_on_the_status_page_publishe
     assert photo.read_bytes() == original, "the original is only read"
     assert _row("face.jpg") is None
     chrome.refresh()
-    page = _text(chrome)
+    page = chromium.text(chrome)
     assert f"Preset\n{preset.name}" in page and "Why it was held back" not in page, page
     # Published though still short of the target, saying so, with no estimate claimed for settings never measured.
     assert "1 face cloaked; past all 4 attack members" in page and "short of the target margin" in page, page

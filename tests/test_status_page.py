@@ -26,12 +26,13 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import NoReturn
 
+import chromium
 import httpx
 import piexif
 import pytest
 import yaml
+from chromium import By, Chrome, Keys, Select
 from daemon_fixtures import (
     FAST_ATTACK,
     RunningDaemon,
@@ -44,18 +45,6 @@ from PIL import Image
 
 from lowkeyd.daemon.state import StateDB, Status
 
-try:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver import Chrome, ChromeOptions
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.remote.webelement import WebElement
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.select import Select
-    from selenium.webdriver.support.wait import WebDriverWait
-except ImportError:  # the test extra brings it: its absence is reported by the browser tests themselves
-    Chrome = None
 
 pytestmark = pytest.mark.slow
 
@@ -254,81 +243,10 @@ def test_the_pages_show_what_was_cloaked_and_why_not(daemon: Daemon) -> None:
         assert browser.get("/photo/cam/../state/state.sqlite3").status_code == 404
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-# How long a page or a click may take on a busy 2-core machine: a deadline, not a measure.
-PAGE_SECONDS = 120
-
-
-def _missing(what: str) -> NoReturn:
-    """No browser test without ``what``: skipped on a developer's machine, failed in CI, which must run them."""
-    message = f"the browser tests need {what} (./scripts/setup installs it)"
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture
-def chrome(tmp_path: Path) -> Iterator[Chrome]:
-    """Headless Chromium driven by Debian's chromedriver (Selenium finds and downloads nothing itself)."""
-    if Chrome is None:
-        _missing("Selenium (the test extra)")
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        _missing("chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    options = ChromeOptions()
-    options.binary_location = CHROMIUM
-    # --no-sandbox: Chromium's sandbox refuses to start as root, which CI runs as.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-                     "--window-size=1280,2000", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(PAGE_SECONDS)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(driver: Chrome, condition, what: str) -> None:
-    # A page being replaced while it is looked at is looked at again.
-    waiting = WebDriverWait(driver, PAGE_SECONDS, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
-    waiting.until(condition, f"waiting for {what} at {driver.current_url}")
-
-
-def _loaded(driver: Chrome) -> None:
-    _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete", "the page to load")
-
-
-def _heading(driver: Chrome) -> str:
-    return driver.find_element(By.TAG_NAME, "h1").text
-
-
-def _text(driver: Chrome) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
-
-
-def _click(driver: Chrome, element: WebElement) -> None:
-    """Click a link or a form's button, as the user does, and wait for the page it leads to."""
-    element.click()
-    _wait(driver, expected_conditions.staleness_of(element), "the click to leave the page")
-    _loaded(driver)
-
-
-def _button(driver: Chrome, label: str) -> WebElement:
-    return driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']")
-
-
-def _follow(driver: Chrome, link: str) -> None:
-    """Open a sign-in link as the user's browser does; its page moves on by itself (a meta refresh), a refusal stays."""
-    driver.get(link)
-    _wait(driver, lambda d: "/login" not in d.current_url or _heading(d) != "Signed in", "the sign-in page to move on")
-    _loaded(driver)
-
-
 def _sign_in(driver: Chrome, daemon: Daemon, query: str = "") -> str:
     """Sign in with a new `lowkeyd open` link (``query`` added to it); the page's base URL."""
     link = daemon.open_link()
-    _follow(driver, link + query)
+    chromium.follow(driver, link + query)
     return link.split("/login")[0]
 
 
@@ -336,7 +254,7 @@ def _pictures_drawn(driver: Chrome) -> None:
     """Every picture on the page arrived and the browser could draw it (lazy ones are scrolled to first)."""
     for image in driver.find_elements(By.TAG_NAME, "img"):
         driver.execute_script("arguments[0].scrollIntoView()", image)
-    _wait(driver, lambda d: d.execute_script("return [...document.images].every(i => i.complete)"), "the pictures")
+    chromium.wait(driver, lambda d: d.execute_script("return [...document.images].every(i => i.complete)"), "the pictures")
     undrawn = driver.execute_script("return [...document.images].filter(i => !i.naturalWidth).map(i => i.src)")
     assert not undrawn, f"pictures the browser could not draw: {undrawn}"
     driver.execute_script("window.scrollTo(0, 0)")
@@ -362,9 +280,9 @@ def test_a_real_browser_renders_every_page(daemon: Daemon, chrome: Chrome, tmp_p
     for name, (page, heading) in SCREENSHOTS.items():
         chrome.set_window_size(1280, 600)
         chrome.get(base + page)
-        assert _heading(chrome) == heading, f"{name}: {_text(chrome)[:300]}"
+        assert chromium.heading(chrome) == heading, f"{name}: {chromium.text(chrome)[:300]}"
         _pictures_drawn(chrome)
-        text = _text(chrome)
+        text = chromium.text(chrome)
         if name == "overview":
             assert "Summary" in text and "Current work" in text and "cam/broken.jpg" in text
         elif name == "photos":
@@ -373,7 +291,7 @@ def test_a_real_browser_renders_every_page(daemon: Daemon, chrome: Chrome, tmp_p
             assert "Protection of face 1" in text
             assert chrome.find_element(By.CSS_SELECTOR, "[data-compare] input[type=range]").is_displayed(), "no slider"
         else:
-            assert "Why it failed" in text and _button(chrome, "Retry").is_displayed()
+            assert "Why it failed" in text and chromium.button(chrome, "Retry").is_displayed()
         # The whole page: a window as tall as it, plus what the window keeps for itself.
         height, frame = chrome.execute_script(
             "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
@@ -388,14 +306,14 @@ def test_a_real_browser_renders_every_page(daemon: Daemon, chrome: Chrome, tmp_p
 def test_in_chromium_signing_in_opens_the_page_asked_for_and_no_other_site(daemon: Daemon, chrome: Chrome) -> None:
     link = daemon.open_link()
     base = link.split("/login")[0]
-    _follow(chrome, f"{link}&next=/photos%3Fstatus%3Dcloaked")
-    assert chrome.current_url == f"{base}/photos?status=cloaked" and _heading(chrome) == "Photos"
+    chromium.follow(chrome, f"{link}&next=/photos%3Fstatus%3Dcloaked")
+    assert chrome.current_url == f"{base}/photos?status=cloaked" and chromium.heading(chrome) == "Photos"
     cookie = chrome.get_cookie("lowkeyd_session")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
     assert httpx.get(link).status_code == 403, "the daemon spent the link"
     # A tab is dropped by the browser's URL parser: "/<tab>/evil.example/" reads as "//evil.example/".
     _sign_in(chrome, daemon, "&next=/%09/evil.example/")
-    assert chrome.current_url == f"{base}/" and _heading(chrome) == "Overview"
+    assert chrome.current_url == f"{base}/" and chromium.heading(chrome) == "Overview"
 
 
 @contextmanager
@@ -435,28 +353,28 @@ def test_in_chromium_another_loopback_site_cannot_show_the_page_s_pictures(daemo
     assert chrome.execute_script("return document.images[0].naturalWidth") > 0, "the page itself shows it"
     with _other_site(f'<img id="ours" src="{picture}"><img id="dot" src="{_DOT}">') as other:
         chrome.get(other)
-        _wait(chrome, lambda d: d.execute_script("return [...document.images].every(i => i.complete)"), "the pictures")
+        chromium.wait(chrome, lambda d: d.execute_script("return [...document.images].every(i => i.complete)"), "the pictures")
         drawn = chrome.execute_script("return [...document.images].map(i => [i.id, i.naturalWidth])")
     assert drawn == [["ours", 0], ["dot", 1]], drawn
 
 
 def test_in_chromium_the_photo_list_and_a_photo_page_show_what_the_daemon_did(daemon: Daemon, chrome: Chrome) -> None:
     _sign_in(chrome, daemon)
-    _click(chrome, chrome.find_element(By.LINK_TEXT, "Photos"))
-    assert _heading(chrome) == "Photos"
+    chromium.click(chrome, chrome.find_element(By.LINK_TEXT, "Photos"))
+    assert chromium.heading(chrome) == "Photos"
     assert _card_names(chrome) == daemon.names()
     _pictures_drawn(chrome)
     Select(chrome.find_element(By.ID, "f-status")).select_by_visible_text("cloaked")
-    _click(chrome, _button(chrome, "Show"))
+    chromium.click(chrome, chromium.button(chrome, "Show"))
     cloaked = daemon.names("status = ? AND outcome = ?", Status.DONE.value, "cloaked")
     assert _card_names(chrome) == cloaked == {"cam/face.jpg"}
 
-    _click(chrome, chrome.find_element(By.LINK_TEXT, "cam/face.jpg"))
-    assert _heading(chrome) == "cam/face.jpg"
+    chromium.click(chrome, chrome.find_element(By.LINK_TEXT, "cam/face.jpg"))
+    assert chromium.heading(chrome) == "cam/face.jpg"
     record = daemon.record("face.jpg")
     assert record.status is Status.DONE and Path(record.output).is_file()
     assert len(chrome.find_elements(By.CSS_SELECTOR, "article.face")) == record.faces >= 1
-    assert record.output in _text(chrome)
+    assert record.output in chromium.text(chrome)
     _pictures_drawn(chrome)
     # The slider, shown by its script: the published copy covers the left half, then none of it.
     slider = chrome.find_element(By.CSS_SELECTOR, "[data-compare] input[type=range]")
@@ -477,30 +395,30 @@ def test_in_chromium_retry_brings_back_a_photo_fixed_on_disk(daemon: Daemon, chr
     assert f"cam/{name}" in failures.text and "not a readable image" in failures.text
     _repair_in_place(photo, good[:2])
     assert daemon.record(name).status is Status.FAILED
-    _click(chrome, failures.find_element(By.CSS_SELECTOR, f"button[aria-label='Retry cam/{name}']"))
-    assert chrome.current_url == f"{base}/" and _heading(chrome) == "Overview"
+    chromium.click(chrome, failures.find_element(By.CSS_SELECTOR, f"button[aria-label='Retry cam/{name}']"))
+    assert chrome.current_url == f"{base}/" and chromium.heading(chrome) == "Overview"
     daemon.wait_for(lambda: daemon.record(name).status is Status.DONE, PHOTO_SECONDS, f"{name} retried")
     chrome.refresh()
     assert f"cam/{name}" not in chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=failures]").text
     chrome.get(f"{base}/photo/cam/{name}")
-    assert _heading(chrome) == f"cam/{name}" and "no face found" in _text(chrome)
+    assert chromium.heading(chrome) == f"cam/{name}" and "no face found" in chromium.text(chrome)
 
 
 def test_in_chromium_pause_holds_a_new_photo_until_resumed(daemon: Daemon, chrome: Chrome) -> None:
     name = "clicked-pause.jpg"
     _sign_in(chrome, daemon, "&next=/photos")
-    _click(chrome, _button(chrome, "Pause cloaking"))
-    assert _heading(chrome) == "Photos", "the form returns to the page it was sent from"
+    chromium.click(chrome, chromium.button(chrome, "Pause cloaking"))
+    assert chromium.heading(chrome) == "Photos", "the form returns to the page it was sent from"
     assert chrome.find_element(By.CSS_SELECTOR, "header .badge").text == "Paused"
     (daemon.src / name).write_bytes(other_faceless_photo(3))
     daemon.wait_for(lambda: daemon.record(name) is not None, 60, f"{name} to be queued")
     time.sleep(3)  # anything the worker took would be done by now
     assert daemon.record(name).status is Status.QUEUED
-    _click(chrome, chrome.find_element(By.LINK_TEXT, "Overview"))
+    chromium.click(chrome, chrome.find_element(By.LINK_TEXT, "Overview"))
     work = chrome.find_element(By.CSS_SELECTOR, "section[aria-labelledby=work]").text
     assert "\nPaused: no new photo" in work and f"cam/{name} queued" in work, work
-    _click(chrome, _button(chrome, "Resume cloaking"))
-    assert _heading(chrome) == "Overview" and _button(chrome, "Pause cloaking").is_displayed()
+    chromium.click(chrome, chromium.button(chrome, "Resume cloaking"))
+    assert chromium.heading(chrome) == "Overview" and chromium.button(chrome, "Pause cloaking").is_displayed()
     daemon.wait_for(lambda: daemon.record(name).status is Status.DONE, PHOTO_SECONDS, f"{name} after resuming")
 
 
@@ -509,12 +427,12 @@ def test_in_chromium_signing_out_ends_the_session_in_the_daemon(daemon: Daemon, 
     session = chrome.get_cookie("lowkeyd_session")["value"]
     with httpx.Client(base_url=base, cookies={"lowkeyd_session": session}) as same:
         assert same.get("/").status_code == 200
-        _click(chrome, _button(chrome, "Sign out"))
-        assert _heading(chrome) == "Not allowed" and "Signed out" in _text(chrome)
+        chromium.click(chrome, chromium.button(chrome, "Sign out"))
+        assert chromium.heading(chrome) == "Not allowed" and "Signed out" in chromium.text(chrome)
         assert chrome.get_cookie("lowkeyd_session") is None
         assert same.get("/").status_code == 401, "the daemon ended the session, not only the browser its cookie"
     chrome.get(f"{base}/")
-    assert "Not signed in" in _text(chrome)
+    assert "Not signed in" in chromium.text(chrome)
 
 
 def _image(response: httpx.Response) -> Image.Image:
