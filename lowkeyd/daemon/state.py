@@ -319,13 +319,13 @@ class StateDB(Store):
         """Not published, by ``preset``: a face short of its target under ``below_target: hold``, or the
         stronger cloak asked for could not protect it. Kept back until its user asks for a stronger cloak."""
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute(
+        with self._transaction() as db:
+            db.execute(
                 """UPDATE files SET status = ?, outcome = ?, error = ?, next_attempt = NULL, output = NULL, updated = ?
                    WHERE source = ? AND rel_path = ?""",
                 (Status.HELD.value, preset, reason, now, source, rel_path),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT INTO history (source, rel_path, event, detail, at) VALUES (?, ?, ?, ?, ?)",
                 (source, rel_path, "held", reason, now),
             )
