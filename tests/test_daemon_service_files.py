@@ -257,6 +257,19 @@ def test_error_notifications_are_rate_limited() -> None:
     ]
 
 
+def test_a_held_photo_is_announced_as_held_not_as_a_failure() -> None:
+    notifier = Notifier(enabled=False, error_interval=600)
+    notifier.photo_held("cam/a.jpg", "1 face short of the target")
+    notifier.photo_failed("cam/b.jpg", "truncated")
+    assert notifier.flush(idle=False, now=1000.0) == [
+        "Could not cloak 1 photo, not published (cam/b.jpg: truncated)",
+        "Held back 1 photo, not published (cam/a.jpg: 1 face short of the target); "
+        "the status page can cloak it stronger",
+    ]
+    notifier.photo_held("cam/c.jpg", "short")
+    assert notifier.flush(idle=False, now=1300.0) == [], "rate-limited like failures"
+
+
 def test_a_broken_notification_service_falls_back_to_the_log(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -644,7 +644,7 @@ class Daemon:
         """Keep a photo back, unpublished, until its user asks for a stronger cloak (the status page offers one)."""
         self.state.mark_held(source, rel_path, reason, preset=preset)
         log.warning("%s/%s: %s", source, rel_path, reason)
-        self.notifier.photo_failed(f"{source}/{rel_path}", reason)
+        self.notifier.photo_held(f"{source}/{rel_path}", reason)
 
     def _record_failure(self, source: str, rel_path: str, error: str) -> None:
         retry = self.config.retry

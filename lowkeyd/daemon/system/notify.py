@@ -2,8 +2,9 @@
 
 One notification per photo would be noise when a phone syncs 200 photos at
 once: the counts are gathered until the queue runs dry (or a burst has gone
-on for a while) and shown as one ("Cloaked 12 photos, 15 faces"). Failures
-are gathered separately and shown at most every ``error_interval`` seconds.
+on for a while) and shown as one ("Cloaked 12 photos, 15 faces"). Failures,
+and photos held back for a stronger cloak (which wait for their user, not for
+a fix), are gathered apart and shown at most every ``error_interval`` seconds.
 Everything is logged too; where there is no notification service (headless,
 no D-Bus session) the log is all there is, and the daemon carries on.
 """
@@ -43,6 +44,11 @@ class _Failures:
     first: str = ""
     last_shown: float = field(default=-float("inf"))
 
+    def add(self, name: str, message: str) -> None:
+        if not self.count:
+            self.first = f"{name}: {message}"
+        self.count += 1
+
 
 class Notifier:
     def __init__(self, *, enabled: bool, error_interval: float) -> None:
@@ -53,6 +59,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._tally = _Tally()
         self._failures = _Failures()
+        self._held = _Failures()
 
     def photo_done(self, status: str, faces_cloaked: int) -> None:
         with self._lock:
@@ -66,9 +73,12 @@ class Notifier:
 
     def photo_failed(self, name: str, message: str) -> None:
         with self._lock:
-            if not self._failures.count:
-                self._failures.first = f"{name}: {message}"
-            self._failures.count += 1
+            self._failures.add(name, message)
+
+    def photo_held(self, name: str, reason: str) -> None:
+        """A photo kept back, unpublished, until its user asks for a stronger cloak."""
+        with self._lock:
+            self._held.add(name, reason)
 
     def flush(self, *, idle: bool, now: float | None = None) -> list[str]:
         """Show what is due: the burst once the queue is ``idle``, failures when the rate limit allows.
@@ -78,15 +88,21 @@ class Notifier:
         now = time.monotonic() if now is None else now
         due: list[tuple[int, str, str]] = []  # (log level, title, message)
         with self._lock:
-            tally, failures = self._tally, self._failures
+            tally, failures, held = self._tally, self._failures, self._held
             if (tally.photos or tally.without_faces) and (idle or now - tally.since >= BURST_REPORT_INTERVAL):
                 due.append((logging.INFO, "lowkeyd", self._burst_message(tally)))
                 self._tally = _Tally()
             if failures.count and now - failures.last_shown >= self._error_interval:
-                photos = "1 photo" if failures.count == 1 else f"{failures.count} photos"
-                message = f"Could not cloak {photos}, not published ({failures.first})"
+                message = f"Could not cloak {_photos(failures.count)}, not published ({failures.first})"
                 due.append((logging.WARNING, "lowkeyd: photos not published", message))
                 self._failures = _Failures(last_shown=now)
+            if held.count and now - held.last_shown >= self._error_interval:
+                message = (
+                    f"Held back {_photos(held.count)}, not published ({held.first}); "
+                    "the status page can cloak it stronger"
+                )
+                due.append((logging.WARNING, "lowkeyd: photos held back", message))
+                self._held = _Failures(last_shown=now)
         for level, title, message in due:
             log.log(level, "%s", message)
             self._show(title, message)
@@ -100,9 +116,8 @@ class Notifier:
     def _burst_message(tally: _Tally) -> str:
         parts = []
         if tally.photos:
-            photos = "1 photo" if tally.photos == 1 else f"{tally.photos} photos"
             faces = "1 face" if tally.faces == 1 else f"{tally.faces} faces"
-            parts.append(f"Cloaked {photos}, {faces}")
+            parts.append(f"Cloaked {_photos(tally.photos)}, {faces}")
         if tally.without_faces:
             parts.append(f"{tally.without_faces} without faces")
         return "; ".join(parts)
@@ -120,3 +135,7 @@ class Notifier:
         except Exception as exc:  # any backend failure: notifications are a nicety, the log has them
             log.warning("desktop notifications unavailable (%s: %s); logging only", type(exc).__name__, exc)
             self._desktop = False
+
+
+def _photos(count: int) -> str:
+    return "1 photo" if count == 1 else f"{count} photos"
