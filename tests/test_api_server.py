@@ -70,7 +70,7 @@ def server(dirs: Path) -> Iterator[ApiServer]:
         roots=[JobRoot("exports", (dirs / "exports").resolve())],
         max_upload_bytes=LIMIT,
         timeout=30,
-        preset="default(steps=3)",
+        preset=PRESETS["default"].model_copy(update={"name": "default(steps=3)", "steps": 3}),
     )
     server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", free_port(), TOKEN))
     server.start()
@@ -128,6 +128,7 @@ def test_tcp_needs_the_token(server: ApiServer) -> None:
     assert httpx.get(f"{url}/v1/status", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     # Still loading its models, the daemon already says which preset they will run (its config's).
     assert right.json()["ready"] is False and right.json()["preset"] == "default(steps=3)"
+    assert right.json()["preset_settings"]["steps"] == 3, "and every setting of it: a remote daemon describes its output by them"
     # The socket needs none: its file permissions are the access control.
     assert unix_client(server).get("/v1/status").status_code == 200
 
@@ -243,6 +244,28 @@ def test_a_short_token_is_refused(dirs: Path, monkeypatch: pytest.MonkeyPatch) -
         load_token()
 
 
+def test_a_remote_daemon_takes_the_services_whole_preset_and_its_own_while_the_service_is_down(
+    server: ApiServer, dirs: Path
+) -> None:
+    from lowkeyd.daemon.config import RemoteConfig
+    from lowkeyd.daemon.remote import remote_protector
+    from lowkeyd.pipeline import PhotoProtector
+    from lowkeyd.settings import ProtectionSettings
+
+    (dirs / "token").write_text(TOKEN)
+    taken: list[Preset] = []
+
+    def rules(preset: Preset) -> PhotoProtector:
+        taken.append(preset)
+        return PhotoProtector(None, ProtectionSettings().model_copy(update={"preset": preset}))
+
+    remote_protector(RemoteConfig(url=tcp_url(server), token_file=dirs / "token"), rules, _never_loaded, PRESETS["strong"])
+    assert type(taken[0]) is Preset and taken[0].name == "default(steps=3)" and taken[0].steps == 3
+    down = RemoteConfig(url=f"http://127.0.0.1:{free_port()}", token_file=dirs / "token", timeout=2)
+    remote_protector(down, rules, _never_loaded, PRESETS["strong"])
+    assert taken[1] == PRESETS["strong"]
+
+
 def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -250,7 +273,7 @@ def test_a_port_in_use_is_a_clear_error(dirs: Path) -> None:
         port = taken.getsockname()[1]
         api = LocalApi(
             Worker(_never_loaded, queue_size=1, batch_size=1), Outbox(dirs / "out"),
-            queue_size=1, max_upload_bytes=LIMIT, timeout=5, preset="default",
+            queue_size=1, max_upload_bytes=LIMIT, timeout=5, preset=PRESETS["default"],
         )
         server = ApiServer(api, socket_path=dirs / "runtime" / "api.sock", tcp=TcpListener("127.0.0.1", port, TOKEN))
         with pytest.raises(ApiError, match=f"127.0.0.1:{port}"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import photo_fixtures as fx
 import pytest
 
-from lowkeyd.engine.presets import Preset
+from lowkeyd.engine.presets import PRESETS
 from lowkeyd.errors import EngineError
 from lowkeyd.photo import read_photo
 from lowkeyd.pipeline import PhotoProtector, colour_groups
@@ -25,8 +25,7 @@ def test_without_a_cloaker_only_lowkeyds_own_output_is_published(tmp_path: Path)
     own = fx.rich_jpeg(tmp_path / "own.jpg")
     other = tmp_path / "other.jpg"
     other.write_bytes(fx.jpeg_bytes(fx.face(0.8), quality=90))
-    remote = Preset.model_construct(name="strong")  # the remote's preset, known by its name
-    settings = ProtectionSettings().model_copy(update={"preset": remote})
+    settings = ProtectionSettings().model_copy(update={"preset": PRESETS["strong"]})  # the remote's, from its status
     rules = PhotoProtector(None, settings, is_own_output={hashlib.sha256(own.read_bytes()).hexdigest()}.__contains__)
     (tmp_path / "out").mkdir()
 

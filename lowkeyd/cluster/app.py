@@ -215,7 +215,7 @@ class Ingress:
             roots=[JobRoot(name, path) for name, path in settings.job_roots],
             max_upload_bytes=settings.max_upload_bytes,
             timeout=settings.timeout,
-            preset=cloaker.preset.name,
+            preset=cloaker.preset,
             status=self._status,
         )
         app = IdempotentUploads(api.app(settings.token), _LedgerBook(ledger), max_body=settings.max_upload_bytes,

@@ -163,21 +163,27 @@ def remote_protector(
     config: RemoteConfig,
     rules: Callable[[Preset], PhotoProtector],
     load_local: Callable[[], PhotoProtector],
+    own_preset: Preset,
 ) -> RemoteProtector:
-    """Connect to the remote (a remote that is down now is waited for later, not an error at start)."""
+    """Connect to the remote (a remote that is down now is waited for later, not an error at start).
+
+    ``rules`` builds the protector that publishes lowkeyd's own output without sending it, under the
+    remote's preset as its status states it; ``own_preset`` (the config's) stands in while the remote has
+    not said, so that output is described by a real preset either way.
+    """
     client = remote_client(config)
     try:
-        preset = client.status().preset
+        status = client.status()
     except DaemonUnavailable as exc:
         log.warning("the remote lowkeyd does not answer yet (%s)", exc)
-        preset = "remote"
+        preset = own_preset
     except LowkeydError as exc:
         client.close()
         raise ConfigError(f"remote: {exc}") from None
-    log.info("cloaking on the remote lowkeyd at %s (preset %s)", config.url, preset)
+    else:
+        preset = status.preset_settings or own_preset
+    log.info("cloaking on the remote lowkeyd at %s (preset %s)", config.url, preset.name)
     return RemoteProtector(
-        # The remote's preset as far as its name goes, like the outcomes it sends (outcome_of).
-        client, rules(Preset.model_construct(name=preset)), fallback=config.fallback,
-        retry_seconds=config.retry_seconds, load_local=load_local,
+        client, rules(preset), fallback=config.fallback, retry_seconds=config.retry_seconds, load_local=load_local
     )
 

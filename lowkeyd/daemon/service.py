@@ -129,6 +129,7 @@ def load_protector(config: DaemonConfig, is_own_output: Callable[[str], bool] | 
                 max_pixels=pixel_limit(settings.max_megapixels), is_own_output=is_own_output,
             ),
             lambda: _load_models(config, is_own_output),
+            settings.preset,
         )
     return _load_models(config, is_own_output)
 
@@ -326,7 +327,7 @@ class Daemon:
             roots=[JobRoot(root.name, root.path) for root in api.job_roots],
             max_upload_bytes=int(api.max_upload_mb * 1024 * 1024),
             timeout=api.timeout,
-            preset=self.config.protection.preset.name,
+            preset=self.config.protection.preset,
             on_published=None if self.hook is None else self.hook.published,
             status=self._api_status,
             extra_routes=self.page.api_routes(),

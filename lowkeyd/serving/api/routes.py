@@ -56,6 +56,7 @@ from lowkeyd.serving.outbox import Outbox
 from lowkeyd.serving.worker import Job, JobQueue, QueueFull, WorkerStopped
 
 if TYPE_CHECKING:
+    from lowkeyd.engine.presets import Preset
     from lowkeyd.pipeline import Outcome
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class LocalApi:
     """The API's state and its Starlette app; the daemon (or an ingress replica) owns the worker, outbox and hook
     it is given.
 
-    ``preset`` names the attack the worker's models run, as the daemon's config resolved it. ``outbox`` is None
+    ``preset`` is the attack the worker's models run, as the daemon's config resolved it. ``outbox`` is None
     only without job roots (lowkeyd serve without one): ``POST /v1/jobs`` then refuses every path.
     """
 
@@ -207,7 +208,7 @@ class LocalApi:
         roots: Sequence[JobRoot] = (),
         max_upload_bytes: int,
         timeout: float,
-        preset: str,
+        preset: Preset,
         on_published: Callable[[Published], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         extra_routes: Sequence[BaseRoute] = (),
@@ -405,7 +406,8 @@ class LocalApi:
             pid=os.getpid(),
             started=self._started,
             ready=resource is not None,
-            preset=self.preset,
+            preset=self.preset.name,
+            preset_settings=self.preset,
             device=None if resource is None else resource.device,
             queue=wire.Queue(busy=self.worker.busy, size=self.queue_size),
             jobs=self.jobs.counts(),

@@ -115,6 +115,10 @@ class Status(_Wire):
     started: float
     ready: bool = Field(description="the models are loaded")
     preset: str
+    preset_settings: Preset | None = Field(
+        None, description="every setting of the attack the models run (the preset's, with the config's attack: "
+        "overrides); null from a lowkeyd that did not send them"
+    )
     device: str | None
     queue: Queue
     jobs: dict[str, int]
