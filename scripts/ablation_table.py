@@ -24,12 +24,15 @@ from lowkeyd.engine.presets import PRESETS
 
 
 def _label(settings: dict) -> str:
-    shipped = PRESETS.get(settings["name"])
+    """The preset's name and every setting in which the run differs from it as shipped now, including
+    settings it no longer has (a run from before a knob was removed)."""
+    name = settings["name"].split("(")[0]
+    shipped = PRESETS.get(name)
     if shipped is None:
         return settings["name"]
     base = shipped.model_dump()
-    changed = [f"{k}={v}" for k, v in settings.items() if k in base and base[k] != v]
-    return f"{settings['name']}" + (f" ({', '.join(changed)})" if changed else "")
+    changed = [f"{k}={v}" for k, v in settings.items() if k != "name" and base.get(k, object()) != v]
+    return name + (f" ({', '.join(changed)})" if changed else "")
 
 
 def _rate(group: dict, key: str) -> str:

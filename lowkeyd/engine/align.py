@@ -61,19 +61,12 @@ def warp_faces(
     landmarks: torch.Tensor,
     template: torch.Tensor,
     size: tuple[int, int],
-    jitter: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Aligned faces ``(B, 3, h, w)`` from ``images`` ``(B, 3, H, W)`` and their ``(B, 5, 2)`` landmarks.
 
-    ``jitter`` ``(B, 2, 3)``: an affine map in the aligned face's normalised
-    coordinates ([-1, 1]) applied before the alignment; the attack uses it to
-    expect over the small misalignments (shift, rotation, scale) a re-detected
-    face will have. Outside the image, edge pixels are repeated (a face at the
-    border still warps cleanly).
+    Outside the image, edge pixels are repeated (a face at the border still
+    warps cleanly).
     """
     theta = alignment_theta(landmarks, template, (images.shape[-2], images.shape[-1]), size)
-    if jitter is not None:
-        linear = theta[:, :, :2]
-        theta = torch.cat([linear @ jitter[:, :, :2], (linear @ jitter[:, :, 2:]) + theta[:, :, 2:]], 2)
     grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], *size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

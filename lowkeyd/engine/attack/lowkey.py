@@ -37,7 +37,6 @@ from lowkeyd.engine.attack.stop import StopRule
 from lowkeyd.engine.attack.views import ViewSampler
 from lowkeyd.engine.models.base import FaceEmbedder
 from lowkeyd.engine.presets import Preset
-from lowkeyd.engine.surrogate import Surrogates
 
 
 @dataclass
@@ -66,7 +65,6 @@ class LowKey:
         self.models = list(models)
         self.lpips = lpips
         self.preset = preset
-        self.surrogates = Surrogates(self.models, preset.dropout)
         self.views = ViewSampler(preset)
         self.step_rule = StepRule(preset)
         self.feature = FeatureDistance(preset, len(self.models))
@@ -94,29 +92,27 @@ class LowKey:
         guard = feature_guard(landmarks, (crops.shape[-2], crops.shape[-1]), p.feature_guard)
         budget = FaceBudget.for_faces(crops, masks, guard, p.budget, 0.0 if luma_only else p.chroma_scale, shares)
         n = crops.shape[0]
-        with self.surrogates.attached(generator):
-            reference = self._embeddings(crops, landmarks, None)
-            stop = StopRule(self.models, p, n, crops.device)
-            # At x' = x the feature and LPIPS terms have zero gradient: start from a little noise.
-            delta = (torch.rand(crops.shape, generator=generator, device=crops.device) * 2 - 1) * p.init_noise
-            budget.project(delta)
-            velocity = torch.zeros_like(crops)
-            steps = torch.zeros(n, dtype=torch.long, device=crops.device)
-            active = torch.ones(n, dtype=torch.bool, device=crops.device)
-            for step in range(p.steps):
-                idx = active.nonzero().squeeze(1)
+        reference = self._embeddings(crops, landmarks)
+        stop = StopRule(self.models, p, n, crops.device)
+        # At x' = x the feature and LPIPS terms have zero gradient: start from a little noise.
+        delta = (torch.rand(crops.shape, generator=generator, device=crops.device) * 2 - 1) * p.init_noise
+        budget.project(delta)
+        steps = torch.zeros(n, dtype=torch.long, device=crops.device)
+        active = torch.ones(n, dtype=torch.bool, device=crops.device)
+        for step in range(p.steps):
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            look, grad = self._gradient(crops, landmarks, regions, reference, budget, stop, delta, idx, generator)
+            if look:
+                done = stop.done(idx, step)
+                active[idx[done]] = False
+                idx, grad = idx[~done], grad[~done]
                 if idx.numel() == 0:
-                    break
-                look, grad = self._gradient(crops, landmarks, regions, reference, budget, stop, delta, idx, generator)
-                if look:
-                    done = stop.done(idx, step)
-                    active[idx[done]] = False
-                    idx, grad = idx[~done], grad[~done]
-                    if idx.numel() == 0:
-                        continue
-                change, velocity[idx] = self.step_rule(budget.precondition(grad, idx), velocity[idx], budget.area[idx])
-                delta[idx] = budget.project(delta[idx] + change, idx)
-                steps[idx] += 1
+                    continue
+            change = self.step_rule(budget.precondition(grad, idx), budget.area[idx])
+            delta[idx] = budget.project(delta[idx] + change, idx)
+            steps[idx] += 1
         adversarial = (crops + budget.change(delta)).clamp(0, 1)
         # The face's LPIPS is measured, and bounded, by the engine on the published pixels, not here.
         return AttackResult(adversarial, self.similarity(crops, landmarks, adversarial, reference), steps)
@@ -145,11 +141,7 @@ class LowKey:
             # A member past its target for every face at its last look adds nothing to this step;
             # the published view's steps look at every member again.
             members = {n for n, v in stop.past.items() if not v[idx].all()} or None
-        self.surrogates.drop = True
-        try:
-            emb = self._embeddings(views, landmarks[idx], generator, members)
-        finally:
-            self.surrogates.drop = False
+        emb = self._embeddings(views, landmarks[idx], members)
         ref = {name: reference[name][:, idx] for name in emb}
         with torch.no_grad():
             for name, e in emb.items():
@@ -177,8 +169,8 @@ class LowKey:
         if crops.dim() == 3:
             crops, landmarks, adversarial = crops[None], landmarks[None], adversarial[None]
         if reference is None:
-            reference = self._embeddings(crops, landmarks, None)
-        final = self._embeddings(adversarial, landmarks, None)
+            reference = self._embeddings(crops, landmarks)
+        final = self._embeddings(adversarial, landmarks)
         return {n: (e[0] * reference[n][0]).sum(-1) for n, e in final.items()}
 
     # -- what the members see -----------------------------------------------------------------
@@ -193,21 +185,19 @@ class LowKey:
         self,
         images: torch.Tensor,
         landmarks: torch.Tensor,
-        generator: torch.Generator | None,
         members: set[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per model (of ``members``, default all), ``(F, N, D)`` unit embeddings of ``images`` (N)
         with F = 2 if flipped copies are used."""
         n_views = images.shape[0] // landmarks.shape[0]
         lm = landmarks.repeat(n_views, 1, 1)
-        jitter = self.views.jitter(images.shape[0], generator, images.device)
         out = {}
         for group in self._groups:
             group = [m for m in group if members is None or m.name in members]
             if not group:
                 continue
             small, small_lm = self._prefilter(images, lm, group[0].template)
-            aligned = warp_faces(small, small_lm, group[0].template, group[0].input_size, jitter)
+            aligned = warp_faces(small, small_lm, group[0].template, group[0].input_size)
             if self.preset.flip:
                 aligned = torch.cat([aligned, aligned.flip(-1)])
             with self._autocast(images.device):

@@ -1,4 +1,4 @@
-"""From a gradient to a step: translation invariance, the step rule, momentum; the budget projects after.
+"""From a gradient to a step: translation invariance and the step rule; the budget projects after.
 
 * Translation invariance (TI-FGSM, Dong et al., CVPR 2019): the gradient is
   smoothed by a Gaussian, the step for every small shift of the face at once,
@@ -7,8 +7,9 @@
   whatever its gradient) or the gradient scaled to a fixed RMS over the face,
   which spends the budget where the gradient is (ENGINE-NOTES: better per unit
   of LPIPS).
-* Momentum (MI-FGSM, Dong et al., CVPR 2018): heavy-ball accumulation of the
-  normalised steps, which steadies the direction across random views.
+
+Momentum (MI-FGSM) was measured inside the budget and removed: see
+docs/transfer-history.md.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from lowkeyd.engine.presets import Preset
 
 
 class StepRule:
-    """``rule(grad, velocity, area) -> (step, velocity)``: the change of the attack's variable for one step.
+    """``rule(grad, area) -> step``: the change of the attack's variable for one step.
 
-    ``grad`` ``(b, C, H, W)``; ``velocity`` the faces' momentum buffer (the new one is
-    returned beside the step); ``area`` ``(b,)`` the pixels each face may change, over which the
+    ``grad`` ``(b, C, H, W)``; ``area`` ``(b,)`` the pixels each face may change, over which the
     L2 rule's RMS is taken (how much of the crop a face fills must not change
     how far each of its pixels moves).
     """
@@ -32,9 +32,7 @@ class StepRule:
         self.preset = preset
 
     @torch.no_grad()
-    def __call__(
-        self, grad: torch.Tensor, velocity: torch.Tensor, area: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, grad: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
         p = self.preset
         if p.ti_kernel:
             grad = gaussian_blur(grad, p.ti_kernel, p.ti_kernel / 4)
@@ -43,5 +41,4 @@ class StepRule:
         else:
             rms = (grad.pow(2).sum((1, 2, 3)) / (area * grad.shape[1])).sqrt().clamp_min(1e-12)
             direction = grad / rms.view(-1, 1, 1, 1)
-        velocity = p.momentum * velocity + direction
-        return p.step_size * velocity, velocity
+        return p.step_size * direction

@@ -1,17 +1,13 @@
-"""What the recognisers are shown at each step: LowKey's plain and smoothed views, under input diversity.
+"""What the recognisers are shown at each step: LowKey's plain and smoothed views.
 
 LowKey (Cherepanova et al., ICLR 2021) compares the original with both x' and
 G(x'), a Gaussian-smoothed x', so the cloak survives the smoothing a resized
-upload applies. For transfer to recognisers outside the ensemble, each step
-takes its views in expectation over random transformations (DI-FGSM, Xie et
-al., CVPR 2019; EOT, Athalye et al., ICML 2018): a down-and-up rescale and a
-small misalignment of the face (shift, rotation, scale), the ones a scraper's
-own resize and re-detection apply.
+upload applies; a step may look at one of the two at random (half the cost).
+Input diversity (DI-FGSM's random rescale, EOT over small misalignments) was
+measured inside the budget and removed: see docs/transfer-history.md.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +26,10 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
 
 
 class ViewSampler:
-    """``sampler(x', generator) -> (views, scale, plain_seen)``; ``sampler.jitter(n, generator, device)``.
+    """``sampler(x', generator) -> (views, scale, plain_seen)``.
 
-    Without a generator (the reference and final embeddings) the views are the
-    plain and smoothed ones, untransformed.
+    Without a generator (the reference and final embeddings) the views are both
+    the plain and the smoothed one.
     """
 
     def __init__(self, preset: Preset) -> None:
@@ -52,23 +48,4 @@ class ViewSampler:
         if p.blur_kernel and use_blur:
             views.append(gaussian_blur(xp, p.blur_kernel, p.blur_sigma))
         scale = (1 + bool(p.blur_kernel)) / len(views)
-        out = torch.cat(views)
-        if p.rescale_min < 1 and generator is not None:
-            r = p.rescale_min + (1 - p.rescale_min) * torch.rand((), generator=generator, device=xp.device).item()
-            size = [max(8, round(s * r)) for s in out.shape[-2:]]
-            out = F.interpolate(out, size=size, mode="bilinear", antialias=True, align_corners=False)
-            out = F.interpolate(out, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        return out, scale, use_plain
-
-    def jitter(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor | None:
-        """``(n, 2, 3)`` random small affine maps (shift, rotation, scale) in aligned-face coordinates."""
-        p = self.preset
-        if generator is None or not (p.jitter_px or p.jitter_deg or p.jitter_scale):
-            return None
-        noise = torch.randn(n, 4, generator=generator, device=device)
-        angle = noise[:, 0] * math.radians(p.jitter_deg)
-        scale = 1 + noise[:, 1] * p.jitter_scale
-        # Shifts in px of a ~112 px model input, as 2 px / size in normalised units.
-        shift = noise[:, 2:] * (2 * p.jitter_px / 112)
-        cos, sin = scale * angle.cos(), scale * angle.sin()
-        return torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
+        return torch.cat(views), scale, use_plain
