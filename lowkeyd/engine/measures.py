@@ -54,7 +54,7 @@ def grown_box(
 def stripe_score(original: np.ndarray, cloaked: np.ndarray, box: tuple[float, float, float, float], tile: int = 32) -> float:
     """How strongly the change inside ``box`` repeats on a fixed lattice: its sharpest spectral peak.
 
-    Resampling grids (an alignment warp that shrinks, a rescaled view, an
+    Resampling grids (an alignment warp that shrinks, an
     upsampled crop) leave their period in the gradient, and so in the change,
     as stripes and a fine grid. Such a change has narrow peaks in its spectrum;
     an adversarial change otherwise has a broad one. The luma change is cut
